@@ -1,0 +1,51 @@
+"""Typed errors. Each also inherits a builtin so callers can catch it the ordinary way.
+
+Messages say what is wrong, the offending value and where it came from, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class GptailorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(GptailorError, ValueError):
+    """A run config, CLI flag or target that cannot work."""
+
+
+class FamilyMismatchError(GptailorError, ValueError):
+    """Base and candidates cannot be tailored together (architecture, shapes, layer counts)."""
+
+    def __init__(self, message: str, *, model: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.model = model
+        self.field = field
+
+
+class ModelNotFoundError(GptailorError, FileNotFoundError):
+    """A model path that does not exist, or a Hub id that cannot be reached offline."""
+
+    def __init__(self, message: str, *, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class GenomeError(GptailorError, ValueError):
+    """A tailoring that breaks an invariant (index out of range, wrong kept count, bad parameter)."""
+
+
+class RecipeError(GptailorError, ValueError):
+    """A recipe YAML that is malformed or does not describe a tailoring of its family."""
+
+
+class OutputExistsError(GptailorError, FileExistsError):
+    """An output folder that exists and is not empty; pass overwrite to replace it."""
+
+
+class TaskError(GptailorError, ValueError):
+    """A task name or file that does not exist or does not parse."""
+
+
+class ResumeError(GptailorError, ValueError):
+    """A run folder that cannot be resumed with this config."""
