@@ -1,0 +1,1 @@
+"""More CLI commands (optimize, evaluate, prune, report, push), registered on import."""

@@ -1,0 +1,184 @@
+"""In-memory stitcher: builds a tailored model from the family's tensors, loaded once.
+
+The search's fast path (DESIGN.md section 3). Kept base layers are the base model's own modules,
+selected and merged layers are computed once with mergekit's own merge methods and cached (LRU),
+so a candidate costs a module swap. Proven equal to the mergekit backend in tests/test_stitch.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptailor_merge.errors import GenomeError
+from gptailor_merge.family import Family
+from gptailor_merge.genome import Genome, LayerSpec
+from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise GenomeError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+class Stitcher:
+    """Holds the base model and a cache of tailored layer modules; `build(genome)` swaps them in.
+
+    The returned model is the same object for every genome (its layer list is replaced), so use
+    one candidate at a time. `merge_dtype` is the dtype merges are computed in (the recipe's dtype).
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        cache_size: int = 256,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.family = family
+        self.device = torch.device(device)
+        self.dtype = torch_dtype(dtype)
+        self.cache_size = cache_size
+        self.model = AutoModelForCausalLM.from_pretrained(family.base.path, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self._layers_path, self._layer_prefix = self._find_layers()
+        self._base_layers = list(self.model.get_submodule(self._layers_path))
+        self._base_config = copy.deepcopy(self.model.config)
+        self._cache: OrderedDict[tuple, nn.Module] = OrderedDict()
+        self.stats = {"built": 0, "cache_hits": 0}
+
+    def _find_layers(self) -> tuple[str, str]:
+        """The module path of the decoder layer list, from mergekit's tensor names for layer 0."""
+        name = self.family.layer_tensor_names(0)[0]  # e.g. model.layers.0.self_attn.q_proj.weight
+        head, sep, _ = name.partition(".0.")
+        if not sep:
+            raise GenomeError(f"cannot find the layer list from tensor name {name!r}")
+        return head, head + "."
+
+    # ---- layers -----------------------------------------------------------------------------
+    def _relative(self, layer_idx: int, tensor_name: str) -> str:
+        return tensor_name[len(f"{self._layer_prefix}{layer_idx}.") :]
+
+    def _merged_tensors(self, spec: LayerSpec, method: str) -> dict[str, torch.Tensor]:
+        """Layer tensors exactly as the recipe's mergekit method computes them."""
+        from mergekit.merge_methods.api import merge_tensors
+
+        fam = self.family
+        k = fam.n_candidates
+        weights = dict(zip(spec.sources, spec.weights))
+        # per-source parameters in mergekit's order: base first (linear only), then candidates
+        params: dict = {"weight": [weights.get(j, 0.0) for j in range(k)]}
+        if method == "linear":
+            params["weight"].insert(0, 0.0 if weights else 1.0)
+        else:
+            params["lambda"] = spec.lam
+        if method == "ties":
+            params["density"] = [spec.density if j in weights else 1.0 for j in range(k)]
+        out = {}
+        for name in fam.layer_tensor_names(spec.layer_idx):
+            tensors = [m.tensor(name).to(self.device, self.dtype) for m in fam.members]
+            out[self._relative(spec.layer_idx, name)] = merge_tensors(
+                tensors,
+                method,
+                parameters=params,
+                base_index=0 if method != "linear" else None,
+                name=name,
+                dtype=self.dtype,
+                out_dtype=self.dtype,
+            )
+        return out
+
+    def _selected_tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
+        member = self.family.candidates[spec.sources[0]]
+        return {
+            self._relative(spec.layer_idx, name): member.tensor(name).to(self.device, self.dtype)
+            for name in self.family.layer_tensor_names(spec.layer_idx)
+        }
+
+    def layer_module(self, spec: LayerSpec, method: str | None) -> nn.Module:
+        """The decoder layer for `spec`; `method` None means passthrough (no merging anywhere)."""
+        if not spec.sources:
+            return self._base_layers[spec.layer_idx]  # base + 0 * delta is the base, exactly
+        key = (spec.key(), method)
+        module = self._cache.get(key)
+        if module is not None:
+            self._cache.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return module
+        with torch.no_grad():
+            tensors = (
+                self._selected_tensors(spec) if method is None else self._merged_tensors(spec, method)
+            )
+            module = copy.deepcopy(self._base_layers[spec.layer_idx])
+            missing, unexpected = module.load_state_dict(tensors, strict=False)
+            if unexpected or any(n in tensors for n in missing):
+                raise GenomeError(f"layer {spec.layer_idx}: tensor names do not match the module")
+        self.stats["built"] += 1
+        self._cache[key] = module
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return module
+
+    # ---- models -----------------------------------------------------------------------------
+    def build(self, genome: Genome) -> nn.Module:
+        """Swap the genome's layers into the model and return it (eval mode, same object)."""
+        fam = self.family
+        if (genome.n_layers, genome.n_candidates) != (fam.n_layers, fam.n_candidates):
+            raise GenomeError(
+                f"genome is for {genome.n_layers} layers / {genome.n_candidates} candidates, "
+                f"the family has {fam.n_layers} / {fam.n_candidates}"
+            )
+        method = genome.method if genome.has_merges else None
+        modules = [self.layer_module(spec, method) for spec in genome.layers]
+        for position, module in enumerate(modules):
+            for sub in module.modules():
+                if hasattr(sub, "layer_idx"):
+                    sub.layer_idx = position
+        parent_path, _, attr = self._layers_path.rpartition(".")
+        parent = self.model.get_submodule(parent_path) if parent_path else self.model
+        setattr(parent, attr, nn.ModuleList(modules))
+        self.model.config = self._config_for(genome)
+        for sub in self.model.modules():
+            if sub is not self.model and getattr(sub, "config", None) is not None and hasattr(sub.config, "num_hidden_layers"):
+                sub.config = self.model.config
+        return self.model
+
+    def _config_for(self, genome: Genome):
+        config = copy.deepcopy(self._base_config)
+        config.num_hidden_layers = genome.n_kept
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) == genome.n_layers:
+            config.layer_types = [layer_types[i] for i in genome.kept]
+        return config
+
+    def save(self, genome: Genome, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the stitched model as a normal Hugging Face folder (config, safetensors, tokenizer)."""
+        out = prepare_output(out_dir, overwrite)
+        tmp = temp_sibling(out)
+        try:
+            model = self.build(genome)
+            model.save_pretrained(tmp, safe_serialization=True)
+            copy_tokenizer(self.family.base.path, tmp)
+            return commit_folder(tmp, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny in-process families (seconds), offline Hub, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_family_paths(tmp_path_factory):
+    """arch -> (base path, candidate paths) for tiny 4-layer Llama / Mistral / Qwen2 families."""
+    from gptailor_merge.synthetic import make_synthetic_family
+
+    root = tmp_path_factory.mktemp("tiny_families")
+    return {
+        arch: make_synthetic_family(root / arch, arch=arch, n_layers=4, seed=1)
+        for arch in ("llama", "mistral", "qwen2")
+    }
+
+
+@pytest.fixture(scope="session")
+def llama_family(tiny_family_paths):
+    from gptailor_merge.family import Family
+
+    base, candidates = tiny_family_paths["llama"]
+    return Family.load(base, candidates)
+
+
+@pytest.fixture(scope="session")
+def mistral_family(tiny_family_paths):
+    from gptailor_merge.family import Family
+
+    base, candidates = tiny_family_paths["mistral"]
+    return Family.load(base, candidates)
