@@ -1,0 +1,36 @@
+"""Scoring: perplexity plus multiple-choice tasks on an in-memory causal LM, at a fidelity budget.
+
+A model, its tokenizer and `Task`s go in; a frozen `Score` comes out. Never sees recipes, genomes
+or the search. The optional lm-eval bridge lives in `scoring.lm_eval_bridge`.
+"""
+
+from gptailor_merge.scoring.evaluate import (
+    Score,
+    TaskScore,
+    evaluate_model,
+    load_model_folder,
+    score_to_json,
+    task_loss,
+)
+from gptailor_merge.scoring.examples import ChoiceExample, Example, TextExample
+from gptailor_merge.scoring.objectives import mean_retention, retention, retention_above_chance
+from gptailor_merge.scoring.tasks import TASKS, Task, load_task, register_task_dir
+
+__all__ = [
+    "TASKS",
+    "ChoiceExample",
+    "Example",
+    "Score",
+    "Task",
+    "TaskScore",
+    "TextExample",
+    "evaluate_model",
+    "load_model_folder",
+    "load_task",
+    "mean_retention",
+    "register_task_dir",
+    "retention",
+    "retention_above_chance",
+    "score_to_json",
+    "task_loss",
+]

@@ -1,0 +1,105 @@
+"""Multiple choice by log-likelihood, as lm-evaluation-harness scores it.
+
+Each choice is a continuation `" " + choice` of the context (lm-eval's default target delimiter);
+its log-likelihood is the sum of the continuation tokens' log-probs (`_encode_pair`: trailing
+context whitespace moves onto the continuation). acc = argmax log-likelihood is the answer,
+acc_norm = argmax of log-likelihood / len(choice in characters). Mirrors `lm_eval/api/model.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptailor_merge.errors import ConfigError, TaskError
+from gptailor_merge.scoring.batching import map_rows, model_device
+from gptailor_merge.scoring.examples import ChoiceExample
+
+logger = logging.getLogger(__name__)
+
+TARGET_DELIMITER = " "
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """lm-eval's `tok_encode`: the tokenizer's own special tokens, unless the text starts with BOS."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer.encode(text, add_special_tokens=add_special)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) as lm-eval's `loglikelihood` / `_encode_pair`."""
+    if context == "":
+        continuation_ids = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if prefix is None:
+            raise TaskError("an empty context needs a BOS or EOS token to condition on; this "
+                            "tokenizer has neither. Give the examples a context.")
+        if continuation_ids and prefix == continuation_ids[0]:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix], continuation_ids
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = _encode(tokenizer, context + continuation)
+    context_ids = _encode(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
+                   batch_size: int = 16, max_length: int = 512, progress: bool = False
+                   ) -> list[float]:
+    """log P(continuation | context) for each (context, continuation); long inputs lose tokens on
+    the left, as in lm-eval."""
+    pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
+    for (context, continuation), (_, continuation_ids) in zip(requests, pairs, strict=True):
+        if not continuation_ids:
+            raise TaskError(f"continuation {continuation!r} of context {context[-40:]!r} encodes "
+                            f"to no token; it cannot be scored.")
+        if len(continuation_ids) > max_length:
+            raise ConfigError(f"a continuation has {len(continuation_ids)} tokens, more than "
+                              f"max_length={max_length}; raise max_length.")
+    # the model sees context + continuation minus its last token, cut to max_length from the left
+    inputs = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in pairs]
+    device = model_device(model)
+
+    def row_loglikelihood(logits: torch.Tensor, length: int, index: int) -> torch.Tensor:
+        continuation_ids = pairs[index][1]
+        start = length - len(continuation_ids)
+        log_probs = torch.log_softmax(logits[start:length].float(), dim=-1)  # (C, V)
+        targets = torch.tensor(continuation_ids, dtype=torch.long, device=device)
+        return log_probs.gather(-1, targets[:, None]).sum().double()
+
+    values = map_rows(model, inputs, row_loglikelihood, batch_size=batch_size,
+                      pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="loglikelihood")
+    return torch.stack(values).tolist() if values else []
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: values[i])  # first maximum, as numpy
+
+
+def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample], *,
+                    batch_size: int = 16, max_length: int = 512, progress: bool = False
+                    ) -> dict[str, float]:
+    """`{"acc", "acc_norm", "n"}` over `examples`."""
+    if not examples:
+        raise TaskError("no multiple-choice examples to score.")
+    requests = [(ex.context, TARGET_DELIMITER + choice) for ex in examples for choice in ex.choices]
+    lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size,
+                         max_length=max_length, progress=progress)
+    correct = correct_norm = 0
+    start = 0
+    for ex in examples:
+        scores = lls[start : start + len(ex.choices)]
+        start += len(ex.choices)
+        correct += _argmax(scores) == ex.answer
+        normed = [score / len(choice) for score, choice in zip(scores, ex.choices, strict=True)]
+        correct_norm += _argmax(normed) == ex.answer
+    n = len(examples)
+    logger.debug("multiple choice over %d examples: acc %d/%d", n, correct, n)
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}

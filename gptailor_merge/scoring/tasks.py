@@ -1,0 +1,175 @@
+"""Tasks: named example sets with a search split and a held-out split, in a fixed seeded order.
+
+`load_task` takes a JSONL path, an `hf:NAME[:CONFIG]:SPLIT` or `disk:PATH[:SPLIT]` dataset spec,
+or a name in `TASKS`; `register_task_dir` registers a folder of `*.search/*.heldout.jsonl` pairs.
+Fidelity: `task.examples(split, n)` is a prefix of the seeded order. No torch, no model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptailor_merge.errors import TaskError
+from gptailor_merge.registry import Registry
+from gptailor_merge.scoring.examples import ChoiceExample, Example, Kind, example_kind, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("search", "heldout")
+TaskLoader = Callable[..., "Task"]  # called as loader(seed=...); register with @TASKS.register(name)
+TASKS: Registry[TaskLoader] = Registry("task")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A scored task; `search` and `heldout` are disjoint and already in their seeded order."""
+
+    name: str
+    kind: Kind
+    search: tuple[Example, ...]
+    heldout: tuple[Example, ...]
+    chance: float
+
+    def examples(self, split: str = "search", n_examples: int | None = None) -> tuple[Example, ...]:
+        """The first `n_examples` of `split` (all when None): a low budget is a prefix of a high one."""
+        if split not in SPLITS:
+            raise TaskError(f"unknown split {split!r} for task {self.name!r}; use one of {SPLITS}.")
+        if n_examples is not None and n_examples < 1:
+            raise TaskError(f"n_examples must be a positive integer or None, got {n_examples!r}.")
+        examples = self.search if split == "search" else self.heldout
+        return examples if n_examples is None else examples[:n_examples]
+
+
+def shuffled(examples: Sequence[Example], seed: int) -> tuple[Example, ...]:
+    """The examples in the fixed order of `seed` (stdlib Random: stable across platforms)."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    return tuple(order)
+
+
+def split_examples(examples: Sequence[Example], seed: int) -> tuple[tuple[Example, ...], ...]:
+    """Seeded permutation; the first half (rounded down) is search, the rest held-out."""
+    order = shuffled(examples, seed)
+    half = len(order) // 2
+    return order[:half], order[half:]
+
+
+def make_task(name: str, search: Sequence[Example], heldout: Sequence[Example], source: str) -> Task:
+    """Checks both splits are non-empty and of one kind, and computes the chance level."""
+    for split, examples in zip(SPLITS, (search, heldout), strict=True):
+        if not examples:
+            raise TaskError(
+                f"task {name!r} from {source} has an empty {split} split; it needs at least 2 "
+                f"examples (or a non-empty {name}.{split}.jsonl)."
+            )
+    kinds = {example_kind(example) for example in (*search, *heldout)}
+    if len(kinds) != 1:
+        raise TaskError(f"task {name!r} from {source} mixes multiple-choice and text examples.")
+    kind = kinds.pop()
+    chance = 0.0
+    if kind == "multiple_choice":
+        choices = [len(ex.choices) for ex in (*search, *heldout) if isinstance(ex, ChoiceExample)]
+        chance = sum(1.0 / n for n in choices) / len(choices)
+    return Task(name, kind, tuple(search), tuple(heldout), chance)
+
+
+def task_name_of(path: Path) -> str:
+    """`dir/arc.search.jsonl` -> `arc`; `dir/arc.jsonl` -> `arc`."""
+    name = path.name.removesuffix(".jsonl")
+    for split in SPLITS:
+        name = name.removesuffix(f".{split}")
+    return name
+
+
+def task_from_file(path: str | Path, *, seed: int = 0, name: str | None = None,
+                   kind: Kind | None = None) -> Task:
+    """Sibling `STEM.search.jsonl` + `STEM.heldout.jsonl` if both exist, else a seeded split of `path`."""
+    path = Path(path)
+    name = name or task_name_of(path)
+    pair = [path.parent / f"{task_name_of(path)}.{split}.jsonl" for split in SPLITS]
+    if all(p.is_file() for p in pair):
+        search, heldout = (shuffled(read_jsonl(p, kind), seed) for p in pair)
+        return make_task(name, search, heldout, f"{pair[0]} + {pair[1].name}")
+    search, heldout = split_examples(read_jsonl(path, kind), seed)
+    return make_task(name, search, heldout, str(path))
+
+
+@dataclass(frozen=True)
+class FileTaskLoader:
+    """A registered task backed by a `search`/`heldout` JSONL pair (compared for idempotence)."""
+
+    name: str
+    search_path: Path
+    heldout_path: Path
+    kind: Kind | None = None
+
+    def __call__(self, *, seed: int = 0) -> Task:
+        search, heldout = (shuffled(read_jsonl(p, self.kind), seed)
+                           for p in (self.search_path, self.heldout_path))
+        return make_task(self.name, search, heldout, f"{self.search_path} + {self.heldout_path.name}")
+
+
+def _register_pairs(folder: Path, kind: Kind, prefix: str) -> list[str]:
+    names = []
+    for search_path in sorted(folder.glob("*.search.jsonl")):
+        stem = task_name_of(search_path)
+        heldout_path = folder / f"{stem}.heldout.jsonl"
+        if not heldout_path.is_file():
+            raise TaskError(f"{search_path} has no held-out twin; add {heldout_path.name}.")
+        loader = FileTaskLoader(f"{prefix}{stem}", search_path.resolve(), heldout_path.resolve(), kind)
+        if loader.name in TASKS:
+            if TASKS.get(loader.name) != loader:
+                raise TaskError(f"task {loader.name!r} is already registered from other files; "
+                                f"rename {search_path.name} or its folder.")
+        else:
+            TASKS.add(loader.name, loader)
+        names.append(loader.name)
+    return names
+
+
+def register_task_dir(directory: str | Path) -> list[str]:
+    """Registers `DIR/tasks/{task}.{split}.jsonl` (multiple choice) and `DIR/text/{domain}.{split}.jsonl`
+    (perplexity, as `ppl_{domain}`); returns the names. Registering the same files twice is a no-op."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TaskError(f"task folder {str(directory)!r} does not exist.")
+    names = _register_pairs(directory / "tasks", "multiple_choice", "")
+    names += _register_pairs(directory / "text", "perplexity", "ppl_")
+    if not names:
+        raise TaskError(f"no tasks in {directory}: expected tasks/*.search.jsonl or text/*.search.jsonl.")
+    logger.debug("registered tasks %s from %s", names, directory)
+    return names
+
+
+def _unknown(spec: str) -> TaskError:
+    close = difflib.get_close_matches(spec, TASKS.names(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(TASKS.names()) or "(none registered)"
+    return TaskError(
+        f"unknown task {spec!r}.{hint} Known: {known}. Or pass a JSONL path, "
+        f"'hf:NAME[:CONFIG]:SPLIT' or 'disk:PATH'."
+    )
+
+
+def load_task(spec: str | Path, *, seed: int = 0) -> Task:
+    """A task from a registered name, a JSONL path, or a `hf:`/`disk:` dataset spec."""
+    if isinstance(spec, Path):
+        return task_from_file(spec, seed=seed)
+    if spec.startswith(("hf:", "disk:")):
+        from gptailor_merge.scoring.dataset_source import task_from_dataset
+
+        return task_from_dataset(spec, seed=seed)
+    if spec in TASKS:
+        return TASKS.get(spec)(seed=seed)
+    path = Path(spec)
+    if path.is_file():
+        return task_from_file(path, seed=seed)
+    if spec.endswith((".jsonl", ".json")) or os.sep in spec:
+        raise TaskError(f"task file {spec!r} does not exist.")
+    raise _unknown(spec)

@@ -1,0 +1,273 @@
+"""Specification of the scorer: perplexity, multiple choice, batching, fidelity, objectives, lm-eval."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import json  # noqa: E402
+import math  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+from gptailor_merge.scoring.evaluate import (  # noqa: E402
+    Score,
+    TaskScore,
+    evaluate_model,
+    load_model_folder,
+    score_to_json,
+    task_loss,
+)
+from gptailor_merge.scoring.examples import ChoiceExample, TextExample  # noqa: E402
+from gptailor_merge.scoring.multiple_choice import (  # noqa: E402
+    encode_pair,
+    loglikelihoods,
+    multiple_choice,
+)
+from gptailor_merge.scoring.objectives import (  # noqa: E402
+    mean_retention,
+    retention,
+    retention_above_chance,
+)
+from gptailor_merge.scoring.perplexity import perplexity  # noqa: E402
+from gptailor_merge.scoring.tasks import make_task  # noqa: E402
+
+SENTENCES = [
+    "The cat sat on the mat.", "A dog runs in the park!", "Is the sky blue? yes it is.",
+    "Two plus two is four, not five.", "The quick brown fox jumps over the lazy dog.",
+]
+TEXTS = ["The cat sat on the mat.", "A dog runs", "Two plus two is four, not five. The quick fox!",
+         "sky", "The lazy dog runs in the park, the cat sat."]
+MC = [
+    ChoiceExample("The cat sat on the", ("mat", "dog", "sky blue"), 0),
+    ChoiceExample("Is the sky blue?", ("yes it is.", "no"), 0),
+    ChoiceExample("Two plus two is ", ("four", "five", "the lazy dog", "park"), 0),
+    ChoiceExample("A dog runs in the", ("park!", "mat."), 1),
+    ChoiceExample("The quick brown fox jumps over the", ("lazy dog.", "cat", "sky"), 2),
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE (vocab 300) that adds BOS like Llama's tokenizer."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+class FixedLogits(nn.Module):
+    """A model whose logits are the same bias at every position; not a `PreTrainedModel`."""
+
+    def __init__(self, vocab_size: int, favoured: list[int] = ()) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.bias.data[list(favoured)] = 10.0
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.bias.expand(*input_ids.shape, -1))
+
+
+def direct_loglikelihood(model, tokenizer, context, continuation):
+    """The obvious unbatched computation, for comparison."""
+    context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+    ids = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return sum(log_probs[len(context_ids) - 1 + k, token].item()
+               for k, token in enumerate(continuation_ids))
+
+
+def test_perplexity_equals_labels_loss_single_and_token_weighted(model, tokenizer):
+    losses, counts = [], []
+    for text in TEXTS:
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)]])
+        with torch.no_grad():
+            losses.append(model(ids, labels=ids).loss.item())
+        counts.append(ids.shape[1] - 1)
+        single = perplexity(model, tokenizer, [text])
+        assert single["nll"] == pytest.approx(losses[-1], abs=1e-5)
+        assert single["ppl"] == pytest.approx(math.exp(losses[-1]), rel=1e-5)
+        assert single["tokens"] == counts[-1] and single["n"] == 1
+    combined = perplexity(model, tokenizer, TEXTS, batch_size=2)
+    expected = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
+    assert combined["nll"] == pytest.approx(expected, abs=1e-5)
+    assert combined["tokens"] == sum(counts) and combined["n"] == len(TEXTS)
+
+
+def test_perplexity_truncates_to_max_length_including_bos(model, tokenizer):
+    text = TEXTS[2]
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)][:6]])
+    with torch.no_grad():
+        expected = model(ids, labels=ids).loss.item()
+    result = perplexity(model, tokenizer, [text], max_length=6)
+    assert result["tokens"] == 5 and result["nll"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_encode_pair_moves_trailing_context_space_onto_the_continuation(tokenizer):
+    assert encode_pair(tokenizer, "The cat ", "sat") == encode_pair(tokenizer, "The cat", " sat")
+    context_ids, continuation_ids = encode_pair(tokenizer, "The cat", " sat on the mat.")
+    assert context_ids == tokenizer.encode("The cat")
+    assert context_ids + continuation_ids == tokenizer.encode("The cat sat on the mat.")
+
+
+def test_loglikelihoods_equal_a_direct_unbatched_loop(model, tokenizer):
+    requests = [(ex.context, " " + choice) for ex in MC for choice in ex.choices]
+    expected = [direct_loglikelihood(model, tokenizer, c, x) for c, x in requests]
+    for batch_size in (1, 3, 64):
+        got = loglikelihoods(model, tokenizer, requests, batch_size=batch_size)
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_multiple_choice_picks_the_continuation_the_model_favours(tokenizer):
+    favoured = encode_pair(tokenizer, "Is the sky blue?", " yes it is.")[1]
+    rigged = FixedLogits(len(tokenizer), favoured)
+    right = [ChoiceExample("Is the sky blue?", ("no", "yes it is.", "lazy dog"), 1)]
+    wrong = [ChoiceExample("Is the sky blue?", ("no", "yes it is.", "lazy dog"), 2)]
+    assert multiple_choice(rigged, tokenizer, right) == {"acc": 1.0, "acc_norm": 1.0, "n": 1}
+    assert multiple_choice(rigged, tokenizer, wrong) == {"acc": 0.0, "acc_norm": 0.0, "n": 1}
+
+
+def test_acc_norm_divides_loglikelihood_by_choice_length_in_characters(tokenizer):
+    uniform = FixedLogits(len(tokenizer))
+    example = ChoiceExample("The cat sat on the", ("mat", "quick brown fox jumps"), 0)
+    counts = [len(encode_pair(tokenizer, example.context, " " + c)[1]) for c in example.choices]
+    lls = loglikelihoods(uniform, tokenizer, [(example.context, " " + c) for c in example.choices])
+    assert lls == pytest.approx([-k * math.log(len(tokenizer)) for k in counts], abs=1e-4)
+    # fewer tokens wins acc; fewer tokens per character wins acc_norm: here they disagree
+    assert counts[0] < counts[1] and counts[0] / 3 > counts[1] / len(example.choices[1])
+    assert multiple_choice(uniform, tokenizer, [example]) == {"acc": 1.0, "acc_norm": 0.0, "n": 1}
+
+
+def test_scores_are_identical_across_batch_sizes(model, tokenizer):
+    tasks = [make_task("mc", MC[:3], MC[3:], "test"),
+             make_task("ppl", [TextExample(t) for t in TEXTS[:3]], [TextExample(t) for t in TEXTS[3:]],
+                       "test")]
+    scores = [evaluate_model(model, tokenizer, tasks, batch_size=b) for b in (1, 2, 16)]
+    for score in scores[1:]:
+        assert score.tasks["mc"] == scores[0].tasks["mc"]
+        for key in ("nll", "ppl"):
+            assert score.tasks["ppl"].metrics[key] == pytest.approx(
+                scores[0].tasks["ppl"].metrics[key], abs=1e-5)
+
+
+def test_low_budget_score_uses_a_prefix_of_the_examples(model, tokenizer):
+    task = make_task("mc", MC, MC[:1], "test")
+    low = evaluate_model(model, tokenizer, [task], n_examples=2)
+    assert low.n_examples == 2 and low.tasks["mc"].metrics["n"] == 2
+    assert low.tasks["mc"].metrics == multiple_choice(model, tokenizer, MC[:2])
+    held = evaluate_model(model, tokenizer, [task], split="heldout")
+    assert held.split == "heldout" and held.tasks["mc"].metrics["n"] == 1
+
+
+def test_evaluate_accepts_any_module_returning_logits(tokenizer):
+    task = make_task("mc", MC, MC, "test")
+    score = evaluate_model(FixedLogits(len(tokenizer)), tokenizer, [task], batch_size=4)
+    assert score.tasks["mc"].metrics["n"] == len(MC)
+
+
+def test_score_to_json_and_task_loss():
+    score = Score("search", 10, {"mc": TaskScore("mc", {"acc": 0.75, "acc_norm": 0.5, "n": 10}),
+                                 "ppl_x": TaskScore("ppl_x", {"nll": 2.0, "ppl": math.exp(2), "n": 3})})
+    payload = score_to_json(score, "pruned")
+    assert json.loads(json.dumps(payload)) == payload
+    assert payload["model"] == "pruned" and payload["tasks"]["mc"]["acc"] == 0.75
+    assert task_loss(score.tasks["mc"], "multiple_choice") == pytest.approx(0.25)
+    assert task_loss(score.tasks["ppl_x"], "perplexity") == 2.0
+
+
+def test_retention_is_relative_to_the_reference_and_above_chance():
+    mc = make_task("mc", MC, MC, "test")  # chance = mean(1/3, 1/2, 1/4, 1/2, 1/3)
+    ppl = make_task("ppl_x", [TextExample("a")], [TextExample("b")], "test")
+    pruned = Score("heldout", None, {"mc": TaskScore("mc", {"acc": 0.6}),
+                                     "ppl_x": TaskScore("ppl_x", {"ppl": 20.0})})
+    dense = Score("heldout", None, {"mc": TaskScore("mc", {"acc": 0.8}),
+                                    "ppl_x": TaskScore("ppl_x", {"ppl": 10.0})})
+    assert retention(pruned, dense, [mc, ppl]) == pytest.approx({"mc": 0.75, "ppl_x": 0.5})
+    assert mean_retention(pruned, dense, [mc, ppl]) == pytest.approx(0.625)
+    expected = (0.6 - mc.chance) / (0.8 - mc.chance)
+    assert retention_above_chance(pruned, dense, [mc, ppl]) == pytest.approx({"mc": expected})
+
+
+def test_load_model_folder_roundtrips_a_saved_model(model, tokenizer, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    loaded, loaded_tokenizer = load_model_folder(tmp_path / "m")
+    assert not loaded.training
+    assert loaded_tokenizer.encode("The cat") == tokenizer.encode("The cat")
+    assert perplexity(loaded, loaded_tokenizer, TEXTS) == perplexity(model, tokenizer, TEXTS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_equal_cpu_scores(model, tokenizer):
+    tasks = [make_task("mc", MC, MC, "test"),
+             make_task("ppl", [TextExample(t) for t in TEXTS], [TextExample("x y")], "test")]
+    cpu = evaluate_model(model, tokenizer, tasks, batch_size=4)
+    gpu = evaluate_model(model.to("cuda"), tokenizer, tasks, batch_size=4)
+    model.to("cpu")
+    assert gpu.tasks["mc"] == cpu.tasks["mc"]
+    assert gpu.tasks["ppl"].metrics["nll"] == pytest.approx(cpu.tasks["ppl"].metrics["nll"], abs=1e-4)
+
+
+def write_lm_eval_task(folder, rows):
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "unit_mc.yaml").write_text(
+        "task: unit_mc\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n")
+
+
+def test_lm_eval_bridge_accuracy_equals_own_scorer(model, tokenizer, tmp_path):
+    pytest.importorskip("lm_eval", reason="optional dependency: pip install lm-eval")
+    from gptailor_merge.scoring.lm_eval_bridge import evaluate_lm_eval
+
+    examples = MC * 2 + [ChoiceExample(f"Question {i}: the cat sat on the",
+                                       ("mat", "dog", "sky blue", "park"), i % 4) for i in range(6)]
+    write_lm_eval_task(tmp_path, [{"context": ex.context, "choices": list(ex.choices),
+                                   "answer": ex.answer} for ex in examples])
+    theirs = evaluate_lm_eval(model, tokenizer, ["unit_mc"], include_path=tmp_path,
+                              include_defaults=False, batch_size=4, max_length=128)
+    ours = multiple_choice(model, tokenizer, examples, batch_size=4, max_length=128)
+    assert theirs["unit_mc"]["acc"] == pytest.approx(ours["acc"])
+    assert theirs["unit_mc"]["acc_norm"] == pytest.approx(ours["acc_norm"])
+
+
+def test_lm_eval_loglikelihoods_equal_ours(model, tokenizer):
+    pytest.importorskip("lm_eval", reason="optional dependency: pip install lm-eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    requests = [(ex.context, " " + choice) for ex in MC for choice in ex.choices]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3, max_length=128)
+    instances = [Instance("loglikelihood", {}, request, i) for i, request in enumerate(requests)]
+    theirs = [logprob for logprob, _ in lm.loglikelihood(instances, disable_tqdm=True)]
+    assert loglikelihoods(model, tokenizer, requests, batch_size=3) == pytest.approx(theirs, abs=1e-5)
