@@ -1,0 +1,131 @@
+"""Run config (YAML or flags): family, target, tasks, search and evaluation settings.
+
+Pydantic models with `extra="forbid"`: a mistyped key fails at load with its field path, and the
+cheap cross-field checks (target within range, known optimizer and methods) run before any weight
+loads. The family `base: demo` means the embedded demo family.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gptailor_merge.errors import ConfigError
+from gptailor_merge.genome import MERGE_METHOD_NAMES
+
+DEMO = "demo"
+DEMO_TASKS = ("prose_cloze", "code_next_line", "math_answer", "ppl_prose", "ppl_code", "ppl_math")
+
+# nevergrad optimizers this project has tested on the tailoring space (tests/test_search.py)
+OPTIMIZERS = ("NGOpt", "DiscreteLenglerOnePlusOne", "PortfolioDiscreteOnePlusOne", "TwoPointsDE",
+              "RandomSearch", "CMA")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FamilyConfig(_Strict):
+    base: str = Field(DEMO, description="base model: local folder, Hub id, or 'demo' for the embedded demo family")
+    candidates: tuple[str, ...] = Field((), description="fine-tunes of the base (folders or Hub ids)")
+    names: tuple[str, ...] | None = Field(None, description="short names, base first")
+    demo_preset: Literal["default", "tiny"] = Field("default", description="demo family size preset")
+
+    @model_validator(mode="after")
+    def _check(self) -> FamilyConfig:
+        if self.base != DEMO and not self.candidates:
+            raise ValueError("a family needs at least one candidate fine-tune besides the base")
+        if self.names is not None and len(self.names) != 1 + len(self.candidates):
+            raise ValueError(f"names has {len(self.names)} entries for {1 + len(self.candidates)} models")
+        return self
+
+
+class TargetConfig(_Strict):
+    layers: int | None = Field(None, description="number of layers to keep", ge=1)
+    remove_fraction: float | None = Field(None, description="fraction of layers to remove, e.g. 0.25", ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetConfig:
+        if (self.layers is None) == (self.remove_fraction is None):
+            raise ValueError("give exactly one of target.layers or target.remove_fraction")
+        return self
+
+
+class SearchConfig(_Strict):
+    optimizer: str = Field("DiscreteLenglerOnePlusOne", description=f"nevergrad optimizer, one of {', '.join(OPTIMIZERS)}")
+    merge_methods: tuple[str, ...] = Field(("task_arithmetic",), description="mergekit methods for merged layers")
+    n_trials: int = Field(60, ge=1, description="trial budget")
+    time_budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the search loop")
+    seed: int = Field(0, description="seed of the optimizer and of example order")
+    max_examples: int = Field(90, ge=1, description="examples per task at full fidelity")
+    eta: int = Field(3, ge=2, description="successive-halving reduction factor")
+    n_rungs: int = Field(3, ge=1, description="fidelity rungs (max/eta^2, max/eta, max for 3)")
+    lambda_range: tuple[float, float] = Field((0.3, 1.0), description="task-arithmetic / TIES lambda bounds")
+    density_range: tuple[float, float] = Field((0.3, 1.0), description="TIES density bounds")
+    max_sources: int | None = Field(None, ge=1, description="most candidates merged into one layer")
+    use_candidates: bool = Field(True, description="false: removal-only search on the base")
+    seeds: bool = Field(True, description="suggest the paper's heuristic seeds first")
+    metric: Literal["acc", "acc_norm"] = Field("acc", description="multiple-choice metric")
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        if self.optimizer not in OPTIMIZERS:
+            import difflib
+
+            close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown optimizer {self.optimizer!r}.{hint} Tested: {', '.join(OPTIMIZERS)}")
+        bad = [m for m in self.merge_methods if m not in MERGE_METHOD_NAMES]
+        if bad or not self.merge_methods:
+            raise ValueError(f"unknown merge method(s) {bad}; choose from {', '.join(MERGE_METHOD_NAMES)}")
+        return self
+
+    def rungs(self) -> list[int]:
+        """Example budgets per rung, smallest first; each a prefix of the next."""
+        out = sorted({max(1, self.max_examples // self.eta**k) for k in range(self.n_rungs)})
+        return out
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(256, ge=8, description="tokens per sequence")
+    device: str = Field("cpu", description="cpu or cuda")
+    dtype: str = Field("float32", description="dtype of the stitched model and of merges")
+    heldout_examples: int | None = Field(None, ge=1, description="held-out examples per task (None: all)")
+
+
+class RunConfig(_Strict):
+    family: FamilyConfig = FamilyConfig()
+    target: TargetConfig = TargetConfig(remove_fraction=0.25)
+    tasks: tuple[str, ...] = Field(DEMO_TASKS, description="task names, JSONL paths, hf:/disk: specs")
+    search: SearchConfig = SearchConfig()
+    eval: EvalConfig = EvalConfig()
+    out_dir: str | None = Field(None, description="run folder (default runs/<timestamp>)")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = [
+                f"  {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in exc.errors()
+            ]
+            raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,154 @@
+"""`optimize`: config -> family -> search -> best recipe -> mergekit model -> held-out summary.
+
+Owns the run folder: config.yaml, run.json, journal.jsonl, best.yaml, pareto/*.yaml, best_model/,
+summary.md and summary.json. Checks everything cheap (config, tasks, family shapes, resume match)
+before any weight loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gptailor_merge.config import DEMO, RunConfig
+from gptailor_merge.errors import ConfigError, ResumeError
+from gptailor_merge.family import Family
+from gptailor_merge.genome import Genome, resolve_target
+from gptailor_merge.journal import Trial, write_json_atomic
+from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict
+    best_recipe: Path | None
+
+
+def resolve_family(config: RunConfig, progress: bool = True) -> tuple[Family, list[str]]:
+    """Load the family (building the demo one if asked) and register its built-in tasks."""
+    from gptailor_merge.scoring import register_task_dir
+
+    fam = config.family
+    if fam.base == DEMO:
+        from gptailor_merge.demo import build_demo_family
+
+        demo = build_demo_family(preset=fam.demo_preset, progress=progress)
+        register_task_dir(demo.root)
+        names = ["base", *demo.domains]
+        return Family.load(demo.base, demo.candidates, names=names), names
+    family = Family.load(fam.base, fam.candidates, names=fam.names)
+    return family, [m.name for m in family.members]
+
+
+def load_tasks(config: RunConfig):
+    from gptailor_merge.scoring import load_task
+
+    return [load_task(spec, seed=config.search.seed) for spec in config.tasks]
+
+
+def _fingerprint(config: RunConfig, family: Family, n_keep: int) -> dict:
+    return {
+        "base": family.base.model_id if config.family.base != DEMO else f"demo:{config.family.demo_preset}",
+        "candidates": [c.model_id for c in family.candidates] if config.family.base != DEMO else [],
+        "n_layers": family.n_layers,
+        "n_keep": n_keep,
+    }
+
+
+def prepare_run_dir(config: RunConfig, resume: Path | None) -> tuple[RunConfig, Path]:
+    """A fresh run folder, or the resumed one with its own config (checked against `config`)."""
+    if resume is None:
+        out = Path(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"run folder '{out}' is not empty; resume it with --resume {out} or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml())
+        return config, out
+    resume = Path(resume)
+    if not (resume / "config.yaml").is_file():
+        raise ResumeError(f"'{resume}' is not a run folder (no config.yaml); pass the folder optimize printed")
+    saved = RunConfig.load(resume / "config.yaml")
+    return saved, resume
+
+
+def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
+             requested: RunConfig | None = None) -> RunOutcome:
+    """The main job. `requested` is a config given alongside --resume: it must match the run's."""
+    from transformers import AutoTokenizer
+
+    from gptailor_merge.search import Evaluator, run_search
+    from gptailor_merge.stitch import Stitcher
+
+    start = time.perf_counter()
+    config, run_dir = prepare_run_dir(config, resume)
+    if requested is not None and resume is not None:
+        for part in ("family", "target"):
+            if getattr(requested, part) != getattr(config, part):
+                raise ResumeError(
+                    f"run '{run_dir}' was started with a different {part} "
+                    f"({getattr(config, part)!r}); resume without --config or start a new run"
+                )
+    non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None
+    family, names = resolve_family(config, progress)
+    tasks = non_demo_tasks or load_tasks(config)
+    n_keep = resolve_target(family.n_layers, layers=config.target.layers,
+                            remove_fraction=config.target.remove_fraction)
+    fingerprint = _fingerprint(config, family, n_keep)
+    header = run_dir / "run.json"
+    if resume is not None and header.is_file():
+        import json
+
+        old = json.loads(header.read_text())
+        if old.get("fingerprint") != fingerprint:
+            raise ResumeError(f"run '{run_dir}' is for {old.get('fingerprint')}, not {fingerprint}")
+    write_json_atomic(header, {"fingerprint": fingerprint, "started": datetime.now().isoformat()})
+
+    s = config.search
+    space = SearchSpace(family.n_layers, family.n_candidates, n_keep, methods=s.merge_methods,
+                        lambda_range=s.lambda_range, density_range=s.density_range,
+                        max_sources=s.max_sources, allow_candidates=s.use_candidates)
+    logger.info("%s; keeping %d of %d layers", family.summary().splitlines()[0], n_keep, family.n_layers)
+    ev = config.eval
+    stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+    evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
+                          max_length=ev.max_length, metric=s.metric)
+    result = run_search(space, evaluator, run_dir, optimizer=s.optimizer, n_trials=s.n_trials,
+                        rungs=s.rungs(), eta=s.eta, seed=s.seed, time_budget_s=s.time_budget_s,
+                        use_seeds=s.seeds, progress=progress)
+    if result.best is None:
+        raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
+
+    refs = FamilyRefs.of(family)
+    best_genome = Genome.from_dict(result.best.genome)
+    best_recipe = _save_recipe(best_genome, refs, result.best, run_dir / "best.yaml", ev.dtype)
+    pareto_dir = run_dir / "pareto"
+    pareto_dir.mkdir(exist_ok=True)
+    for trial in result.pareto:
+        _save_recipe(Genome.from_dict(trial.genome), refs, trial, pareto_dir / f"{trial.genome_id}.yaml", ev.dtype)
+
+    from gptailor_merge.heldout import heldout_summary
+
+    summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
+    summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(run_dir / "summary.json", summary)
+    from gptailor_merge.heldout import summary_markdown
+
+    (run_dir / "summary.md").write_text(summary_markdown(summary))
+    return RunOutcome(run_dir, summary, best_recipe)
+
+
+def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial, path: Path, dtype: str) -> Path:
+    meta = {
+        "trial": trial.index,
+        "search_scores": {"n_examples": trial.fidelity, "retention": round(trial.retention, 6),
+                          "tasks": trial.rungs[-1].metrics},
+    }
+    return genome_to_recipe(genome, refs, dtype=dtype, metadata=meta).save(path)
