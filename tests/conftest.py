@@ -10,7 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add contention
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the subprocesses tests start
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,193 @@
+"""Search: space by construction, determinism, kill-and-resume, bad input (tiny family, JSONL tasks)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptailor_merge.config import RunConfig
+from gptailor_merge.errors import ConfigError, ResumeError
+from gptailor_merge.genome import Genome, LayerSpec
+from gptailor_merge.space import SearchSpace, paper_seeds, removal_order
+
+WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
+
+
+@pytest.fixture(scope="module")
+def search_setup(tmp_path_factory):
+    from gptailor_merge.synthetic import make_synthetic_family
+
+    root = tmp_path_factory.mktemp("search")
+    base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)
+    rng = random.Random(0)
+    with open(root / "mc.jsonl", "w") as f:
+        for _ in range(40):
+            ctx = " ".join(rng.choice(WORDS) for _ in range(6))
+            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
+            f.write(json.dumps({"context": ctx, "choices": choices, "answer": rng.randrange(4)}) + "\n")
+    with open(root / "txt.jsonl", "w") as f:
+        for _ in range(30):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
+    return root, base, cands
+
+
+def _config(root, base, cands, out, n_trials=8, **search):
+    return RunConfig.from_dict({
+        "family": {"base": str(base), "candidates": [str(c) for c in cands]},
+        "target": {"layers": 4},
+        "tasks": [str(root / "mc.jsonl"), str(root / "txt.jsonl")],
+        "search": {"n_trials": n_trials, "max_examples": 9, **search},
+        "eval": {"batch_size": 8, "max_length": 64},
+        "out_dir": str(out),
+    })
+
+
+def test_every_proposal_keeps_exactly_the_target_layers():
+    space = SearchSpace(12, 3, 9, methods=("task_arithmetic", "ties"))
+    param = space.parametrization(seed=0)
+    for _ in range(50):
+        child = param.spawn_child()
+        child.mutate()
+        assert space.decode(child.value).n_kept == 9
+
+
+def test_encode_decode_roundtrip_through_nevergrad():
+    space = SearchSpace(8, 3, 6, methods=("ties",))
+    genome = Genome(8, 3, (LayerSpec(0, (1,)), LayerSpec(1), LayerSpec(2, (0, 2), lam=0.55, density=0.6),
+                           LayerSpec(4), LayerSpec(5, (0, 1, 2), lam=0.9, density=0.4), LayerSpec(7)), method="ties")
+    param = space.parametrization(seed=0)
+    assert space.decode(param.spawn_child(new_value=space.encode(genome)).value) == genome
+
+
+def test_paper_removal_orders_and_seeds_meet_the_target():
+    assert removal_order("higher_first", 8)[:3] == [6, 5, 4]
+    assert removal_order("middle_outward", 8)[:2] == [4, 3]
+    assert removal_order("alternating", 8)[:4] == [6, 3, 5, 2]
+    space = SearchSpace(12, 3, 9)
+    seeds = paper_seeds(space)
+    assert seeds and all(g.n_kept == 9 for g in seeds)
+    assert all(0 in g.kept and 11 in g.kept for g in seeds)
+    assert len({g.genome_id for g in seeds}) == len(seeds)
+
+
+def test_same_seed_and_config_propose_the_same_sequence():
+    from gptailor_merge.search import make_optimizer
+
+    def proposals():
+        space = SearchSpace(10, 3, 7)
+        opt = make_optimizer("DiscreteLenglerOnePlusOne", space.parametrization(seed=5), 20)
+        out = []
+        for i in range(20):
+            cand = opt.ask()
+            out.append(space.decode(cand.value).genome_id)
+            opt.tell(cand, float(i % 7))
+        return out
+
+    assert proposals() == proposals()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"search": {"optimizer": "NGOptt"}}, "Did you mean 'NGOpt'"),
+        ({"search": {"merge_methods": ["slerp"]}}, "unknown merge method"),
+        ({"serach": {}}, "serach: Extra inputs are not permitted"),
+        ({"target": {"layers": 0}}, "target.layers"),
+        ({"target": {"layers": 3, "remove_fraction": 0.2}}, "exactly one"),
+        ({"family": {"base": "/x"}}, "at least one candidate"),
+    ],
+)
+def test_bad_config_is_a_clear_error_before_any_work(data, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(data)
+
+
+def test_target_that_leaves_no_layers_and_missing_tasks_fail_early(search_setup, tmp_path):
+    from gptailor_merge.errors import GenomeError, TaskError
+    from gptailor_merge.optimize import optimize
+
+    root, base, cands = search_setup
+    cfg = _config(root, base, cands, tmp_path / "a").model_dump(mode="json")
+    cfg["target"] = {"layers": 7}
+    with pytest.raises(GenomeError, match="impossible for a 6-layer family"):
+        optimize(RunConfig.from_dict(cfg), progress=False)
+    cfg["target"] = {"layers": 4}
+    cfg["tasks"] = ["no_such_task"]
+    cfg["out_dir"] = str(tmp_path / "b")
+    with pytest.raises(TaskError, match="no_such_task"):
+        optimize(RunConfig.from_dict(cfg), progress=False)
+
+
+def test_optimize_writes_run_folder_and_mergekit_matches_stitch(search_setup, tmp_path):
+    from gptailor_merge.optimize import optimize
+    from gptailor_merge.recipe import Recipe, recipe_to_genome
+
+    root, base, cands = search_setup
+    outcome = optimize(_config(root, base, cands, tmp_path / "run"), progress=False)
+    run = outcome.run_dir
+    for name in ("config.yaml", "run.json", "journal.jsonl", "best.yaml", "summary.md", "summary.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "pareto").glob("*.yaml"))
+    trials = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    assert [t["index"] for t in trials] == list(range(8))
+    assert recipe_to_genome(Recipe.load(run / "best.yaml")).n_kept == 4
+    summary = outcome.summary
+    assert summary["mergekit_vs_stitch_max_abs_diff"] <= 1e-4
+    models = [r["model"] for r in summary["rows"]]
+    assert models[:4] == ["base", "cand0", "cand1", "cand2"] and "gptailor-best" in models
+    s = summary["search"]
+    assert s["full_fidelity_evaluations"] + s["full_fidelity_evaluations_saved"] == s["evaluated"]
+
+
+def test_killed_run_resumes_without_lost_or_duplicated_trials(search_setup, tmp_path):
+    root, base, cands = search_setup
+    config_path = tmp_path / "run.yaml"
+    cfg = _config(root, base, cands, tmp_path / "run", n_trials=40)
+    config_path.write_text(cfg.to_yaml())
+    journal = tmp_path / "run" / "journal.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "gptailor_merge", "-q", "optimize", "--config", str(config_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    assert 4 <= len(before) < 40, "the kill must land mid-search"
+    resumed = subprocess.run([sys.executable, "-m", "gptailor_merge", "-q", "optimize", "--resume",
+                              str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [t["index"] for t in after] == list(range(40))
+    assert [t["genome_id"] for t in after[: len(before)]] == [t["genome_id"] for t in before]
+    # the resumed run proposes exactly what an uninterrupted run proposes
+    fresh = _config(root, base, cands, tmp_path / "fresh", n_trials=40)
+    from gptailor_merge.optimize import optimize
+
+    optimize(fresh, progress=False)
+    uninterrupted = [json.loads(line)["genome_id"] for line in (tmp_path / "fresh" / "journal.jsonl").read_text().splitlines()]
+    assert [t["genome_id"] for t in after] == uninterrupted
+
+
+def test_resume_refuses_a_different_family_or_target(search_setup, tmp_path):
+    from gptailor_merge.optimize import optimize
+
+    root, base, cands = search_setup
+    cfg = _config(root, base, cands, tmp_path / "run", n_trials=2)
+    optimize(cfg, progress=False)
+    other = cfg.model_dump(mode="json")
+    other["target"] = {"layers": 5}
+    with pytest.raises(ResumeError, match="different target"):
+        optimize(RunConfig.from_dict(other), resume=tmp_path / "run", requested=RunConfig.from_dict(other), progress=False)
+    with pytest.raises(ResumeError, match="not a run folder"):
+        optimize(cfg, resume=tmp_path / "nothing", progress=False)
+    assert Path(tmp_path / "run" / "best.yaml").is_file()
