@@ -103,9 +103,20 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(level)
 
 
+def _register_command_modules() -> None:
+    """Import every `gptailor_merge.cli_*` module; each registers its commands with `@command`."""
+    import importlib
+    import pkgutil
+
+    import gptailor_merge
+
+    for info in pkgutil.iter_modules(gptailor_merge.__path__):
+        if info.name.startswith("cli_"):
+            importlib.import_module(f"gptailor_merge.{info.name}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # late registration of the commands that live in their own modules
-    from gptailor_merge import cli_commands  # noqa: F401
+    _register_command_modules()
 
     parser = build_parser()
     args = parser.parse_args(argv)
