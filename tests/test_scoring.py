@@ -271,3 +271,21 @@ def test_lm_eval_loglikelihoods_equal_ours(model, tokenizer):
     instances = [Instance("loglikelihood", {}, request, i) for i, request in enumerate(requests)]
     theirs = [logprob for logprob, _ in lm.loglikelihood(instances, disable_tqdm=True)]
     assert loglikelihoods(model, tokenizer, requests, batch_size=3) == pytest.approx(theirs, abs=1e-5)
+
+
+def test_lm_eval_task_spec_builds_the_same_examples_lm_eval_scores(model, tokenizer, tmp_path):
+    pytest.importorskip("lm_eval", reason="optional dependency: pip install lm-eval")
+    from gptailor_merge.scoring import load_task
+    from gptailor_merge.scoring.lm_eval_bridge import evaluate_lm_eval
+
+    examples = [ChoiceExample(f"Question {i}: the cat sat on the", ("mat", "dog", "sky blue", "park"), i % 4)
+                for i in range(12)]
+    write_lm_eval_task(tmp_path, [{"context": ex.context, "choices": list(ex.choices), "answer": ex.answer}
+                                  for ex in examples])
+    task = load_task(f"lm_eval:unit_mc@{tmp_path}")
+    assert task.kind == "multiple_choice" and len(task.search) + len(task.heldout) == 12
+    assert {ex.context for ex in (*task.search, *task.heldout)} == {ex.context for ex in examples}
+    ours = multiple_choice(model, tokenizer, list(task.search + task.heldout), batch_size=4, max_length=128)
+    theirs = evaluate_lm_eval(model, tokenizer, ["unit_mc"], include_path=tmp_path,
+                              include_defaults=False, batch_size=4, max_length=128)
+    assert theirs["unit_mc"]["acc"] == pytest.approx(ours["acc"])

@@ -67,3 +67,43 @@ def evaluate_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], *,
     scores = {name: _metrics(raw) for name, raw in results["results"].items()}
     logger.info("lm-eval scores: %s", scores)
     return scores
+
+
+def task_from_lm_eval(spec: str, *, seed: int = 0):
+    """`lm_eval:NAME[@INCLUDE_DIR]` -> a `Task` built from lm-eval's own prompt functions.
+
+    lm-eval's `doc_to_text` / `doc_to_choice` / `doc_to_target` define context, choices and answer
+    (zero-shot), so the search scores exactly lm-eval's requests with our batched scorer. Only
+    `multiple_choice` tasks with one context per document are supported.
+    """
+    from gptailor_merge.scoring.examples import ChoiceExample
+    from gptailor_merge.scoring.tasks import make_task, split_examples
+
+    _import_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    name, _, include = spec.removeprefix("lm_eval:").partition("@")
+    manager = TaskManager(include_path=include or None, include_defaults=not include)
+    if name not in manager.all_tasks:
+        raise TaskError(f"lm-eval does not know task {name!r} (spec {spec!r}); check the name "
+                        "with `lm-eval ls tasks`, or add its YAML folder as lm_eval:NAME@DIR.")
+    task = manager.load_task_or_group([name])[name]
+    if task.OUTPUT_TYPE != "multiple_choice":
+        raise TaskError(f"lm-eval task {name!r} is {task.OUTPUT_TYPE}; only multiple_choice tasks "
+                        "can be scored by log-likelihood here (use the lm-eval bridge instead).")
+    docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
+    if docs is None:
+        raise TaskError(f"lm-eval task {name!r} has neither test nor validation documents")
+    examples = []
+    for i, doc in enumerate(docs):
+        context, choices, target = task.doc_to_text(doc), task.doc_to_choice(doc), task.doc_to_target(doc)
+        if not isinstance(context, str):
+            raise TaskError(f"lm-eval task {name!r} has several contexts per document (like "
+                            "winogrande); it is not supported as a search task")
+        if isinstance(target, str):
+            target = list(choices).index(target)
+        if not 0 <= int(target) < len(choices):
+            raise TaskError(f"lm-eval task {name!r} document {i}: answer {target} out of range")
+        examples.append(ChoiceExample(context, tuple(str(c) for c in choices), int(target)))
+    search, heldout = split_examples(examples, seed)
+    return make_task(name, search, heldout, source=spec)

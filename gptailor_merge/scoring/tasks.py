@@ -153,7 +153,7 @@ def _unknown(spec: str) -> TaskError:
     known = ", ".join(TASKS.names()) or "(none registered)"
     return TaskError(
         f"unknown task {spec!r}.{hint} Known: {known}. Or pass a JSONL path, "
-        f"'hf:NAME[:CONFIG]:SPLIT' or 'disk:PATH'."
+        f"'hf:NAME[:CONFIG]:SPLIT', 'disk:PATH' or 'lm_eval:NAME[@DIR]'."
     )
 
 
@@ -161,6 +161,10 @@ def load_task(spec: str | Path, *, seed: int = 0) -> Task:
     """A task from a registered name, a JSONL path, or a `hf:`/`disk:` dataset spec."""
     if isinstance(spec, Path):
         return task_from_file(spec, seed=seed)
+    if spec.startswith("lm_eval:"):
+        from gptailor_merge.scoring.lm_eval_bridge import task_from_lm_eval
+
+        return task_from_lm_eval(spec, seed=seed)
     if spec.startswith(("hf:", "disk:")):
         from gptailor_merge.scoring.dataset_source import task_from_dataset
 
