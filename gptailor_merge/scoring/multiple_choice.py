@@ -8,6 +8,7 @@ acc_norm = argmax of log-likelihood / len(choice in characters). Mirrors `lm_eva
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -24,17 +25,23 @@ logger = logging.getLogger(__name__)
 TARGET_DELIMITER = " "
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def cached_encode(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[int, ...]:
+    """Tokenization memo: a search scores the same examples hundreds of times."""
+    return tuple(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """lm-eval's `tok_encode`: the tokenizer's own special tokens, unless the text starts with BOS."""
     bos = tokenizer.bos_token
     add_special = not (bos and text.startswith(bos))
-    return tokenizer.encode(text, add_special_tokens=add_special)
+    return list(cached_encode(tokenizer, text, add_special))
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context tokens, continuation tokens) as lm-eval's `loglikelihood` / `_encode_pair`."""
     if context == "":
-        continuation_ids = tokenizer.encode(continuation, add_special_tokens=False)
+        continuation_ids = list(cached_encode(tokenizer, continuation, False))
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if prefix is None:
             raise TaskError("an empty context needs a BOS or EOS token to condition on; this "

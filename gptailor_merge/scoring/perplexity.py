@@ -18,13 +18,14 @@ from torch import nn
 
 from gptailor_merge.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
+from gptailor_merge.scoring.multiple_choice import cached_encode
 
 logger = logging.getLogger(__name__)
 
 
 def encode_text(tokenizer: Any, text: str, max_length: int) -> list[int]:
     """BOS (when the tokenizer has one) + the text's tokens, at most `max_length` in all."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    ids = list(cached_encode(tokenizer, text, False))
     if tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id, *ids]
     return ids[:max_length]
