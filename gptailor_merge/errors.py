@@ -49,3 +49,7 @@ class TaskError(GptailorError, ValueError):
 
 class ResumeError(GptailorError, ValueError):
     """A run folder that cannot be resumed with this config."""
+
+
+class HubError(GptailorError, ValueError):
+    """A push that cannot start: bad repo id, no token, offline."""

@@ -142,6 +142,12 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     from gptailor_merge.heldout import summary_markdown
 
     (run_dir / "summary.md").write_text(summary_markdown(summary))
+    try:
+        from gptailor_merge.report import write_report
+
+        write_report(run_dir)
+    except Exception as exc:  # a figure must never cost a finished run its results
+        logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
 
 
