@@ -19,6 +19,7 @@ from gptailor_merge.family import Family
 from gptailor_merge.genome import Genome, resolve_target
 from gptailor_merge.journal import Trial, write_json_atomic
 from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.resolve import load_tasks, resolve_family
 from gptailor_merge.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -29,28 +30,6 @@ class RunOutcome:
     run_dir: Path
     summary: dict
     best_recipe: Path | None
-
-
-def resolve_family(config: RunConfig, progress: bool = True) -> tuple[Family, list[str]]:
-    """Load the family (building the demo one if asked) and register its built-in tasks."""
-    from gptailor_merge.scoring import register_task_dir
-
-    fam = config.family
-    if fam.base == DEMO:
-        from gptailor_merge.demo import build_demo_family
-
-        demo = build_demo_family(preset=fam.demo_preset, progress=progress)
-        register_task_dir(demo.root)
-        names = ["base", *demo.domains]
-        return Family.load(demo.base, demo.candidates, names=names), names
-    family = Family.load(fam.base, fam.candidates, names=fam.names)
-    return family, [m.name for m in family.members]
-
-
-def load_tasks(config: RunConfig):
-    from gptailor_merge.scoring import load_task
-
-    return [load_task(spec, seed=config.search.seed) for spec in config.tasks]
 
 
 def _fingerprint(config: RunConfig, family: Family, n_keep: int) -> dict:
@@ -120,9 +99,10 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
                           max_length=ev.max_length, metric=s.metric)
+    extra = baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev) if s.seeds else []
     result = run_search(space, evaluator, run_dir, optimizer=s.optimizer, n_trials=s.n_trials,
                         rungs=s.rungs(), eta=s.eta, seed=s.seed, time_budget_s=s.time_budget_s,
-                        use_seeds=s.seeds, progress=progress)
+                        use_seeds=s.seeds, extra_seed_removals=extra, progress=progress)
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
 
@@ -149,6 +129,21 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     except Exception as exc:  # a figure must never cost a finished run its results
         logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
+
+
+def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev) -> list[list[int]]:
+    """Removal sets of the single-model baselines (ShortGPT, angular, reverse), calibrated on the
+    search split of the run's perplexity tasks; they join the paper's seeds."""
+    from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
+
+    text_tasks = [t for t in tasks if t.kind == "perplexity"]
+    if not text_tasks or n_remove == 0:
+        return []
+    texts = calibration_texts(text_tasks, 32)
+    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length)
+    removals = baseline_removals(calib, n_remove)
+    logger.info("baseline seeds: %s", removals)
+    return [list(r) for r in removals.values()]
 
 
 def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial, path: Path, dtype: str) -> Path:

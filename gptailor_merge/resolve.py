@@ -1,0 +1,31 @@
+"""Config -> the loaded family and tasks: the demo family (built if needed) or the config's models.
+
+Shared by `optimize`, `prune` and `evaluate`, so each resolves families and tasks the same way.
+"""
+
+from __future__ import annotations
+
+from gptailor_merge.config import DEMO, RunConfig
+from gptailor_merge.family import Family
+
+
+def resolve_family(config: RunConfig, progress: bool = True) -> tuple[Family, list[str]]:
+    """Load the family (building the demo one if asked) and register its built-in tasks."""
+    from gptailor_merge.scoring import register_task_dir
+
+    fam = config.family
+    if fam.base == DEMO:
+        from gptailor_merge.demo import build_demo_family
+
+        demo = build_demo_family(preset=fam.demo_preset, progress=progress)
+        register_task_dir(demo.root)
+        names = ["base", *demo.domains]
+        return Family.load(demo.base, demo.candidates, names=names), names
+    family = Family.load(fam.base, fam.candidates, names=fam.names)
+    return family, [m.name for m in family.members]
+
+
+def load_tasks(config: RunConfig):
+    from gptailor_merge.scoring import load_task
+
+    return [load_task(spec, seed=config.search.seed) for spec in config.tasks]

@@ -1,0 +1,256 @@
+"""Pruning baselines on a tiny Llama whose layer 2 is an exact identity (its attention o_proj and
+MLP down_proj are zero), so the right first removal is forced; recipes, seeds and the CLI."""
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gptailor_merge.baselines import (
+    BASELINES,
+    Calibration,
+    baseline_recipe,
+    baseline_removals,
+    calibration_nll,
+    calibration_texts,
+    collapsed_model,
+    get_baseline,
+    run_baseline,
+    save_collapsed,
+)
+from gptailor_merge.errors import ConfigError, TaskError
+
+N_LAYERS, IDENTITY = 6, 2
+WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
+
+
+def _zero_identity(model) -> None:
+    layer = model.model.layers[IDENTITY]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+
+
+def _train_base(path, texts) -> None:
+    """A few Adam steps so that every other layer matters to the calibration perplexity."""
+    from gptailor_merge.scoring.batching import pad_right
+    from gptailor_merge.scoring.perplexity import encode_text
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids, mask = pad_right([encode_text(tokenizer, t, 64) for t in texts], torch.device("cpu"),
+                          tokenizer.pad_token_id)
+    labels = ids.masked_fill(mask == 0, -100)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    _zero_identity(model)
+    model.train()
+    for _ in range(40):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _zero_identity(model)
+    model.eval().save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from gptailor_merge.synthetic import make_synthetic_family
+
+    root = tmp_path_factory.mktemp("baselines")
+    base, cands = make_synthetic_family(root / "fam", n_layers=N_LAYERS, seed=3)
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40)]
+    (root / "txt.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    with open(root / "mc.jsonl", "w") as f:
+        for _ in range(10):
+            choices = [rng.choice(WORDS) for _ in range(3)]
+            f.write(json.dumps({"context": " ".join(rng.sample(WORDS, 5)), "choices": choices, "answer": 0}) + "\n")
+    _train_base(base, texts)
+    config = {"family": {"base": str(base), "candidates": [str(c) for c in cands]},
+              "target": {"layers": N_LAYERS - 1},
+              "tasks": [str(root / "mc.jsonl"), str(root / "txt.jsonl")],
+              "eval": {"batch_size": 8, "max_length": 64}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return SimpleNamespace(root=root, base=base, cands=cands, config=root / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def calib(setup):
+    from gptailor_merge.family import Family
+    from gptailor_merge.scoring import load_task
+    from gptailor_merge.stitch import Stitcher
+
+    family = Family.load(setup.base, setup.cands)
+    texts = calibration_texts([load_task(str(setup.root / "txt.jsonl"))], 16)
+    return Calibration(Stitcher(family), AutoTokenizer.from_pretrained(setup.base), tuple(texts),
+                       batch_size=8, max_length=64)
+
+
+def _logits(model, n=4):
+    x = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(n))
+    with torch.inference_mode():
+        return model(x).logits.float().clone()
+
+
+def test_reverse_drops_the_layers_just_below_the_final_one():
+    family = SimpleNamespace(n_layers=12, n_candidates=3)
+    stub = Calibration(SimpleNamespace(family=family), None, ("text",))
+    assert run_baseline("reverse", stub, 3).removed == [8, 9, 10]
+    assert run_baseline("reverse", stub, 1).removed == [10]
+    assert run_baseline("reverse", stub, 0).removed == []
+
+
+@pytest.mark.parametrize("method", ["shortgpt", "angular", "greedy-ppl", "laco"])
+def test_exact_identity_layer_is_removed_first(calib, method):
+    assert run_baseline(method, calib, 1, **({"threshold": 1.0} if method == "laco" else {})).removed == [IDENTITY]
+
+
+def test_shortgpt_removes_the_lowest_block_influence_layers(calib):
+    result = run_baseline("shortgpt", calib, 2)
+    bi = result.details["block_influence"]
+    assert bi[IDENTITY] == 0.0 and all(b > 1e-3 for i, b in enumerate(bi) if i != IDENTITY)
+    assert result.removed == sorted(sorted(range(N_LAYERS), key=bi.__getitem__)[:2])
+
+
+@pytest.mark.parametrize("tokens", ["last", "all"])
+def test_angular_removes_the_contiguous_block_of_smallest_angular_distance(calib, tokens):
+    one = run_baseline("angular", calib, 1, tokens=tokens)
+    assert one.removed == [IDENTITY] and one.details["angular_distance"][IDENTITY] == 0.0
+    two = run_baseline("angular", calib, 2, tokens=tokens)
+    dist = two.details["angular_distance"]
+    assert len(dist) == N_LAYERS - 1
+    start = dist.index(min(dist))
+    assert two.removed == [start, start + 1]
+
+
+def test_greedy_ppl_removes_each_step_the_layer_that_raises_perplexity_least(calib):
+    result = run_baseline("greedy_ppl", calib, 2)
+    first, second = (step["removed"] for step in result.details["steps"])
+    assert first == IDENTITY and result.removed == sorted([first, second])
+    nll = {j: calibration_nll(calib, sorted([IDENTITY, j])) for j in range(N_LAYERS) if j != IDENTITY}
+    assert second == min(nll, key=nll.get)
+    assert calibration_nll(calib, [IDENTITY]) == calibration_nll(calib, [])  # identity: lossless
+
+
+def test_laco_threshold_one_accepts_only_exact_identity_collapses(calib):
+    result = run_baseline("laco", calib, 1, threshold=1.0)
+    trials = result.details["trials"]
+    assert [t["layers"] for t in trials if t["accepted"]] == [[IDENTITY, IDENTITY + 1]]
+    assert all(t["similarity"] < 1.0 for t in trials if not t["accepted"])
+    with pytest.raises(ConfigError, match=r"LaCo removed only 0 of 2 layers at threshold 1.0"):
+        run_baseline("laco", calib, 2, threshold=1.0)
+
+
+def test_laco_low_threshold_collapses_rear_layers_into_a_prior_one(calib, tmp_path):
+    before = _logits(calib.stitcher.build(calib.full_genome()))
+    result = run_baseline("laco", calib, 2, threshold=0.0, merge_layers=3)
+    assert result.removed == [3, 4] and list(result.collapsed) == [5]
+    base = calib.family.base
+    name = "self_attn.q_proj.weight"
+    theta = {i: base.tensor(f"model.layers.{i}.{name}") for i in (3, 4, 5)}
+    expected = theta[3] + (theta[4] - theta[3]) + (theta[5] - theta[3])
+    assert torch.allclose(result.collapsed[5][name], expected, atol=1e-6)
+    collapsed = _logits(collapsed_model(calib, result))
+    passthrough = _logits(calib.stitcher.build(result.genome))
+    assert (collapsed - passthrough).abs().max() > 1e-3, "the collapsed layer is not the base's"
+    out = save_collapsed(calib, result, tmp_path / "laco", recipe=baseline_recipe(result, calib.family))
+    saved = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert saved.config.num_hidden_layers == N_LAYERS - 2
+    assert (_logits(saved) - collapsed).abs().max() <= 1e-5
+    assert "LaCo" in yaml.safe_load((out / "laco_removal_recipe.yaml").read_text())["gptailor"]["note"]
+    assert torch.equal(_logits(calib.stitcher.build(calib.full_genome())), before), "base left untouched"
+
+
+def test_every_baseline_recipe_is_valid_mergekit_and_round_trips(calib, tmp_path):
+    from gptailor_merge.materialize import materialize_with_mergekit
+    from gptailor_merge.recipe import recipe_to_genome
+
+    for method in BASELINES.names():
+        options = {"threshold": 0.0} if method == "laco" else {}
+        result = run_baseline(method, calib, 2, **options)
+        recipe = baseline_recipe(result, calib.family, metadata={"calibration": {"split": "search"}})
+        recipe.merge_config()
+        assert recipe.data["merge_method"] == "passthrough"
+        assert recipe.metadata["baseline"] == method and recipe.metadata["removed"] == result.removed
+        assert recipe_to_genome(recipe) == result.genome
+    shortgpt = run_baseline("shortgpt", calib, 2)
+    out = materialize_with_mergekit(baseline_recipe(shortgpt, calib.family), tmp_path / "mk")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert merged.config.num_hidden_layers == N_LAYERS - 2
+    assert (_logits(merged) - _logits(calib.stitcher.build(shortgpt.genome))).abs().max() <= 1e-5
+
+
+def test_baseline_removals_are_search_seeds_of_the_target_size(calib):
+    from gptailor_merge.space import SearchSpace, paper_seeds
+
+    removals = baseline_removals(calib, 2, methods=("reverse", "shortgpt", "angular", "greedy-ppl", "laco"),
+                                 options={"laco": {"threshold": 1.0}})
+    assert set(removals) == {"reverse", "shortgpt", "angular", "greedy_ppl"}, "laco misses the target: skipped"
+    assert removals["reverse"] == [3, 4] and all(len(r) == 2 for r in removals.values())
+    seeds = paper_seeds(SearchSpace(N_LAYERS, 3, N_LAYERS - 2), extra_removals=removals.values())
+    seeded = {g.removed for g in seeds}
+    assert all(tuple(r) in seeded for r in removals.values())
+
+
+def test_unknown_baseline_is_a_config_error_with_did_you_mean():
+    with pytest.raises(ConfigError, match="Did you mean 'shortgpt'"):
+        get_baseline("shortgtp")
+    assert get_baseline("greedy-ppl") is get_baseline("greedy_ppl")
+
+
+def test_calibration_uses_the_search_split_of_text_tasks_only(setup):
+    from gptailor_merge.scoring import load_task
+
+    task = load_task(str(setup.root / "txt.jsonl"))
+    texts = calibration_texts([task], 5)
+    assert texts == [ex.text for ex in task.search[:5]]
+    assert not set(texts) & {ex.text for ex in task.heldout}
+    with pytest.raises(TaskError, match="calibration needs text"):
+        calibration_texts([load_task(str(setup.root / "mc.jsonl"))], 5)
+    with pytest.raises(TaskError, match="no calibration text"):
+        Calibration(None, None, ())
+
+
+def test_prune_cli_writes_a_recipe_calibrated_on_the_configs_text_tasks(setup, tmp_path, capsys):
+    from gptailor_merge.cli import main
+    from gptailor_merge.recipe import Recipe
+
+    out = tmp_path / "pruned.yaml"
+    rc = main(["-q", "prune", "--method", "greedy-ppl", "--family", str(setup.config), "--layers",
+               str(N_LAYERS - 1), "--out", str(out), "--n-calibration", "8"])
+    assert rc == 0, capsys.readouterr().err
+    recipe = Recipe.load(out)
+    meta = recipe.metadata
+    assert meta["baseline"] == "greedy_ppl" and meta["removed"] == [IDENTITY]
+    assert meta["calibration"]["tasks"] == ["txt"] and meta["calibration"]["split"] == "search"
+    assert meta["calibration"]["n_texts"] == 8
+    recipe.merge_config()
+
+
+def test_prune_cli_rejects_bad_method_impossible_target_and_laco_recipe_path(setup, tmp_path, capsys):
+    from gptailor_merge.cli import main
+
+    def run(*flags):
+        rc = main(["-q", "prune", "--family", str(setup.config), *flags])
+        return rc, capsys.readouterr().err
+
+    rc, err = run("--method", "shortgtp", "--out", str(tmp_path / "a.yaml"))
+    assert rc == 2 and "Did you mean 'shortgpt'" in err
+    rc, err = run("--method", "shortgpt", "--layers", str(N_LAYERS + 1), "--out", str(tmp_path / "b.yaml"))
+    assert rc == 2 and f"impossible for a {N_LAYERS}-layer family" in err
+    rc, err = run("--method", "laco", "--out", str(tmp_path / "c.yaml"))
+    assert rc == 2 and "cannot be written as a mergekit recipe" in err
+    rc, err = run("--method", "shortgpt", "--calibration", str(setup.root / "mc.jsonl"),
+                  "--out", str(tmp_path / "d.yaml"))
+    assert rc == 2 and "calibration needs text" in err
+    assert not list(tmp_path.iterdir()), "a failed prune writes nothing"
+    rc, err = run("--method", "laco", "--laco-threshold", "0.0", "--out", str(tmp_path / "laco"))
+    assert rc == 0, err
+    assert (tmp_path / "laco" / "config.json").is_file()
+    assert (tmp_path / "laco" / "laco_removal_recipe.yaml").is_file()
