@@ -21,6 +21,7 @@ import numpy as np
 from gptailor_merge.errors import ResumeError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, RungResult, Trial
+from gptailor_merge.prefix import PrefixReuse
 from gptailor_merge.scoring import Score, Task, evaluate_model, retention, task_loss
 from gptailor_merge.space import SearchSpace, paper_seeds
 
@@ -37,10 +38,20 @@ class Evaluator:
     batch_size: int = 16
     max_length: int = 256
     metric: str = "acc"
+    # hidden states of shared leading layers, reused across candidates (gptailor_merge/prefix.py);
+    # scores are bitwise the same with or without it. 0 bytes turns it off.
+    prefix_cache_bytes: int = 1 << 30
     _references: dict = field(default_factory=dict)
+    prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.prefix_cache_bytes > 0:
+            self.prefix = PrefixReuse(self.prefix_cache_bytes)
 
     def score(self, genome: Genome, split: str, n_examples: int | None) -> Score:
         model = self.stitcher.build(genome)
+        if self.prefix is not None:
+            model = self.prefix.wrap(model, genome)
         return evaluate_model(model, self.tokenizer, self.tasks, split=split, n_examples=n_examples,
                               batch_size=self.batch_size, max_length=self.max_length)
 

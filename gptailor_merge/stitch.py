@@ -49,14 +49,19 @@ class Stitcher:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
         cache_size: int = 256,
+        model: nn.Module | None = None,
     ) -> None:
+        """`model`: the base as an already-loaded causal LM (e.g. built in GPU memory for
+        benchmarks/gpu_check.sh); by default it is loaded from `family.base.path`."""
         from transformers import AutoModelForCausalLM
 
         self.family = family
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.cache_size = cache_size
-        self.model = AutoModelForCausalLM.from_pretrained(family.base.path, dtype=self.dtype)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(family.base.path, dtype=self.dtype)
+        self.model = model
         self.model.to(self.device).eval()
         self._layers_path, self._layer_prefix = self._find_layers()
         self._base_layers = list(self.model.get_submodule(self._layers_path))
