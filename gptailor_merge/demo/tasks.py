@@ -1,0 +1,215 @@
+"""Demo evaluation data: multiple-choice tasks and perplexity texts from search/heldout splits.
+
+In: each domain's search and heldout documents plus the tokenizer (for length limits). Out:
+`tasks/{task}.{split}.jsonl` ({"context", "choices", "answer"}) and `text/{domain}.{split}.jsonl`
+({"text"}), in a fixed seeded order. Never reads a train split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from gptailor_merge.demo.corpora import DomainCorpus
+
+logger = logging.getLogger(__name__)
+
+TASK_DOMAINS: dict[str, str] = {
+    "prose_cloze": "prose", "code_next_line": "code", "math_answer": "math"}
+EVAL_SPLITS: tuple[str, ...] = ("search", "heldout")
+N_CHOICES = 4
+
+_SENTENCE_START = re.compile(r"(?:^|(?<=[.!?])\s+)(?=[A-Z\"(])|(?<=\n\n)", re.M)
+_LINE_START = re.compile(r"^", re.M)
+
+Example = dict[str, object]
+
+
+class _Fits:
+    """Token-length check: BOS + context + longest choice must fit in the training window."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> None:
+        self._backend = tokenizer.backend_tokenizer
+        self.max_tokens = max_tokens
+
+    def __call__(self, *texts: str) -> bool:
+        encs = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        return 1 + sum(len(e.ids) for e in encs) <= self.max_tokens
+
+
+def _sentences(doc: str) -> list[tuple[str, bool]]:
+    """(sentence, starts_paragraph) for each sentence of a prose document."""
+    out = []
+    for paragraph in doc.split("\n\n"):
+        parts = [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"(])", paragraph)]
+        out.extend((s, i == 0) for i, s in enumerate(parts) if s)
+    return out
+
+
+def text_samples(docs: Sequence[str], domain: str, n: int, target_chars: int, fits: _Fits,
+                 rng: random.Random) -> list[str]:
+    """Up to `n` distinct substrings of `docs` of up to `target_chars`, cut at unit boundaries."""
+    pattern = _SENTENCE_START if domain == "prose" else _LINE_START
+    bounds = [sorted({m.start() for m in pattern.finditer(d)} | {len(d)}) for d in docs]
+    samples: list[str] = []
+    seen: set[str] = set()
+    for _ in range(20 * n):
+        if len(samples) >= n:
+            break
+        k = rng.randrange(len(docs))
+        doc, b = docs[k], bounds[k]
+        i = rng.randrange(len(b) - 1)
+        ends = [e for e in b[i + 1:] if e - b[i] <= target_chars]
+        while ends:
+            text = doc[b[i]: ends[-1]].strip() if domain == "prose" else (
+                doc[b[i]: ends[-1]].strip("\n").rstrip())
+            if fits(text):
+                break
+            ends.pop()
+        if not ends or len(text) < target_chars // 3 or text in seen:
+            continue
+        seen.add(text)
+        samples.append(text)
+    return samples
+
+
+def _pick_distractors(true: str, pool: Sequence[str], rng: random.Random) -> list[str] | None:
+    if len(pool) < N_CHOICES:
+        return None
+    choices = [c for c in rng.sample(pool, min(len(pool), 12)) if c != true]
+    unique = list(dict.fromkeys(choices))[: N_CHOICES - 1]
+    return unique if len(unique) == N_CHOICES - 1 else None
+
+
+def _example(context: str, true: str, distractors: list[str], rng: random.Random) -> Example:
+    answer = rng.randrange(N_CHOICES)
+    choices = list(distractors)
+    choices.insert(answer, true)
+    return {"context": context, "choices": choices, "answer": answer}
+
+
+def prose_cloze(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
+    """Context: up to three sentences of a paragraph; choices: its next sentence vs sentences
+    of similar length from the split's other documents."""
+    per_doc = [_sentences(d) for d in docs]
+    items = [(k, i) for k, sents in enumerate(per_doc) for i in range(1, len(sents))
+             if not sents[i][1] and 30 <= len(sents[i][0]) <= 200]
+    rng.shuffle(items)
+    for k, i in items:
+        sents, true = per_doc[k], per_doc[k][i][0]
+        first = i - 1  # the context stays inside the paragraph
+        while first > 0 and not sents[first][1] and i - first < 3:
+            first -= 1
+        pool = [s for j, other in enumerate(per_doc) if j != k for s, _ in other
+                if 0.6 * len(true) <= len(s) <= 1.6 * len(true)]
+        distractors = _pick_distractors(true, pool, rng)
+        if distractors is None:
+            continue
+        choices = [" " + c for c in (true, *distractors)]
+        for start in range(first, i):  # longest context that fits
+            context = " ".join(s for s, _ in sents[start:i])
+            if all(fits(context, c) for c in choices):
+                yield _example(context, choices[0], choices[1:], rng)
+                break
+
+
+def _code_line_ok(line: str) -> bool:
+    stripped = line.strip()
+    return len(stripped) >= 10 and not stripped.startswith(("#", '"""', "'''"))
+
+
+def code_next_line(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
+    """Context: up to 8 preceding lines; choices: the true next line vs same-indent lines of the
+    split's other files (each choice starts with the newline that ends the context)."""
+    per_doc = [d.split("\n") for d in docs]
+    indent = {}  # (doc, indent width) -> candidate lines
+    for k, lines in enumerate(per_doc):
+        for line in lines:
+            if _code_line_ok(line):
+                indent.setdefault(len(line) - len(line.lstrip()), []).append((k, line))
+    items = [(k, i) for k, lines in enumerate(per_doc) for i in range(3, len(lines))
+             if _code_line_ok(lines[i])]
+    rng.shuffle(items)
+    for k, i in items:
+        lines, true = per_doc[k], per_doc[k][i]
+        pool = [line for j, line in indent.get(len(true) - len(true.lstrip()), []) if j != k]
+        if len(pool) < 3 * N_CHOICES:  # rare indent: any other file's line will do
+            pool = [line for group in indent.values() for j, line in group if j != k]
+        distractors = _pick_distractors(true, pool, rng)
+        if distractors is None:
+            continue
+        choices = ["\n" + c for c in (true, *distractors)]
+        for start in range(max(0, i - 8), i - 2):  # longest context that fits
+            context_lines = lines[start:i]
+            context = "\n".join(context_lines)
+            if sum(bool(c.strip()) for c in context_lines) < 2:
+                break
+            if all(fits(context, c) for c in choices):
+                yield _example(context, choices[0], choices[1:], rng)
+                break
+
+
+def _near_misses(answer: int, rng: random.Random) -> list[int]:
+    offsets = [-10, -2, -1, 1, 2, 10, answer] if answer > 3 else [1, 2, 3, 4, 10]
+    misses = sorted({answer + o for o in offsets if answer + o >= 0 and o != 0})
+    return rng.sample(misses, N_CHOICES - 1)
+
+
+def math_answer(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
+    """Context: `Q: ... A:`; choices: the answer vs near misses (+-1, +-2, +-10, double)."""
+    problems = [line for d in docs for line in d.split("\n") if " A: " in line]
+    rng.shuffle(problems)
+    for line in problems:
+        question, _, answer = line.rpartition(" A: ")
+        context = question + " A:"
+        distractors = [f" {m}" for m in _near_misses(int(answer), rng)]
+        if all(fits(context, c) for c in (f" {answer}", *distractors)):
+            yield _example(context, f" {answer}", distractors, rng)
+
+
+TASK_BUILDERS: dict[str, Callable[[Sequence[str], random.Random, _Fits], Iterable[Example]]] = {
+    "prose_cloze": prose_cloze, "code_next_line": code_next_line, "math_answer": math_answer}
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, object]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_eval_files(root: Path, corpora: dict[str, DomainCorpus], *, n_examples: int,
+                     n_texts: int, text_chars: int, tokenizer: PreTrainedTokenizerFast,
+                     max_tokens: int, seed: int) -> dict[str, int]:
+    """Write every task and text file under `root`; returns the row count of each file."""
+    fits = _Fits(tokenizer, max_tokens)
+    counts: dict[str, int] = {}
+    for split in EVAL_SPLITS:
+        for task, domain in TASK_DOMAINS.items():
+            rng = random.Random(f"demo-task-{task}-{split}-{seed}")
+            rows = []
+            for row in TASK_BUILDERS[task](corpora[domain].split(split), rng, fits):
+                rows.append(row)
+                if len(rows) >= n_examples:
+                    break
+            counts[f"tasks/{task}.{split}"] = write_jsonl(root / "tasks" / f"{task}.{split}.jsonl",
+                                                          rows)
+        for domain, corpus in corpora.items():
+            rng = random.Random(f"demo-text-{domain}-{split}-{seed}")
+            texts = text_samples(corpus.split(split), domain, n_texts, text_chars, fits, rng)
+            counts[f"text/{domain}.{split}"] = write_jsonl(
+                root / "text" / f"{domain}.{split}.jsonl", ({"text": t} for t in texts))
+    short = {k: v for k, v in counts.items()
+             if v < (n_examples if k.startswith("tasks") else n_texts)}
+    if short:
+        logger.warning("fewer rows than asked for: %s", short)
+    return counts

@@ -1,0 +1,158 @@
+"""English Wikipedia prose from the sample that ships inside the gensim wheel (CC BY-SA).
+
+Fetches the pinned wheel with `pip download` into the sources cache, reads the bz2 dump straight
+from the zip (gensim is never installed or imported) and strips the wiki markup down to plain
+paragraphs. Returns a list of (title, text) articles; knows nothing about splits or tokens.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import html
+import logging
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from gptailor_merge.errors import GptailorError
+
+logger = logging.getLogger(__name__)
+
+GENSIM_REQUIREMENT = "gensim==4.4.0"
+# One fixed wheel, whatever the local platform, so every machine reads the same bytes.
+WHEEL_GLOB = "gensim-4.4.0-cp311-cp311-manylinux*_x86_64.whl"
+PIP_PLATFORM_ARGS = (
+    "--only-binary=:all:",
+    "--platform", "manylinux_2_28_x86_64",
+    "--python-version", "3.11",
+    "--implementation", "cp",
+    "--abi", "cp311",
+)
+DUMP_MEMBER = (
+    "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+)
+DUMP_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
+
+_SKIP_LINK_PREFIXES = ("file:", "image:", "category:", "media:", "wikipedia:", "wp:", "help:")
+_MIN_PARAGRAPH_CHARS = 120
+
+
+class CorpusUnavailableError(GptailorError, OSError):
+    """A corpus source that could not be fetched or read (no PyPI, no pip, a changed file)."""
+
+
+def fetch_wheel(sources_dir: Path) -> Path:
+    """The gensim wheel in `sources_dir`, downloaded with pip once if it is not there yet."""
+    sources_dir.mkdir(parents=True, exist_ok=True)
+    found = sorted(sources_dir.glob(WHEEL_GLOB))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *PIP_PLATFORM_ARGS,
+           "-d", str(sources_dir), GENSIM_REQUIREMENT]
+    logger.info("downloading the Wikipedia sample: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    found = sorted(sources_dir.glob(WHEEL_GLOB))
+    if proc.returncode != 0 or not found:
+        raise CorpusUnavailableError(
+            f"could not download {GENSIM_REQUIREMENT} (the demo's prose corpus) into {sources_dir}: "
+            f"pip exited {proc.returncode}: {proc.stderr.strip()[-500:]}. Fix: make PyPI reachable, "
+            f"or put the file matching {WHEEL_GLOB} (from https://pypi.org/project/gensim/4.4.0/"
+            f"#files) into {sources_dir}."
+        )
+    return found[0]
+
+
+def read_dump(wheel: Path) -> str:
+    """The XML text of the Wikipedia dump inside the wheel."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            raw = zf.read(DUMP_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise CorpusUnavailableError(
+            f"{wheel} has no readable {DUMP_MEMBER} ({exc}). Fix: delete {wheel} and build again."
+        ) from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != DUMP_SHA256:
+        logger.warning("Wikipedia sample %s has sha256 %s, expected %s", wheel.name, digest,
+                       DUMP_SHA256)
+    return bz2.decompress(raw).decode("utf-8")
+
+
+def _strip_nested(text: str, pattern: re.Pattern[str]) -> str:
+    """Remove innermost-first matches until none is left (templates and tables nest)."""
+    while True:
+        text, n = pattern.subn("", text)
+        if n == 0:
+            return text
+
+
+_CONVERT = re.compile(r"\{\{convert\|([\d.,]+)\|([a-zA-Z]+)[^{}]*\}\}", re.I)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_TAGGED = re.compile(r"<(gallery|math|code|pre|timeline|imagemap|score)[^>]*>.*?</\1>", re.S | re.I)
+_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_EXTERNAL = re.compile(r"\[(?:https?:)?//[^\s\]]+\s*([^\]]*)\]")
+_EMPHASIS = re.compile(r"'{2,}")
+_EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
+_DANGLING = re.compile(r"\s*[,;]\s*\)|\(\s*[,;]\s*")
+_SPACE = re.compile(r"[ \t\u00a0]+")
+
+
+def _link_text(match: re.Match[str]) -> str:
+    target, _, label = match.group(1).partition("|")
+    if target.strip().lower().startswith(_SKIP_LINK_PREFIXES) or re.match(r"^[a-z-]{2,12}:", target):
+        return ""
+    return (label.rsplit("|", 1)[-1] if label else target).strip()
+
+
+def clean_markup(markup: str) -> list[str]:
+    """Plain-text paragraphs of one article's wiki markup; lists, headings and tables dropped."""
+    text = html.unescape(html.unescape(markup))  # XML escaping, then wiki entities (&nbsp;)
+    text = _CONVERT.sub(lambda m: f"{m.group(1)} {m.group(2)}", text)
+    text = _COMMENT.sub("", text)
+    text = _REF.sub("", text)
+    text = _TAGGED.sub("", text)
+    text = _strip_nested(text, _TEMPLATE)
+    text = _strip_nested(text, _TABLE)
+    text = _TAG.sub("", text)
+    while True:  # innermost links first: captions hold links
+        text, n = _LINK.subn(_link_text, text)
+        if n == 0:
+            break
+    text = _EXTERNAL.sub(lambda m: m.group(1), text)
+    text = _EMPHASIS.sub("", text)
+    paragraphs = []
+    for line in text.split("\n"):
+        line = _DANGLING.sub(lambda m: ")" if ")" in m.group(0) else "(", line)
+        line = _SPACE.sub(" ", _EMPTY_PARENS.sub("", line)).strip()
+        line = line.replace(" ,", ",").replace(" .", ".")
+        if len(line) < _MIN_PARAGRAPH_CHARS or line[0] in "*#:;=|!{":
+            continue
+        if any(ch in line for ch in "{}[]<>|") or "http" in line:
+            continue
+        paragraphs.append(line)
+    return paragraphs
+
+
+_PAGE = re.compile(r"<page>.*?<title>(.*?)</title>.*?<text[^>]*>(.*?)</text>.*?</page>", re.S)
+
+
+def wikipedia_articles(sources_dir: Path, *, min_chars: int = 400) -> list[tuple[str, str]]:
+    """(title, text) for every non-redirect article with at least `min_chars` of clean prose."""
+    articles = []
+    for match in _PAGE.finditer(read_dump(fetch_wheel(sources_dir))):
+        title, markup = html.unescape(match.group(1)), match.group(2)
+        if markup.lstrip().upper().startswith("#REDIRECT"):
+            continue
+        text = "\n\n".join(clean_markup(markup))
+        if len(text) >= min_chars:
+            articles.append((title, text))
+    logger.info("Wikipedia sample: %d articles, %d characters", len(articles),
+                sum(len(t) for _, t in articles))
+    return articles
