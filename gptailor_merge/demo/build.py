@@ -51,22 +51,6 @@ SOURCES = {
 }
 
 
-def _available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @contextlib.contextmanager
 def _hf_bars_off() -> Iterator[None]:
     """Silence transformers' own save/load bars; the build shows one bar of its own."""
@@ -150,7 +134,8 @@ def build_demo_family(out_dir: Path | None = None, *, preset: str = "default", s
     """The demo family for (`preset`, `seed`), built unless a complete one is already there.
 
     `out_dir` defaults to `default_cache_dir() / f"demo-{preset}-seed{seed}"`; `force` rebuilds
-    even a complete family.
+    even a complete family. Trains with torch's current thread count (every core by default;
+    callers on a shared machine lower it with `torch.set_num_threads`).
     """
     spec = get_preset(preset)
     root = Path(out_dir) if out_dir is not None else default_family_dir(preset, seed)
@@ -165,7 +150,7 @@ def build_demo_family(out_dir: Path | None = None, *, preset: str = "default", s
     n_units = 4 + spec.pretrain_steps + 3 * spec.finetune_steps
     started = time.perf_counter()
     try:
-        with _torch_threads(_available_cores()), _hf_bars_off(), tqdm(
+        with _hf_bars_off(), tqdm(
                 total=n_units, disable=not progress, unit="step") as bar:
             manifest = _build_into(tmp, spec, seed, bar)
         manifest["build_seconds"] = round(time.perf_counter() - started, 1)

@@ -75,7 +75,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
             scores[task.name] = score_task(model, tokenizer, task, split=split, n_examples=n_examples,
                                            batch_size=batch_size, max_length=max_length,
                                            progress=progress)
-            logger.info("%s (%s, n=%s): %s in %.1fs", task.name, split, n_examples,
+            logger.debug("%s (%s, n=%s): %s in %.1fs", task.name, split, n_examples,
                         scores[task.name].metrics, time.perf_counter() - start)
     finally:
         model.train(was_training)
