@@ -55,3 +55,27 @@ def test_optimize_on_the_demo_family_reports_heldout_retention(demo_family, tmp_
     assert rows["base"]["retention"] == 1.0
     assert 0.0 < rows["gptailor-best"]["retention"] < 2.0
     assert (outcome.run_dir / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["demo-passthrough", "demo-ties"])
+def test_demo_recipes_in_merge_recipes_run_with_mergekit_and_equal_the_stitcher(demo_family, name, tmp_path,
+                                                                                monkeypatch):
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from gptailor_merge.family import Family
+    from gptailor_merge.materialize import materialize_with_mergekit
+    from gptailor_merge.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.stitch import Stitcher
+
+    recipe = Recipe.load(Path(__file__).resolve().parents[1] / "merge_recipes" / f"{name}.yaml")
+    monkeypatch.chdir(demo_family.root)  # the recipes name the members relative to the family folder
+    family = Family.load(demo_family.base, demo_family.candidates)
+    genome = recipe_to_genome(recipe)
+    assert len(genome.layers) == 9
+    merged = AutoModelForCausalLM.from_pretrained(materialize_with_mergekit(recipe, tmp_path / "out")).eval()
+    x = torch.randint(3, 1000, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        diff = (merged(x).logits - Stitcher(family).build(genome)(x).logits).abs().max().item()
+    assert diff <= 1e-5
