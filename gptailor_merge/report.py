@@ -170,7 +170,7 @@ def plot_layer_map(genome: Genome, names: Sequence[str] | None, path: str | os.P
 # ---- search figures -------------------------------------------------------------------------
 def _loss_label(trials: Sequence[Trial], task: str) -> str:
     metrics = next((t.rungs[-1].metrics.get(task, {}) for t in trials if t.rungs), {})
-    kind = "1 − accuracy" if "acc" in metrics else "mean NLL per token" if "nll" in metrics else "loss"
+    kind = "1 − acc" if "acc" in metrics else "NLL/token" if "nll" in metrics else "loss"
     return f"{task}: {kind}"
 
 
