@@ -25,10 +25,15 @@ def _metric(score: Score, task: str, metric: str, which: str) -> float:
     return score.tasks[task].metrics[metric]
 
 
+_WARNED: set[str] = set()  # tasks already warned about: a search scores the same reference often
+
+
 def _ratio(numerator: float, denominator: float, task: str) -> float:
     if denominator <= 0 or not math.isfinite(denominator) or not math.isfinite(numerator):
-        logger.warning("retention of %s is undefined (%s / %s); using NaN", task, numerator,
-                       denominator)
+        log = logger.debug if task in _WARNED else logger.warning
+        _WARNED.add(task)
+        log("retention of %s is undefined (%s / %s); using NaN", task, numerator,
+            denominator)
         return math.nan
     return numerator / denominator
 

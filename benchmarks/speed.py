@@ -1,0 +1,497 @@
+"""Speed: what one candidate costs with mergekit, the in-memory stitcher, and the stitcher + prefix reuse.
+
+Replays one recorded search trace (nevergrad + successive halving, fixed seed, every `score` call
+including the dense references) through (a) mergekit to disk + `from_pretrained` + score, (b) the
+stitcher, (c) the stitcher with prefix reuse; the floor is the bare forward passes of the same
+candidates on the same batches. Prints a table per fidelity rung and writes JSON (git SHA,
+hardware, seed). Also home of `MemoryFamily`, the in-GPU-memory family of benchmarks/gpu_check.sh.
+
+    python benchmarks/speed.py [--family synthetic|demo|smollm2] [--trials 50] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from gptailor_merge.genome import Genome  # noqa: E402
+from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
+from gptailor_merge.search import Evaluator, run_search  # noqa: E402
+from gptailor_merge.space import SearchSpace  # noqa: E402
+from gptailor_merge.stitch import Stitcher  # noqa: E402
+
+WORDS = ("the cat dog sat ran on mat log fox jumps over lazy quick brown a an of to in is was "
+         "add sum two three four five plus minus def return if else for while print list").split()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- environment ------------------------------------------------------------------------------
+def git_sha() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- tasks and families -----------------------------------------------------------------------
+def write_tasks(folder: Path, *, seed: int, n_choice: int = 120, n_text: int = 120,
+                context_words: tuple[int, int] = (4, 16), text_words: tuple[int, int] = (8, 32)
+                ) -> list[Task]:
+    """A multiple-choice and a perplexity JSONL task of random words (speed only, no meaning)."""
+    from gptailor_merge.scoring.tasks import task_from_file
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    with open(folder / "choice.jsonl", "w") as f:
+        for _ in range(n_choice):
+            f.write(json.dumps({"context": words(*context_words),
+                                "choices": [words(1, 4) for _ in range(4)],
+                                "answer": rng.randrange(4)}) + "\n")
+    with open(folder / "text.jsonl", "w") as f:
+        for _ in range(n_text):
+            f.write(json.dumps({"text": words(*text_words)}) + "\n")
+    return [task_from_file(folder / "choice.jsonl", seed=seed),
+            task_from_file(folder / "text.jsonl", seed=seed)]
+
+
+def setup_family(name: str, root: Path, seed: int) -> tuple[object, list[Task]]:
+    """(Family, tasks) for `--family`."""
+    from gptailor_merge.family import Family
+
+    if name == "synthetic":
+        from gptailor_merge.synthetic import make_synthetic_family
+
+        base, candidates = make_synthetic_family(root / "family", arch="llama", n_layers=12,
+                                                 hidden=256, n_candidates=3, seed=seed,
+                                                 max_position_embeddings=512)
+        return Family.load(base, candidates), write_tasks(root / "tasks", seed=seed)
+    if name == "demo":
+        try:
+            from gptailor_merge.demo import build_demo_family
+        except ImportError as exc:
+            raise SystemExit(f"--family demo needs gptailor_merge.demo ({exc}); use synthetic") from exc
+        from gptailor_merge.scoring.tasks import task_from_file
+
+        demo = build_demo_family(progress=False)
+        tasks = [task_from_file(demo.task_file(t, "search"), seed=seed) for t in demo.task_names]
+        tasks += [task_from_file(demo.text_file(d, "search"), seed=seed) for d in demo.domains]
+        return Family.load(demo.base, demo.candidates), tasks
+    raise SystemExit(f"--family {name}: not available yet (TODO: a SmolLM2 family of real "
+                     "fine-tunes needs downloads this benchmark does not make); use synthetic or demo")
+
+
+@dataclass
+class MemoryMember:
+    """A family member whose tensors live in memory (a `family.Member` look-alike for `Stitcher`)."""
+
+    name: str
+    config: object
+    tensors: dict[str, torch.Tensor]
+    path: Path = Path("/nonexistent")
+
+    @property
+    def model_id(self) -> str:
+        return f"memory:{self.name}"
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+
+@dataclass
+class MemoryFamily:
+    """Base + candidates held as tensors (e.g. in GPU memory): what `Stitcher` reads, no disk.
+
+    Candidates hold only their decoder-layer tensors (embeddings, norm and head come from the base);
+    `write_member` puts a member on disk (base's non-layer tensors) for the mergekit backend.
+    """
+
+    base: MemoryMember
+    candidates: tuple[MemoryMember, ...]
+    layer_names: list[list[str]] = field(default_factory=list)
+
+    @property
+    def members(self) -> tuple[MemoryMember, ...]:
+        return (self.base, *self.candidates)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.base.config.num_hidden_layers)
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.candidates)
+
+    def layer_tensor_names(self, layer_idx: int) -> list[str]:
+        return self.layer_names[layer_idx]
+
+    def with_candidates(self, count: int) -> MemoryFamily:
+        return MemoryFamily(self.base, self.candidates[:count], self.layer_names)
+
+
+def build_memory_family(config, *, n_candidates: int = 3, noise: float = 0.05, seed: int = 0,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32
+                        ) -> tuple[MemoryFamily, nn.Module]:
+    """A random base built on `device` and `n_candidates` perturbed copies of its layers:
+    candidate j's tensor = base + N(0, (noise * std(base))^2), as `make_synthetic_family` does."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    config.architectures = [type(model).__name__]  # mergekit finds its architecture info by this
+    state = dict(model.state_dict())
+    layer_names = [[n for n in state if n.startswith(f"model.layers.{i}.")]
+                   for i in range(config.num_hidden_layers)]
+    base = MemoryMember("base", config, state)
+    candidates = []
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    for j in range(n_candidates):
+        tensors = {}
+        with torch.no_grad():
+            for names in layer_names:
+                for n in names:
+                    b = state[n]
+                    scale = noise * b.float().std().clamp_min(1e-3).item()
+                    delta = torch.randn(b.shape, generator=generator, device=device, dtype=torch.float32)
+                    tensors[n] = (b.float() + delta * scale).to(dtype)
+                    del delta
+        candidates.append(MemoryMember(f"cand{j}", config, tensors))
+    return MemoryFamily(base, tuple(candidates), layer_names), model
+
+
+def write_member(family: MemoryFamily, index: int, out: Path, tokenizer) -> Path:
+    """Member `index` (0 = base) as a Hugging Face folder (one safetensors file) for mergekit."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    member = family.members[index]
+    tensors = {n: member.tensors.get(n, t).detach().to("cpu").contiguous()
+               for n, t in family.base.tensors.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    family.base.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# ---- the trace --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One `Evaluator.score` call of the recorded search."""
+
+    genome: Genome
+    split: str
+    n_examples: int | None
+
+
+@dataclass
+class RecordingEvaluator(Evaluator):
+    """Scores like `Evaluator` and records every call (dense references included)."""
+
+    calls: list = field(default_factory=list)
+
+    def score(self, genome, split, n_examples):
+        self.calls.append(Call(genome, split, n_examples))
+        return super().score(genome, split, n_examples)
+
+
+def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Call], list[int]]:
+    """Run the search once (stitcher, no prefix reuse) and return its score calls and rungs."""
+    n_keep = family.n_layers - round(family.n_layers * args.remove_fraction)
+    space = SearchSpace(family.n_layers, family.n_candidates, n_keep)
+    rungs = sorted({max(1, args.max_examples // 3**k) for k in range(3)})
+    evaluator = RecordingEvaluator(Stitcher(family, device=args.device, dtype=args.dtype),
+                                   tokenizer, tasks, batch_size=args.batch_size,
+                                   max_length=args.max_length, prefix_cache_bytes=0)
+    run_search(space, evaluator, run_dir, optimizer=args.optimizer, n_trials=args.trials,
+               rungs=rungs, seed=args.seed, progress=False)
+    return evaluator.calls, rungs
+
+
+# ---- variants ---------------------------------------------------------------------------------
+class StitchVariant:
+    """(b) / (c): a fresh Evaluator over the family; `prefix_bytes` 0 is the plain stitcher."""
+
+    def __init__(self, family, tokenizer, tasks, args, prefix_bytes: int,
+                 stitcher: Stitcher | None = None) -> None:
+        stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype)
+        self.evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
+                                   max_length=args.max_length, prefix_cache_bytes=prefix_bytes)
+        self.device = self.evaluator.stitcher.device
+        self.skips: list[float] = []
+
+    def __call__(self, call: Call) -> float:
+        prefix = self.evaluator.prefix
+        before = (prefix.stats.computed, prefix.stats.skipped) if prefix else (0, 0)
+        sync(self.device)
+        start = time.perf_counter()
+        self.evaluator.score(call.genome, call.split, call.n_examples)
+        sync(self.device)
+        seconds = time.perf_counter() - start
+        if prefix:
+            computed, skipped = prefix.stats.computed - before[0], prefix.stats.skipped - before[1]
+            self.skips.append(skipped / max(computed + skipped, 1))
+        return seconds
+
+
+class MergekitVariant:
+    """(a): recipe -> mergekit folder -> from_pretrained -> score, all timed."""
+
+    def __init__(self, family, tokenizer, tasks, args, work: Path) -> None:
+        from gptailor_merge.recipe import FamilyRefs
+
+        self.refs, self.tokenizer, self.tasks, self.args = FamilyRefs.of(family), tokenizer, tasks, args
+        self.out = work / "merged"
+
+    def __call__(self, call: Call) -> float:
+        from transformers import AutoModelForCausalLM
+
+        from gptailor_merge.materialize import materialize_with_mergekit
+        from gptailor_merge.recipe import genome_to_recipe
+        from gptailor_merge.stitch import torch_dtype
+
+        args = self.args
+        shutil.rmtree(self.out, ignore_errors=True)
+        start = time.perf_counter()
+        recipe = genome_to_recipe(call.genome, self.refs, dtype=args.dtype)
+        folder = materialize_with_mergekit(recipe, self.out, device=args.device, overwrite=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(args.dtype))
+        model.to(args.device).eval()
+        evaluate_model(model, self.tokenizer, self.tasks, split=call.split,
+                       n_examples=call.n_examples, batch_size=args.batch_size,
+                       max_length=args.max_length)
+        sync(torch.device(args.device))
+        return time.perf_counter() - start
+
+
+class _Capture(nn.Module):
+    """Records the batches a scorer sends, and answers with the wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        self.batches.append((input_ids, attention_mask))
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+class FloorVariant:
+    """The floor: only the forward passes of the already-built candidate on its batches."""
+
+    def __init__(self, family, tokenizer, tasks, args, stitcher: Stitcher | None = None) -> None:
+        self.stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype)
+        self.tokenizer, self.tasks, self.args = tokenizer, tasks, args
+        self.batches: dict[tuple[str, int | None], list] = {}
+
+    def __call__(self, call: Call) -> float:
+        model = self.stitcher.build(call.genome)
+        key = (call.split, call.n_examples)
+        if key not in self.batches:  # batches depend on the tasks and the budget, not the candidate
+            capture = _Capture(model)
+            evaluate_model(capture, self.tokenizer, self.tasks, split=call.split,
+                           n_examples=call.n_examples, batch_size=self.args.batch_size,
+                           max_length=self.args.max_length)
+            self.batches[key] = capture.batches
+        with torch.inference_mode():
+            sync(self.stitcher.device)
+            start = time.perf_counter()
+            for input_ids, attention_mask in self.batches[key]:
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            sync(self.stitcher.device)
+        return time.perf_counter() - start
+
+
+def time_variants(variants: dict, calls: Sequence[Call], mergekit_index: set[int]) -> dict:
+    """Seconds per call and variant; variants run back to back on each call in a rotating order,
+    so load from other processes falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = [n for n in variants if n != "mergekit"]
+    for i, call in enumerate(calls):
+        order = names[i % len(names):] + names[: i % len(names)]
+        if i in mergekit_index:
+            order.insert(i % (len(order) + 1), "mergekit")
+        for name in order:
+            times[name].append(variants[name](call))
+    return times
+
+
+# ---- report -----------------------------------------------------------------------------------
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[int], skips) -> dict:
+    per_rung = {}
+    for n in rungs:
+        idx = [i for i, c in enumerate(calls) if c.n_examples == n]
+        mk = [times["mergekit"][mergekit_index.index(i)] for i in idx if i in mergekit_index]
+        med = {"mergekit": _median(mk), **{k: _median([times[k][i] for i in idx])
+                                           for k in ("stitch", "stitch_prefix", "floor")}}
+        # materialization overhead = a variant's time minus the floor on the same call; compared
+        # on the calls where (a) was timed, so both overheads cover the same candidates
+        timed = [i for i in idx if i in mergekit_index]
+        over_a = _median([times["mergekit"][mergekit_index.index(i)] - times["floor"][i] for i in timed])
+        over_b = _median([times["stitch"][i] - times["floor"][i] for i in timed])
+        per_rung[n] = {
+            "calls": len(idx), "mergekit_calls": len(mk), "median_s": med,
+            "overhead_s": {"mergekit": over_a, "stitch": over_b},
+            # None: the stitcher's overhead is not measurable above timing noise (<= 0)
+            "overhead_ratio": over_a / over_b if over_b > 0 else None,
+            "mergekit_over_stitch": med["mergekit"] / med["stitch"],
+            "mergekit_over_stitch_prefix": med["mergekit"] / med["stitch_prefix"],
+            "stitch_over_floor": med["stitch"] / med["floor"],
+            "stitch_prefix_over_floor": med["stitch_prefix"] / med["floor"],
+            "prefix_skip_fraction": statistics.fmean([skips[i] for i in idx]) if idx else float("nan"),
+        }
+    return per_rung
+
+
+def print_table(per_rung: dict, skip_fraction: float) -> None:
+    head = (f"{'rung n':>7} {'calls':>5} {'mk':>3} {'(a) mergekit':>12} {'(b) stitch':>10} "
+            f"{'(c) +prefix':>11} {'floor':>8} {'a/b':>6} {'a/c':>6} {'b/floor':>7} {'c/floor':>7} "
+            f"{'skip':>5} {'ovh a':>7} {'ovh b':>7} {'ovh a/b':>7}")
+    print(head)
+    print("-" * len(head))
+    for n, r in per_rung.items():
+        m = r["median_s"]
+        ratio = "n/a" if r["overhead_ratio"] is None else f"{r['overhead_ratio']:.1f}"
+        print(f"{n:>7} {r['calls']:>5} {r['mergekit_calls']:>3} {m['mergekit']:>11.3f}s "
+              f"{m['stitch']:>9.4f}s {m['stitch_prefix']:>10.4f}s {m['floor']:>7.4f}s "
+              f"{r['mergekit_over_stitch']:>6.1f} {r['mergekit_over_stitch_prefix']:>6.1f} "
+              f"{r['stitch_over_floor']:>7.2f} {r['stitch_prefix_over_floor']:>7.2f} "
+              f"{r['prefix_skip_fraction']:>5.2f} {r['overhead_s']['mergekit']:>6.3f}s "
+              f"{r['overhead_s']['stitch']:>6.3f}s {ratio:>7}")
+    print(f"median seconds per candidate (one score call at one rung); layer passes skipped by "
+          f"prefix reuse over the whole trace: {skip_fraction:.3f}; ovh = median time minus the "
+          f"floor on the calls where (a) was timed (n/a: the stitcher's is below timing noise)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=("synthetic", "demo", "smollm2"), default="synthetic")
+    p.add_argument("--trials", type=int, default=50, help="search trials in the trace (>= 50)")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", default="DiscreteLenglerOnePlusOne")
+    p.add_argument("--remove-fraction", type=float, default=0.25)
+    p.add_argument("--max-examples", type=int, default=54, help="examples per task at the top rung")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--prefix-bytes", type=int, default=1 << 30)
+    p.add_argument("--mergekit-per-rung", type=int, default=8,
+                   help="(a) is timed on the first N calls of each rung (it is slow); 0: all")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    import transformers
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="gptailor-speed-") as tmp:
+        work = Path(tmp)
+        family, tasks = setup_family(args.family, work, args.seed)
+        tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+        t0 = time.perf_counter()
+        calls, rungs = record_trace(family, tokenizer, tasks, args, work / "run")
+        print(f"trace: {args.trials} trials -> {len(calls)} score calls at rungs {rungs} "
+              f"({time.perf_counter() - t0:.0f}s to record)", flush=True)
+        per = args.mergekit_per_rung
+        mergekit_index = sorted(i for n in rungs for i in
+                                [j for j, c in enumerate(calls) if c.n_examples == n][: per or None])
+        prefixed = StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes)
+        variants = {"stitch": StitchVariant(family, tokenizer, tasks, args, 0),
+                    "stitch_prefix": prefixed,
+                    "floor": FloorVariant(family, tokenizer, tasks, args),
+                    "mergekit": MergekitVariant(family, tokenizer, tasks, args, work)}
+        times = time_variants(variants, calls, set(mergekit_index))
+        skips = prefixed.skips
+        prefix_stats = prefixed.evaluator.prefix.stats.as_dict()
+    per_rung = summarize(calls, rungs, times, mergekit_index, skips)
+    print_table(per_rung, prefix_stats.get("skip_fraction", 0.0))
+    result = {
+        "benchmark": "speed", "git": git_sha(), "hardware": hardware(), "seed": args.seed,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "family": args.family, "trials": args.trials, "score_calls": len(calls), "rungs": rungs,
+        "per_rung": {str(n): r for n, r in per_rung.items()},
+        "overhead_ratio_mergekit_over_stitch": {str(n): r["overhead_ratio"] for n, r in per_rung.items()},
+        "time_ratio_mergekit_over_stitch": {str(n): r["mergekit_over_stitch"] for n, r in per_rung.items()},
+        "time_ratio_mergekit_over_stitch_prefix": {
+            str(n): r["mergekit_over_stitch_prefix"] for n, r in per_rung.items()},
+        "stitch_over_floor": {str(n): r["stitch_over_floor"] for n, r in per_rung.items()},
+        "stitch_prefix_over_floor": {str(n): r["stitch_prefix_over_floor"] for n, r in per_rung.items()},
+        "prefix_skip_fraction": prefix_stats.get("skip_fraction", 0.0),
+        "prefix_stats": prefix_stats,
+        "times_s": times, "mergekit_calls": mergekit_index,
+        "call_examples": [c.n_examples for c in calls],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = args.json.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_json, args.json)
+    print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
