@@ -121,8 +121,18 @@ def setup_family(name: str, root: Path, seed: int) -> tuple[object, list[Task]]:
         tasks = [task_from_file(demo.task_file(t, "search"), seed=seed) for t in demo.task_names]
         tasks += [task_from_file(demo.text_file(d, "search"), seed=seed) for d in demo.domains]
         return Family.load(demo.base, demo.candidates), tasks
-    raise SystemExit(f"--family {name}: not available yet (TODO: a SmolLM2 family of real "
-                     "fine-tunes needs downloads this benchmark does not make); use synthetic or demo")
+    if name == "smollm2":
+        from gptailor_merge.demo import default_cache_dir
+        from gptailor_merge.scoring.tasks import task_from_file
+
+        root = default_cache_dir() / "smollm2-family"
+        members = [root / m for m in ("base", "prose", "code", "math")]
+        if not all((m / "config.json").is_file() for m in members):
+            raise SystemExit(f"--family smollm2: no built family at {root}; build it with "
+                             "`python benchmarks/smollm2_family.py` (benchmarks/README.md)")
+        files = sorted((root / "tasks").glob("*.search.jsonl")) + sorted((root / "text").glob("*.search.jsonl"))
+        return Family.load(members[0], members[1:]), [task_from_file(f, seed=seed) for f in files]
+    raise SystemExit(f"--family {name}: unknown; use synthetic, demo or smollm2")
 
 
 @dataclass
