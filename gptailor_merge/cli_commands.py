@@ -24,6 +24,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="search seed")
     p.add_argument("--demo-preset", choices=("default", "tiny"), help="demo family preset")
     p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--workers", type=int, help="trials evaluated at once on Ray actors (search.workers; "
+                                                 "needs pip install \"gptailor-merge[ray]\" when > 1)")
+    p.add_argument("--ray-address", help="join this Ray cluster (search.ray_address); default: a local Ray instance")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -56,6 +59,10 @@ def config_from_args(args: argparse.Namespace):
         base["family"]["demo_preset"] = args.demo_preset
     if args.device:
         e["device"] = args.device
+    if args.workers is not None:
+        s["workers"] = args.workers
+    if args.ray_address:
+        s["ray_address"] = args.ray_address
     return RunConfig.from_dict(base, source=str(args.config or "flags"))
 
 
@@ -66,8 +73,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     overrides = any(getattr(args, k) is not None for k in ("config", "trials", "layers", "remove_fraction", "optimizer",
                                                            "methods", "tasks", "out", "demo_preset"))
     config = config_from_args(args)
+    # on --resume the run's saved config decides, except where trials run (--workers, --ray-address)
     outcome = optimize(config, resume=args.resume, progress=not args.quiet,
-                       requested=config if (args.resume and overrides) else None)
+                       requested=config if (args.resume and overrides) else None,
+                       workers=args.workers if args.resume else None,
+                       ray_address=args.ray_address if args.resume else None)
     print((outcome.run_dir / "summary.md").read_text())
     print(f"results in {outcome.run_dir}: best recipe {outcome.best_recipe}, summary.md, journal.jsonl, pareto/")
     return 0

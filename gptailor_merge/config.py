@@ -70,9 +70,16 @@ class SearchConfig(_Strict):
     use_candidates: bool = Field(True, description="false: removal-only search on the base")
     seeds: bool = Field(True, description="suggest the paper's heuristic seeds first")
     metric: Literal["acc", "acc_norm"] = Field("acc", description="multiple-choice metric")
+    workers: int = Field(1, ge=1, description="trials evaluated at once; > 1 runs them on Ray actors "
+                                              "(pip install \"gptailor-merge[ray]\")")
+    ray_address: str | None = Field(None, min_length=1, description="Ray cluster to join (e.g. 10.0.0.1:6379 "
+                                                                     "or auto); default: start a local Ray instance")
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
+        if self.ray_address is not None and self.workers == 1:
+            raise ValueError(f"ray_address {self.ray_address!r} is set but workers is 1, which searches "
+                             "serially without Ray; set workers to the number of Ray actors to start")
         if self.optimizer not in OPTIMIZERS:
             import difflib
 

@@ -53,3 +53,15 @@ class ResumeError(GptailorError, ValueError):
 
 class HubError(GptailorError, ValueError):
     """A push that cannot start: bad repo id, no token, offline."""
+
+
+class MissingDependencyError(GptailorError, ImportError):
+    """An optional extra (e.g. Ray for parallel workers) that a setting needs but is not installed."""
+
+
+class ClusterError(GptailorError, ConnectionError):
+    """A Ray cluster that cannot be joined or cannot hold the requested workers."""
+
+
+class WorkerDiedError(GptailorError, RuntimeError):
+    """A trial whose worker process died more often than the pool retries it; the trial fails."""

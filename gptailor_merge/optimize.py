@@ -58,15 +58,21 @@ def prepare_run_dir(config: RunConfig, resume: Path | None) -> tuple[RunConfig, 
 
 
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
-             requested: RunConfig | None = None) -> RunOutcome:
-    """The main job. `requested` is a config given alongside --resume: it must match the run's."""
-    from transformers import AutoTokenizer
-
-    from gptailor_merge.search import Evaluator, run_search
-    from gptailor_merge.stitch import Stitcher
+             requested: RunConfig | None = None, workers: int | None = None,
+             ray_address: str | None = None) -> RunOutcome:
+    """The main job. `requested` is a config given alongside --resume: it must match the run's.
+    `workers` / `ray_address` override the (saved) config's: they change where trials run, not
+    what is searched, so a resumed run may use another number of them (a parallel journal needs 2+)."""
+    from gptailor_merge.search import build_evaluator
 
     start = time.perf_counter()
+    if resume is None:  # checked before the run folder is made, so a missing Ray leaves nothing behind
+        config = _with_workers(config, workers, ray_address)
+        _check_workers(config, None)
     config, run_dir = prepare_run_dir(config, resume)
+    if resume is not None:
+        config = _with_workers(config, workers, ray_address)
+        _check_workers(config, run_dir)
     if requested is not None and resume is not None:
         for part in ("family", "target"):
             if getattr(requested, part) != getattr(config, part):
@@ -95,14 +101,10 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
                         max_sources=s.max_sources, allow_candidates=s.use_candidates)
     logger.info("%s; keeping %d of %d layers", family.summary().splitlines()[0], n_keep, family.n_layers)
     ev = config.eval
-    stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(family.base.path)
-    evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
-                          max_length=ev.max_length, metric=s.metric)
+    evaluator = build_evaluator(config, family, tasks)
+    stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
     extra = baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev) if s.seeds else []
-    result = run_search(space, evaluator, run_dir, optimizer=s.optimizer, n_trials=s.n_trials,
-                        rungs=s.rungs(), eta=s.eta, seed=s.seed, time_budget_s=s.time_budget_s,
-                        use_seeds=s.seeds, extra_seed_removals=extra, progress=progress)
+    result = _search(config, space, evaluator, run_dir, extra, progress)
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
 
@@ -117,6 +119,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     from gptailor_merge.heldout import heldout_summary
 
     summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
+    summary["search"]["workers"] = s.workers
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(run_dir / "summary.json", summary)
     from gptailor_merge.heldout import summary_markdown
@@ -129,6 +132,50 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     except Exception as exc:  # a figure must never cost a finished run its results
         logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
+
+
+def _with_workers(config: RunConfig, workers: int | None, ray_address: str | None) -> RunConfig:
+    if workers is None and ray_address is None:
+        return config
+    search = config.search.model_dump(mode="json")
+    search.update({k: v for k, v in (("workers", workers), ("ray_address", ray_address)) if v is not None})
+    data = config.model_dump(mode="json") | {"search": search}
+    return RunConfig.from_dict(data, source="--workers/--ray-address")
+
+
+def _check_workers(config: RunConfig, resumed: Path | None) -> None:
+    """Before any weight loads: Ray is installed when needed, and a journal written in finish order
+    (parallel) is not resumed by the serial loop, which replays by re-asking in ask order."""
+    if config.search.workers > 1:
+        from gptailor_merge.parallel import require_ray
+
+        require_ray(config.search.workers)
+    elif resumed is not None:
+        from gptailor_merge.journal import Journal
+
+        if any("asked" in t.extra for t in Journal(resumed / "journal.jsonl").load()):
+            raise ResumeError(
+                f"run '{resumed}' was searched by parallel workers, so its journal is in finish order "
+                "and only the parallel loop can replay it; resume with --workers 2 (or more)"
+            )
+
+
+def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, extra_seeds: list,
+            progress: bool):
+    """The serial ask/tell loop, or the asynchronous one on Ray workers when search.workers > 1."""
+    from gptailor_merge.search import run_search
+
+    s = config.search
+    kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta, seed=s.seed,
+                  time_budget_s=s.time_budget_s, use_seeds=s.seeds, extra_seed_removals=extra_seeds,
+                  progress=progress)
+    if s.workers == 1:
+        return run_search(space, evaluator, run_dir, **kwargs)
+    from gptailor_merge.parallel import WorkerSpec, ray_pool
+    from gptailor_merge.search_async import run_search_async
+
+    with ray_pool(WorkerSpec(config), s.workers, address=s.ray_address) as pool:
+        return run_search_async(space, pool, run_dir, **kwargs)
 
 
 def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev) -> list[list[int]]:

@@ -55,6 +55,16 @@ class Evaluator:
         return evaluate_model(model, self.tokenizer, self.tasks, split=split, n_examples=n_examples,
                               batch_size=self.batch_size, max_length=self.max_length)
 
+    def rung_result(self, genome: Genome, split: str, n_examples: int) -> RungResult:
+        """One rung of a trial: score, retention against the dense base, per-task losses. The serial
+        loop and every parallel worker call this, so a trial scores the same wherever it runs."""
+        t0 = time.perf_counter()
+        score = self.score(genome, split, n_examples)
+        reference = self.reference(split, n_examples)
+        ret = self.retention(score, reference)
+        return RungResult(n_examples, {k: dict(v.metrics) for k, v in score.tasks.items()},
+                          self.losses(score), ret, time.perf_counter() - t0)
+
     def reference(self, split: str, n_examples: int | None) -> Score:
         key = (split, n_examples)
         if key not in self._references:
@@ -117,8 +127,30 @@ def pareto_front(trials: Sequence[Trial], top: int) -> list[Trial]:
     return [t for t in items if not any(dominates(o, t) for o in items if o is not t)]
 
 
-def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int) -> ng.optimizers.base.Optimizer:
-    return ng.optimizers.registry[name](parametrization=parametrization, budget=budget, num_workers=1)
+def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
+    """The run's evaluator from its RunConfig; the driver and each parallel worker build it here."""
+    from transformers import AutoTokenizer
+
+    from gptailor_merge.stitch import Stitcher
+
+    ev = config.eval
+    stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+    return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
+                     metric=config.search.metric)
+
+
+def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,
+                   num_workers: int = 1) -> ng.optimizers.base.Optimizer:
+    """`num_workers` > 1: asynchronous ask/tell with that many candidates in flight."""
+    return ng.optimizers.registry[name](parametrization=parametrization, budget=budget, num_workers=num_workers)
+
+
+def promoted(rung_losses: Sequence[float], loss: float, eta: int) -> bool:
+    """ASHA rule: go on to the next rung while in the top 1/eta of this rung's finished losses."""
+    previous = [*rung_losses, loss]
+    cutoff = np.quantile(previous, 1.0 / eta) if len(previous) > 1 else math.inf
+    return loss <= cutoff
 
 
 def run_search(
@@ -207,19 +239,11 @@ def _evaluate(index: int, genome: Genome, evaluator: Evaluator, rungs: Sequence[
     results: list[RungResult] = []
     try:
         for level, n in enumerate(rungs):
-            t0 = time.perf_counter()
-            score = evaluator.score(genome, "search", n)
-            reference = evaluator.reference("search", n)
-            ret = evaluator.retention(score, reference)
-            if not math.isfinite(ret):
+            result = evaluator.rung_result(genome, "search", n)
+            if not math.isfinite(result.retention):
                 raise FloatingPointError("retention is not finite (NaN scores)")
-            results.append(RungResult(n, {k: dict(v.metrics) for k, v in score.tasks.items()},
-                                      evaluator.losses(score), ret, time.perf_counter() - t0))
-            if level == len(rungs) - 1:
-                break
-            previous = rung_losses[n] + [1.0 - ret]
-            cutoff = np.quantile(previous, 1.0 / eta) if len(previous) > 1 else math.inf
-            if 1.0 - ret > cutoff:
+            results.append(result)
+            if level == len(rungs) - 1 or not promoted(rung_losses[n], 1.0 - result.retention, eta):
                 break
     except Exception as exc:  # a failed trial is journaled and the search goes on
         logger.warning("trial %d failed: %s", index, exc)
