@@ -289,3 +289,11 @@ def test_lm_eval_task_spec_builds_the_same_examples_lm_eval_scores(model, tokeni
     theirs = evaluate_lm_eval(model, tokenizer, ["unit_mc"], include_path=tmp_path,
                               include_defaults=False, batch_size=4, max_length=128)
     assert theirs["unit_mc"]["acc"] == pytest.approx(ours["acc"])
+
+
+def test_a_choice_with_its_own_leading_whitespace_gets_no_extra_delimiter():
+    from gptailor_merge.scoring.multiple_choice import continuation
+
+    assert continuation("42") == " 42"
+    assert continuation(" 42") == " 42"
+    assert continuation("\n    return x") == "\n    return x"

@@ -1,6 +1,7 @@
 """Multiple choice by log-likelihood, as lm-evaluation-harness scores it.
 
-Each choice is a continuation `" " + choice` of the context (lm-eval's default target delimiter);
+Each choice is a continuation `" " + choice` of the context (lm-eval's default target delimiter;
+a choice that already starts with whitespace, like `" 42"` or `"\n    return x"`, gets none);
 its log-likelihood is the sum of the continuation tokens' log-probs (`_encode_pair`: trailing
 context whitespace moves onto the continuation). acc = argmax log-likelihood is the answer,
 acc_norm = argmax of log-likelihood / len(choice in characters). Mirrors `lm_eval/api/model.py`.
@@ -86,6 +87,12 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
     return torch.stack(values).tolist() if values else []
 
 
+def continuation(choice: str) -> str:
+    """The text scored after the context: the choice behind lm-eval's delimiter, unless the
+    choice brings its own leading whitespace (else JSONL files written with `" 42"` score `"  42"`)."""
+    return choice if choice[:1].isspace() else TARGET_DELIMITER + choice
+
+
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])  # first maximum, as numpy
 
@@ -96,7 +103,7 @@ def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceE
     """`{"acc", "acc_norm", "n"}` over `examples`."""
     if not examples:
         raise TaskError("no multiple-choice examples to score.")
-    requests = [(ex.context, TARGET_DELIMITER + choice) for ex in examples for choice in ex.choices]
+    requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
     lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size,
                          max_length=max_length, progress=progress)
     correct = correct_norm = 0
