@@ -104,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from gptailor_merge.demo import build_demo_family
         from gptailor_merge.scoring import register_task_dir
 
-        register_task_dir(build_demo_family(progress=not args.quiet).root)
+        register_task_dir(build_demo_family(progress=not args.quiet).root, replace=True)
     tasks = [load_task(spec) for spec in specs]
     if args.target.is_dir():
         model, tokenizer = load_model_folder(args.target, device=args.device)

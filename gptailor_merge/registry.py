@@ -23,8 +23,8 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def add(self, name: str, entry: T) -> None:
-        if name in self._entries:
+    def add(self, name: str, entry: T, *, replace: bool = False) -> None:
+        if name in self._entries and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
 

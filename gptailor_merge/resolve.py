@@ -18,7 +18,7 @@ def resolve_family(config: RunConfig, progress: bool = True) -> tuple[Family, li
         from gptailor_merge.demo import build_demo_family
 
         demo = build_demo_family(preset=fam.demo_preset, progress=progress)
-        register_task_dir(demo.root)
+        register_task_dir(demo.root, replace=True)
         names = ["base", *demo.domains]
         return Family.load(demo.base, demo.candidates, names=names), names
     family = Family.load(fam.base, fam.candidates, names=fam.names)

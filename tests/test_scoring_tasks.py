@@ -131,6 +131,18 @@ def test_register_task_dir_registers_tasks_and_perplexity_domains(tmp_path):
     assert "unit_reg_mc" in TASKS
 
 
+def test_other_files_under_a_registered_name_fail_unless_replacing(tmp_path):
+    for folder, n in (("a", 3), ("b", 4)):
+        write_jsonl(tmp_path / folder / "tasks/unit_rebind.search.jsonl", mc_rows(n))
+        write_jsonl(tmp_path / folder / "tasks/unit_rebind.heldout.jsonl", mc_rows(2))
+    register_task_dir(tmp_path / "a")
+    with pytest.raises(TaskError, match="already registered from other files"):
+        register_task_dir(tmp_path / "b")
+    assert len(load_task("unit_rebind").search) == 3
+    register_task_dir(tmp_path / "b", replace=True)  # e.g. a demo family of another preset
+    assert len(load_task("unit_rebind").search) == 4
+
+
 def test_unknown_task_name_suggests_a_close_match_and_lists_known(tmp_path):
     write_jsonl(tmp_path / "tasks/unit_hint_task.search.jsonl", mc_rows(2))
     write_jsonl(tmp_path / "tasks/unit_hint_task.heldout.jsonl", mc_rows(2))

@@ -115,7 +115,7 @@ class FileTaskLoader:
         return make_task(self.name, search, heldout, f"{self.search_path} + {self.heldout_path.name}")
 
 
-def _register_pairs(folder: Path, kind: Kind, prefix: str) -> list[str]:
+def _register_pairs(folder: Path, kind: Kind, prefix: str, replace: bool) -> list[str]:
     names = []
     for search_path in sorted(folder.glob("*.search.jsonl")):
         stem = task_name_of(search_path)
@@ -123,7 +123,9 @@ def _register_pairs(folder: Path, kind: Kind, prefix: str) -> list[str]:
         if not heldout_path.is_file():
             raise TaskError(f"{search_path} has no held-out twin; add {heldout_path.name}.")
         loader = FileTaskLoader(f"{prefix}{stem}", search_path.resolve(), heldout_path.resolve(), kind)
-        if loader.name in TASKS:
+        if replace:
+            TASKS.add(loader.name, loader, replace=True)
+        elif loader.name in TASKS:
             if TASKS.get(loader.name) != loader:
                 raise TaskError(f"task {loader.name!r} is already registered from other files; "
                                 f"rename {search_path.name} or its folder.")
@@ -133,14 +135,16 @@ def _register_pairs(folder: Path, kind: Kind, prefix: str) -> list[str]:
     return names
 
 
-def register_task_dir(directory: str | Path) -> list[str]:
+def register_task_dir(directory: str | Path, *, replace: bool = False) -> list[str]:
     """Registers `DIR/tasks/{task}.{split}.jsonl` (multiple choice) and `DIR/text/{domain}.{split}.jsonl`
-    (perplexity, as `ppl_{domain}`); returns the names. Registering the same files twice is a no-op."""
+    (perplexity, as `ppl_{domain}`); returns the names. Registering the same files twice is a no-op;
+    other files under a registered name are an error unless `replace` (a demo family of another
+    preset or seed re-binds the demo task names)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise TaskError(f"task folder {str(directory)!r} does not exist.")
-    names = _register_pairs(directory / "tasks", "multiple_choice", "")
-    names += _register_pairs(directory / "text", "perplexity", "ppl_")
+    names = _register_pairs(directory / "tasks", "multiple_choice", "", replace)
+    names += _register_pairs(directory / "text", "perplexity", "ppl_", replace)
     if not names:
         raise TaskError(f"no tasks in {directory}: expected tasks/*.search.jsonl or text/*.search.jsonl.")
     logger.debug("registered tasks %s from %s", names, directory)
