@@ -25,7 +25,6 @@ other jobs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -39,7 +38,7 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,6 +49,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from gptailor_merge.demo.build import hf_bars_off, save_member  # noqa: E402
 from gptailor_merge.demo.corpora import SPLITS, load_corpora  # noqa: E402
 from gptailor_merge.demo.evaluate import (  # noqa: E402
     format_table,
@@ -145,16 +145,6 @@ def load_smollm2(sources_dir: Path, scratch: Path) -> tuple[torch.nn.Module, obj
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model.eval(), tokenizer
-
-
-def save_member(model: torch.nn.Module, tokenizer, path: Path) -> None:
-    model.to(torch.float32).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    # Name the class every transformers version knows (v5 writes its new TokenizersBackend).
-    config_path = path / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ---- BIG-bench --------------------------------------------------------------------------------
@@ -280,18 +270,6 @@ def heldout_perplexity(root: Path, member: str) -> dict[str, float]:
     model, tokenizer = load_model_folder(root / member, dtype=torch.float32)
     return {d: round(perplexity(model, tokenizer, read_texts(root / "text" / f"{d}.heldout.jsonl"),
                                 max_length=EVAL_MAX_TOKENS)["ppl"], 4) for d in DOMAINS}
-
-
-@contextlib.contextmanager
-def hf_bars_off() -> Iterator[None]:
-    """Silence transformers' own load/save bars; the build shows one bar of its own."""
-    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers.utils.logging.enable_progress_bar()
 
 
 def build_into(tmp: Path, spec: DemoPreset, seed: int, sources_dir: Path, bar: tqdm) -> dict:

@@ -21,7 +21,7 @@ import tokenizers
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from gptailor_merge.demo.corpora import SPLITS, load_corpora
 from gptailor_merge.demo.evaluate import (
@@ -52,7 +52,7 @@ SOURCES = {
 
 
 @contextlib.contextmanager
-def _hf_bars_off() -> Iterator[None]:
+def hf_bars_off() -> Iterator[None]:
     """Silence transformers' own save/load bars; the build shows one bar of its own."""
     was_enabled = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
@@ -63,7 +63,8 @@ def _hf_bars_off() -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
 
 
-def _save_member(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+def save_member(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """A float32 Hugging Face folder any transformers version loads (also used for SmolLM2)."""
     model.to(torch.float32).save_pretrained(path)
     tokenizer.save_pretrained(path)
     # Name the class every transformers version knows (v5 writes its new TokenizersBackend).
@@ -95,12 +96,12 @@ def _build_into(tmp: Path, spec: DemoPreset, seed: int, bar: tqdm) -> dict[str, 
 
     stage("pre-train base")
     base = pretrain_base(spec, tokenizer, streams, seed, on_step)
-    _save_member(base, tokenizer, tmp / "base")
+    save_member(base, tokenizer, tmp / "base")
     for k, domain in enumerate(streams):
         stage(f"fine-tune {domain}")
         member = finetune(base, streams[domain], domain, spec, tokenizer.bos_token_id,
                           seed=seed * 1000 + k + 1, on_step=on_step)
-        _save_member(member, tokenizer, tmp / domain)
+        save_member(member, tokenizer, tmp / domain)
         del member
 
     stage("tasks")
@@ -150,7 +151,7 @@ def build_demo_family(out_dir: Path | None = None, *, preset: str = "default", s
     n_units = 4 + spec.pretrain_steps + 3 * spec.finetune_steps
     started = time.perf_counter()
     try:
-        with _hf_bars_off(), tqdm(
+        with hf_bars_off(), tqdm(
                 total=n_units, disable=not progress, unit="step") as bar:
             manifest = _build_into(tmp, spec, seed, bar)
         manifest["build_seconds"] = round(time.perf_counter() - started, 1)
