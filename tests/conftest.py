@@ -40,3 +40,22 @@ def mistral_family(tiny_family_paths):
 
     base, candidates = tiny_family_paths["mistral"]
     return Family.load(base, candidates)
+
+
+WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
+
+
+def write_word_tasks(root) -> None:
+    """Seeded random-word tasks under `root`: mc.jsonl (40 four-way choices) and txt.jsonl (30 texts)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    with open(root / "mc.jsonl", "w") as f:
+        for _ in range(40):
+            ctx = " ".join(rng.choice(WORDS) for _ in range(6))
+            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
+            f.write(json.dumps({"context": ctx, "choices": choices, "answer": rng.randrange(4)}) + "\n")
+    with open(root / "txt.jsonl", "w") as f:
+        for _ in range(30):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")

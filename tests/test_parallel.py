@@ -2,19 +2,18 @@
 
 import json
 import os
-import random
 import signal
 import sys
 from types import SimpleNamespace
 
 import pytest
+from conftest import write_word_tasks  # noqa: E402
 
 from gptailor_merge.config import RunConfig
 from gptailor_merge.errors import ClusterError, ConfigError, MissingDependencyError, ResumeError
 from gptailor_merge.genome import Genome
 from gptailor_merge.space import SearchSpace
 
-WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 SEARCH = dict(optimizer="DiscreteLenglerOnePlusOne", rungs=[1, 3, 9], eta=3, seed=0, progress=False)
 
 
@@ -22,15 +21,7 @@ SEARCH = dict(optimizer="DiscreteLenglerOnePlusOne", rungs=[1, 3, 9], eta=3, see
 def tasks_dir(tmp_path_factory):
     """A multiple-choice and a perplexity JSONL task (seeded)."""
     root = tmp_path_factory.mktemp("parallel_tasks")
-    rng = random.Random(0)
-    with open(root / "mc.jsonl", "w") as f:
-        for _ in range(40):
-            ctx = " ".join(rng.choice(WORDS) for _ in range(6))
-            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
-            f.write(json.dumps({"context": ctx, "choices": choices, "answer": rng.randrange(4)}) + "\n")
-    with open(root / "txt.jsonl", "w") as f:
-        for _ in range(30):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
+    write_word_tasks(root)
     return root
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -10,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_word_tasks  # noqa: E402
 
 from gptailor_merge.config import RunConfig
 from gptailor_merge.errors import ConfigError, ResumeError
 from gptailor_merge.genome import Genome, LayerSpec
 from gptailor_merge.space import SearchSpace, paper_seeds, removal_order
-
-WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +23,7 @@ def search_setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("search")
     base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)
-    rng = random.Random(0)
-    with open(root / "mc.jsonl", "w") as f:
-        for _ in range(40):
-            ctx = " ".join(rng.choice(WORDS) for _ in range(6))
-            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
-            f.write(json.dumps({"context": ctx, "choices": choices, "answer": rng.randrange(4)}) + "\n")
-    with open(root / "txt.jsonl", "w") as f:
-        for _ in range(30):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
+    write_word_tasks(root)
     return root, base, cands
 
 
