@@ -36,7 +36,6 @@ BASELINE_METHODS = ("reverse", "shortgpt", "angular", "greedy-ppl", "laco")
 SMOLLM2_DIR = "smollm2-family"
 SMOLLM2_MEMBERS = ("base", "prose", "code", "math")
 SMOLLM2_BUILDER = "benchmarks/smollm2_family.py"
-N_CALIBRATION = 32  # search-split texts per perplexity task, as `prune` uses by default
 
 
 # ---- family and tasks -------------------------------------------------------------------------
@@ -314,6 +313,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout-examples", type=int, default=None,
                    help="held-out examples per task, the same for every row (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration-texts", type=int, default=32,
+                   help="search-split texts per perplexity task that the baselines calibrate on "
+                        "(default 32, as `prune`)")
     p.add_argument("--laco-threshold", type=float, default=0.65)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
@@ -328,8 +330,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     bad = [f for f in args.remove if not 0.0 < f < 1.0]
     if bad:
         p.error(f"--remove {bad[0]}: a fraction of layers in (0, 1), e.g. 0.25")
-    if args.trials < 1 or args.max_examples < 1 or (args.heldout_examples or 1) < 1:
-        p.error("--trials, --max-examples and --heldout-examples must be at least 1")
+    if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1) < 1:
+        p.error("--trials, --max-examples, --heldout-examples and --calibration-texts must be at "
+                "least 1")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.json = args.json or Path(f"benchmarks/results/quality-{args.family}.json")
     return args
@@ -372,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
                           max_length=ev.max_length, metric=config.search.metric)
-    calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, N_CALIBRATION)),
+    calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, args.calibration_texts)),
                         batch_size=ev.batch_size, max_length=ev.max_length)
     total = len(names) + len(args.remove) * (len(BASELINE_METHODS) + 2)
     rows = Rows(family, tasks, config.search.metric, total)
@@ -390,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "tasks": [{"name": t.name, "kind": t.kind, "chance": round(t.chance, 6),
                    "heldout_used": len(t.examples("heldout", n))} for t in tasks],
         "calibration": {"split": "search", "tasks": [t.name for t in text_tasks],
-                        "n_examples_per_task": N_CALIBRATION, "n_texts": len(calib.texts)},
+                        "n_examples_per_task": args.calibration_texts, "n_texts": len(calib.texts)},
         "complete": False, "rows": rows.rows,
     }
 

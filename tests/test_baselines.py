@@ -138,6 +138,18 @@ def test_greedy_ppl_removes_each_step_the_layer_that_raises_perplexity_least(cal
     assert calibration_nll(calib, [IDENTITY]) == calibration_nll(calib, [])  # identity: lossless
 
 
+def test_greedy_ppl_prefix_reuse_skips_layers_and_changes_nothing(calib):
+    from dataclasses import replace
+
+    plain = replace(calib, prefix_cache_bytes=0)
+    assert plain.prefix is None and calib.prefix is not None
+    before = calib.prefix.stats.skipped
+    reused = run_baseline("greedy_ppl", calib, 2)
+    assert calib.prefix.stats.skipped > before  # trials removing a late layer reuse the early ones
+    assert reused.details == run_baseline("greedy_ppl", plain, 2).details  # bitwise the same nlls
+    assert calibration_nll(calib, [4]) == calibration_nll(plain, [4])
+
+
 def test_laco_threshold_one_accepts_only_exact_identity_collapses(calib):
     result = run_baseline("laco", calib, 1, threshold=1.0)
     trials = result.details["trials"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gptailor_merge.errors import ConfigError, TaskError
 from gptailor_merge.genome import Genome
+from gptailor_merge.prefix import PrefixReuse
 from gptailor_merge.recipe import FamilyRefs, Recipe, genome_to_recipe
 from gptailor_merge.registry import Registry
 
@@ -38,11 +39,22 @@ class Calibration:
     batch_size: int = 16
     max_length: int = 256
     progress: bool = False
+    # hidden states of shared leading layers across the removal sets a baseline tries
+    # (gptailor_merge/prefix.py; results are bitwise the same). 0 bytes turns it off.
+    prefix_cache_bytes: int = 1 << 30
+    prefix: PrefixReuse | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "texts", tuple(self.texts))
         if not self.texts:
             raise TaskError("no calibration text: give at least one perplexity (text) task example")
+        if self.prefix_cache_bytes > 0:
+            object.__setattr__(self, "prefix", PrefixReuse(self.prefix_cache_bytes))
+
+    def build(self, genome: Genome):
+        """The stitched model of `genome`, reusing cached prefix hidden states where it can."""
+        model = self.stitcher.build(genome)
+        return model if self.prefix is None else self.prefix.wrap(model, genome)
 
     @property
     def family(self) -> Family:

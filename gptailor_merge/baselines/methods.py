@@ -93,7 +93,7 @@ def angular(calib: Calibration, n_remove: int, tokens: str = "last") -> Baseline
 
 def calibration_nll(calib: Calibration, removed: list[int]) -> float:
     """Token-weighted mean NLL of the base model without `removed`, on the calibration texts."""
-    model = calib.stitcher.build(calib.base_genome(removed))
+    model = calib.build(calib.base_genome(removed))
     return perplexity(model, calib.tokenizer, calib.texts, batch_size=calib.batch_size,
                       max_length=calib.max_length)["nll"]
 
@@ -101,7 +101,8 @@ def calibration_nll(calib: Calibration, removed: list[int]) -> float:
 @BASELINES.register("greedy_ppl")
 def greedy_ppl(calib: Calibration, n_remove: int) -> BaselineResult:
     """Remove one layer at a time: each step the one whose removal gives the lowest calibration
-    perplexity (ties: lower index). Costs about n_remove * L perplexity passes, no weight copies."""
+    perplexity (ties: lower index). Costs about n_remove * L perplexity passes, no weight copies;
+    prefix reuse skips the layers before each trial's first removed one."""
     n_layers = calib.family.n_layers
     removed: list[int] = []
     steps = []
