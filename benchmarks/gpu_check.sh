@@ -100,7 +100,7 @@ dtype = getattr(torch, dtype_name)
 n_trials = int(os.environ.get("GPU_CHECK_TRIALS", 20))
 big = shape == "7b"
 rungs = [10, 30, 90] if big else [3, 9, 27]
-args = SimpleNamespace(device=device, dtype=dtype_name, batch_size=16, max_length=256)
+args = SimpleNamespace(device=device, dtype=dtype_name, batch_size=16, max_length=256, rungs=rungs)
 summary: dict = {"benchmark": "gpu_check", "shape": shape, "dtype": dtype_name, "git": git_sha(),
                  "hardware": hardware(), "seed": 0, "rungs": rungs}
 log(f"{summary['hardware']}")
@@ -123,7 +123,7 @@ tasks = write_tasks(work / "tasks", seed=0, n_choice=2 * rungs[-1] + 10, n_text=
 # ---- 20 search trials, stitcher + prefix reuse -------------------------------------------------
 stitcher = Stitcher(family, device=device, dtype=dtype, cache_size=64 if big else 256, model=model)
 evaluator = RecordingEvaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
-                               max_length=args.max_length,
+                               max_length=args.max_length, rungs=rungs,
                                prefix_cache_bytes=(8 << 30) if big else (64 << 20))
 space = SearchSpace(L, 3, n_keep)
 

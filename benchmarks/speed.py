@@ -242,6 +242,12 @@ class Call:
     n_examples: int | None
 
 
+def boundaries(args, call: Call) -> tuple[int, ...]:
+    """The batching restarts the search's `Evaluator` uses for `call` (its rungs on the search
+    split), so every variant runs the same batches."""
+    return tuple(getattr(args, "rungs", ())) if call.split == "search" else ()
+
+
 @dataclass
 class RecordingEvaluator(Evaluator):
     """Scores like `Evaluator` and records every call (dense references included)."""
@@ -258,9 +264,10 @@ def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Ca
     n_keep = family.n_layers - round(family.n_layers * args.remove_fraction)
     space = SearchSpace(family.n_layers, family.n_candidates, n_keep)
     rungs = sorted({max(1, args.max_examples // 3**k) for k in range(3)})
+    args.rungs = tuple(rungs)
     evaluator = RecordingEvaluator(Stitcher(family, device=args.device, dtype=args.dtype),
                                    tokenizer, tasks, batch_size=args.batch_size,
-                                   max_length=args.max_length, prefix_cache_bytes=0)
+                                   max_length=args.max_length, prefix_cache_bytes=0, rungs=args.rungs)
     run_search(space, evaluator, run_dir, optimizer=args.optimizer, n_trials=args.trials,
                rungs=rungs, seed=args.seed, progress=False)
     return evaluator.calls, rungs
@@ -274,7 +281,8 @@ class StitchVariant:
                  stitcher: Stitcher | None = None) -> None:
         stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype)
         self.evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
-                                   max_length=args.max_length, prefix_cache_bytes=prefix_bytes)
+                                   max_length=args.max_length, prefix_cache_bytes=prefix_bytes,
+                                   rungs=tuple(getattr(args, "rungs", ())))
         self.device = self.evaluator.stitcher.device
         self.skips: list[float] = []
 
@@ -317,7 +325,7 @@ class MergekitVariant:
         model.to(args.device).eval()
         evaluate_model(model, self.tokenizer, self.tasks, split=call.split,
                        n_examples=call.n_examples, batch_size=args.batch_size,
-                       max_length=args.max_length)
+                       max_length=args.max_length, boundaries=boundaries(args, call))
         sync(torch.device(args.device))
         return time.perf_counter() - start
 
@@ -350,7 +358,7 @@ class FloorVariant:
             capture = _Capture(model)
             evaluate_model(capture, self.tokenizer, self.tasks, split=call.split,
                            n_examples=call.n_examples, batch_size=self.args.batch_size,
-                           max_length=self.args.max_length)
+                           max_length=self.args.max_length, boundaries=boundaries(self.args, call))
             self.batches[key] = capture.batches
         with torch.inference_mode():
             sync(self.stitcher.device)

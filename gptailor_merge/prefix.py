@@ -78,8 +78,9 @@ class PrefixCache:
     """Hidden states after depth d, keyed by (layer-prefix id, batch digest), evicted LRU by bytes.
 
     Prefixes are interned in a trie (`prefix_ids`), so a key is an exact tuple of layer keys, not a
-    hash of one. Checkpoints are kept at depths that are multiples of `stride`, never at the full
-    depth (only an exact repeat of a candidate on a batch would use it). `storage_device` None keeps
+    hash of one. Checkpoints are kept at depths that are multiples of `stride` and at the full depth
+    (a candidate promoted to a larger rung repeats its earlier, rung-aligned batches exactly: it
+    then runs only the final norm and head on them). `storage_device` None keeps
     tensors where the model computed them; "cpu" offloads them (copied back on a hit).
     """
 
@@ -112,7 +113,7 @@ class PrefixCache:
         return ids
 
     def wants(self, depth: int, n_layers: int) -> bool:
-        return self.max_bytes > 0 and depth < n_layers and depth % self.stride == 0
+        return self.max_bytes > 0 and (depth == n_layers or depth % self.stride == 0)
 
     def lookup(self, ids: Sequence[int], batch: bytes) -> tuple[int, torch.Tensor | None]:
         """(depth, hidden states) of the deepest cached prefix of `ids` for `batch`; (0, None) if none."""

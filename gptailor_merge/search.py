@@ -41,6 +41,9 @@ class Evaluator:
     # hidden states of shared leading layers, reused across candidates (gptailor_merge/prefix.py);
     # scores are bitwise the same with or without it. 0 bytes turns it off.
     prefix_cache_bytes: int = 1 << 30
+    # the search split's rung budgets: batching restarts at each (scoring.evaluate_model), so a
+    # promoted candidate's earlier batches repeat exactly and come from the prefix cache
+    rungs: Sequence[int] = ()
     _references: dict = field(default_factory=dict)
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
 
@@ -53,7 +56,13 @@ class Evaluator:
         if self.prefix is not None:
             model = self.prefix.wrap(model, genome)
         return evaluate_model(model, self.tokenizer, self.tasks, split=split, n_examples=n_examples,
-                              batch_size=self.batch_size, max_length=self.max_length)
+                              batch_size=self.batch_size, max_length=self.max_length,
+                              boundaries=self.boundaries(split))
+
+    def boundaries(self, split: str) -> tuple[int, ...]:
+        """Batching restarts of `split`: the rungs on the search split (held-out scores stay
+        batched as every other scorer path batches them, so they compare bitwise)."""
+        return tuple(self.rungs) if split == "search" else ()
 
     def rung_result(self, genome: Genome, split: str, n_examples: int) -> RungResult:
         """One rung of a trial: score, retention against the dense base, per-task losses. The serial
@@ -137,7 +146,7 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
     stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
-                     metric=config.search.metric)
+                     metric=config.search.metric, rungs=tuple(config.search.rungs()))
 
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,

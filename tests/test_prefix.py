@@ -113,6 +113,24 @@ def test_skip_counter_counts_layers_before_the_first_difference(llama_family):
     assert reuse.stats.skip_fraction == pytest.approx(4 / 15)
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_a_promoted_candidate_repeats_its_rung_aligned_batches_from_the_cache(arch, request):
+    family = request.getfixturevalue(f"{arch}_family")
+    tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+    tasks, rungs = _tasks(), (2, 6)
+    plain = Evaluator(Stitcher(family), tokenizer, tasks, batch_size=4, max_length=32,
+                      prefix_cache_bytes=0, rungs=rungs)
+    cached = Evaluator(Stitcher(family), tokenizer, tasks, batch_size=4, max_length=32, rungs=rungs)
+    genome = SEQUENCE[1]
+    cached.score(genome, "search", 2)
+    first = cached.prefix.stats.computed
+    assert first > 0 and cached.prefix.stats.skipped == 0
+    promoted = cached.score(genome, "search", 6)
+    assert cached.prefix.stats.skipped == first  # every layer pass of rung 1 came from the cache
+    assert promoted == plain.score(genome, "search", 6)  # bitwise the same scores
+    assert cached.boundaries("search") == rungs and cached.boundaries("heldout") == ()
+
+
 def test_base_layers_share_keys_across_merge_methods_but_selections_do_not():
     with_merge = Genome(L, K, (LayerSpec(0), LayerSpec(1, (2,)), LayerSpec(2, (0, 1))))
     without = Genome(L, K, (LayerSpec(0), LayerSpec(1, (2,)), LayerSpec(2)))
@@ -139,9 +157,9 @@ def test_eviction_keeps_the_cache_under_its_byte_bound(llama_family):
     assert reuse.cache.nbytes == sum(t.numel() * t.element_size() for t in reuse.cache._entries.values())
 
 
-def test_stride_keeps_checkpoints_only_at_its_multiples_and_never_at_full_depth():
+def test_stride_keeps_checkpoints_at_its_multiples_and_at_full_depth():
     cache = PrefixCache(1 << 20, stride=2)
-    assert [d for d in range(1, 7) if cache.wants(d, 6)] == [2, 4]
+    assert [d for d in range(1, 8) if cache.wants(d, 7)] == [2, 4, 6, 7]
     assert not PrefixCache(0).wants(1, 6)
 
 

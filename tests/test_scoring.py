@@ -171,6 +171,33 @@ def test_scores_are_identical_across_batch_sizes(model, tokenizer):
                 scores[0].tasks["ppl"].metrics[key], abs=1e-5)
 
 
+def test_boundaries_make_a_small_budgets_batches_open_every_larger_budgets():
+    from gptailor_merge.scoring.batching import length_sorted_batches
+
+    lengths = [3, 9, 1, 7, 7, 2, 8, 5, 4, 6, 2, 9]
+    sequences = [[5] * n for n in lengths]
+    rungs = (2, 5, 12)
+    for small, large in ((2, 5), (5, 12), (2, 12)):
+        a = list(length_sorted_batches(sequences[:small], 2, rungs))
+        b = list(length_sorted_batches(sequences[:large], 2, rungs))
+        assert b[: len(a)] == a
+        assert sorted(i for batch in b for i in batch) == list(range(large))
+    # within a segment, longest first; without boundaries one global sort (a 9 opens it)
+    assert list(length_sorted_batches(sequences[:5], 2, rungs)) == [[1, 0], [3, 4], [2]]
+    assert next(iter(length_sorted_batches(sequences, 2))) == [1, 11]
+
+
+def test_boundaries_change_batching_not_scores(model, tokenizer):
+    tasks = [make_task("mc", MC, MC[:1], "test"),
+             make_task("ppl", [TextExample(t) for t in TEXTS], [TextExample(t) for t in TEXTS[:1]],
+                       "test")]
+    plain = evaluate_model(model, tokenizer, tasks, batch_size=2)
+    cut = evaluate_model(model, tokenizer, tasks, batch_size=2, boundaries=(1, 3))
+    assert cut.tasks["mc"].metrics["acc"] == plain.tasks["mc"].metrics["acc"]
+    for name, task_score in plain.tasks.items():
+        assert cut.tasks[name].metrics == pytest.approx(task_score.metrics, abs=1e-5)
+
+
 def test_low_budget_score_uses_a_prefix_of_the_examples(model, tokenizer):
     task = make_task("mc", MC, MC[:1], "test")
     low = evaluate_model(model, tokenizer, [task], n_examples=2)

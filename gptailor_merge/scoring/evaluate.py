@@ -45,24 +45,29 @@ class Score:
 
 def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "search",
                n_examples: int | None = None, batch_size: int = 16, max_length: int = 512,
-               progress: bool = False) -> TaskScore:
-    """One task on the first `n_examples` of `split`."""
+               progress: bool = False, boundaries: Sequence[int] = ()) -> TaskScore:
+    """One task on the first `n_examples` of `split`; `boundaries` as in `evaluate_model`."""
     examples = task.examples(split, n_examples)
     if task.kind == "multiple_choice":
         choice_examples = [ex for ex in examples if isinstance(ex, ChoiceExample)]
         metrics = multiple_choice(model, tokenizer, choice_examples, batch_size=batch_size,
-                                  max_length=max_length, progress=progress)
+                                  max_length=max_length, progress=progress, boundaries=boundaries)
     else:
         texts = [ex.text for ex in examples if isinstance(ex, TextExample)]
         metrics = perplexity(model, tokenizer, texts, batch_size=batch_size,
-                             max_length=max_length, progress=progress)
+                             max_length=max_length, progress=progress, boundaries=boundaries)
     return TaskScore(task.name, metrics)
 
 
 def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
                    split: str = "search", n_examples: int | None = None, batch_size: int = 16,
-                   max_length: int = 512, progress: bool = False) -> Score:
-    """Scores every task; a budget-b score uses a prefix of the examples of a budget-B one."""
+                   max_length: int = 512, progress: bool = False,
+                   boundaries: Sequence[int] = ()) -> Score:
+    """Scores every task; a budget-b score uses a prefix of the examples of a budget-B one.
+
+    `boundaries` (example counts, e.g. the search's rung budgets) restart the length-sorted
+    batching, so a budget-b run's batches open a budget-B run's and prefix reuse spans rungs;
+    they change no result beyond float rounding of the batch shapes."""
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise TaskError(f"task names must be unique, got {names}.")
@@ -74,7 +79,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
             start = time.perf_counter()
             scores[task.name] = score_task(model, tokenizer, task, split=split, n_examples=n_examples,
                                            batch_size=batch_size, max_length=max_length,
-                                           progress=progress)
+                                           progress=progress, boundaries=boundaries)
             logger.debug("%s (%s, n=%s): %s in %.1fs", task.name, split, n_examples,
                         scores[task.name].metrics, time.perf_counter() - start)
     finally:

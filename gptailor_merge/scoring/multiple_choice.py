@@ -59,10 +59,10 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 
 def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
-                   batch_size: int = 16, max_length: int = 512, progress: bool = False
-                   ) -> list[float]:
+                   batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                   boundaries: Sequence[int] = ()) -> list[float]:
     """log P(continuation | context) for each (context, continuation); long inputs lose tokens on
-    the left, as in lm-eval."""
+    the left, as in lm-eval. `boundaries` (request counts) only change the batching."""
     pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
     for (context, continuation), (_, continuation_ids) in zip(requests, pairs, strict=True):
         if not continuation_ids:
@@ -83,7 +83,8 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
         return log_probs.gather(-1, targets[:, None]).sum().double()
 
     values = map_rows(model, inputs, row_loglikelihood, batch_size=batch_size,
-                      pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="loglikelihood")
+                      pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="loglikelihood",
+                      boundaries=boundaries)
     return torch.stack(values).tolist() if values else []
 
 
@@ -98,14 +99,19 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample], *,
-                    batch_size: int = 16, max_length: int = 512, progress: bool = False
-                    ) -> dict[str, float]:
-    """`{"acc", "acc_norm", "n"}` over `examples`."""
+                    batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                    boundaries: Sequence[int] = ()) -> dict[str, float]:
+    """`{"acc", "acc_norm", "n"}` over `examples`; `boundaries` (example counts) only change the
+    batching: each becomes the request count of its examples' choices."""
     if not examples:
         raise TaskError("no multiple-choice examples to score.")
     requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
-    lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size,
-                         max_length=max_length, progress=progress)
+    starts = [0]
+    for ex in examples:
+        starts.append(starts[-1] + len(ex.choices))
+    lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, max_length=max_length,
+                         progress=progress,
+                         boundaries=[starts[b] for b in boundaries if 0 < b < len(examples)])
     correct = correct_norm = 0
     start = 0
     for ex in examples:

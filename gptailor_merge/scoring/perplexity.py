@@ -32,8 +32,10 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> list[int]:
 
 
 def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16,
-               max_length: int = 512, progress: bool = False) -> dict[str, float]:
-    """`{"nll", "ppl", "n", "tokens"}` over `texts`; `tokens` counts the predicted tokens."""
+               max_length: int = 512, progress: bool = False, boundaries: Sequence[int] = ()
+               ) -> dict[str, float]:
+    """`{"nll", "ppl", "n", "tokens"}` over `texts`; `tokens` counts the predicted tokens.
+    `boundaries` (text counts) only change how texts are batched (see `scoring.batching`)."""
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 to predict a token, got {max_length}.")
     sequences = [encode_text(tokenizer, text, max_length) for text in texts]
@@ -45,7 +47,8 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
         return F.cross_entropy(logits[: length - 1].float(), targets, reduction="sum").double()
 
     nlls = map_rows(model, sequences, row_nll, batch_size=batch_size,
-                    pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="perplexity")
+                    pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="perplexity",
+                    boundaries=boundaries)
     tokens = sum(max(len(seq) - 1, 0) for seq in sequences)
     if tokens == 0:
         raise TaskError(f"no token to predict in {len(texts)} text samples; they tokenize to at "
