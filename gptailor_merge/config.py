@@ -70,6 +70,10 @@ class SearchConfig(_Strict):
     use_candidates: bool = Field(True, description="false: removal-only search on the base")
     seeds: bool = Field(True, description="suggest the paper's heuristic seeds first")
     metric: Literal["acc", "acc_norm"] = Field("acc", description="multiple-choice metric")
+    chance_z: float = Field(2.0, ge=0, description="leave out of the objective the multiple-choice "
+                                                   "tasks on which the dense base does not beat chance "
+                                                   "by this many standard errors at the top rung "
+                                                   "(their scores are noise); 0 keeps every task")
     workers: int = Field(1, ge=1, description="trials evaluated at once; > 1 runs them on Ray actors "
                                               "(pip install \"gptailor-merge[ray]\")")
     ray_address: str | None = Field(None, min_length=1, description="Ray cluster to join (e.g. 10.0.0.1:6379 "

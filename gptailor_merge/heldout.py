@@ -111,9 +111,22 @@ def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_d
             "search_seconds": round(result.seconds, 1),
             "pareto_size": len(result.pareto),
             "best_search_retention": round(result.best.retention, 6),
+            "objective_tasks": [t.name for t in evaluator.objective_tasks()],
+            "chance_z": evaluator.chance_z,
         },
         "rows": rows,
     }
+
+
+def _objective_line(search: dict, tasks: list[str]) -> list[str]:
+    """Says which tasks the search left out of its objective (the dense base at chance on them)."""
+    kept = search.get("objective_tasks")
+    left_out = [t for t in tasks if kept is not None and t not in kept]
+    if not left_out:
+        return []
+    return [f"Objective: {', '.join(kept)}; left out, the dense base being within "
+            f"{search['chance_z']:g} standard errors of chance on the top rung: {', '.join(left_out)} "
+            f"(still scored above)."]
 
 
 def summary_markdown(summary: dict) -> str:
@@ -147,6 +160,7 @@ def summary_markdown(summary: dict) -> str:
         f"Search: {s['trials']} trials ({s['evaluated']} evaluated, optimizer {s['optimizer']}), rungs {s['rungs']} "
         f"examples per task; {s['full_fidelity_evaluations']} full-fidelity evaluations, "
         f"{s['full_fidelity_evaluations_saved']} saved by successive halving; {s['search_seconds']} s.",
+        *_objective_line(s, tasks),
         f"Best recipe: `{summary['best_recipe']}`; mergekit vs stitcher held-out max |diff| = "
         f"{summary['mergekit_vs_stitch_max_abs_diff']:.2e}.",
         "",

@@ -22,7 +22,14 @@ from gptailor_merge.errors import ResumeError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, RungResult, Trial
 from gptailor_merge.prefix import PrefixReuse
-from gptailor_merge.scoring import Score, Task, evaluate_model, retention, task_loss
+from gptailor_merge.scoring import (
+    Score,
+    Task,
+    chance_level_tasks,
+    evaluate_model,
+    retention,
+    task_loss,
+)
 from gptailor_merge.space import SearchSpace, paper_seeds
 
 logger = logging.getLogger(__name__)
@@ -44,7 +51,11 @@ class Evaluator:
     # the search split's rung budgets: batching restarts at each (scoring.evaluate_model), so a
     # promoted candidate's earlier batches repeat exactly and come from the prefix cache
     rungs: Sequence[int] = ()
+    # multiple-choice tasks where the dense base is within chance_z standard errors of chance at
+    # the top rung are left out of retention and losses (0: every task counts)
+    chance_z: float = 0.0
     _references: dict = field(default_factory=dict)
+    _objective: list | None = field(default=None, init=False, repr=False)
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,10 +92,34 @@ class Evaluator:
             self._references[key] = self.score(Genome.base_only(fam.n_layers, fam.n_candidates), split, n_examples)
         return self._references[key]
 
+    def objective_tasks(self) -> list[Task]:
+        """The tasks retention and losses count: every task, less the multiple-choice ones on which
+        the dense base is at chance at the top rung (`chance_z`). Deterministic, so the serial loop
+        and every parallel worker optimize the same objective."""
+        if self._objective is None:
+            noise: set[str] = set()
+            if self.chance_z > 0 and self.rungs:
+                top = self.reference("search", max(self.rungs))
+                noise = set(chance_level_tasks(top, self.tasks, z=self.chance_z, metric=self.metric))
+                if len(noise) == len(self.tasks):
+                    logger.warning("the dense base is at chance on every task at %d examples; the "
+                                   "objective keeps them all (raise max_examples or use other "
+                                   "tasks)", max(self.rungs))
+                    noise = set()
+                elif noise:
+                    logger.warning("left out of the objective, the dense base being within %g "
+                                   "standard errors of chance on %d examples: %s (set "
+                                   "search.chance_z: 0 to keep them)", self.chance_z,
+                                   max(self.rungs), ", ".join(sorted(noise)))
+            self._objective = [t for t in self.tasks if t.name not in noise]
+        return self._objective
+
     def losses(self, score: Score) -> dict[str, float]:
-        kinds = {t.name: t.kind for t in self.tasks}
+        kinds = {t.name: t.kind for t in self.objective_tasks()}
         out = {}
         for name, ts in score.tasks.items():
+            if name not in kinds:
+                continue
             if kinds[name] == "multiple_choice" and self.metric != "acc":
                 out[name] = 1.0 - ts.metrics[self.metric]
             else:
@@ -92,7 +127,7 @@ class Evaluator:
         return out
 
     def retention(self, score: Score, reference: Score) -> float:
-        values = retention(score, reference, self.tasks, metric=self.metric)
+        values = retention(score, reference, self.objective_tasks(), metric=self.metric)
         finite = [v for v in values.values() if math.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
@@ -146,7 +181,8 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
     stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
-                     metric=config.search.metric, rungs=tuple(config.search.rungs()))
+                     metric=config.search.metric, rungs=tuple(config.search.rungs()),
+                     chance_z=config.search.chance_z)
 
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,

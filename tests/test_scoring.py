@@ -30,6 +30,7 @@ from gptailor_merge.scoring.multiple_choice import (  # noqa: E402
     multiple_choice,
 )
 from gptailor_merge.scoring.objectives import (  # noqa: E402
+    chance_level_tasks,
     mean_retention,
     retention,
     retention_above_chance,
@@ -324,3 +325,26 @@ def test_a_choice_with_its_own_leading_whitespace_gets_no_extra_delimiter():
     assert continuation("42") == " 42"
     assert continuation(" 42") == " 42"
     assert continuation("\n    return x") == "\n    return x"
+
+
+FOUR = [ChoiceExample("c", ("a", "b", "c", "d"), 0)] * 4  # chance 0.25
+
+
+def _gate_tasks():
+    return [make_task("near", FOUR, FOUR, "test"), make_task("clear", FOUR, FOUR, "test"),
+            make_task("ppl", [TextExample("x y")], [TextExample("x y")], "test")]
+
+
+def _gate_score(near: float, clear: float, nll: float = 1.0) -> Score:
+    return Score("search", 100, {"near": TaskScore("near", {"acc": near, "acc_norm": near, "n": 100}),
+                                 "clear": TaskScore("clear", {"acc": clear, "acc_norm": clear, "n": 100}),
+                                 "ppl": TaskScore("ppl", {"nll": nll, "ppl": math.exp(nll), "n": 1})})
+
+
+def test_chance_level_tasks_use_binomial_standard_errors():
+    # one standard error at chance 0.25 on 100 examples: sqrt(0.25 * 0.75 / 100) = 0.0433
+    score, tasks = _gate_score(near=0.33, clear=0.34), _gate_tasks()
+    assert chance_level_tasks(score, tasks, z=2.0) == ["near"]  # +0.08 <= 0.0866 < +0.09
+    assert chance_level_tasks(score, tasks, z=0.0) == []
+    assert chance_level_tasks(score, tasks, z=3.0) == ["near", "clear"]
+    assert chance_level_tasks(_gate_score(near=0.2, clear=0.5), tasks, z=0.0) == ["near"]

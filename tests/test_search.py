@@ -1,6 +1,7 @@
 """Search: space by construction, determinism, kill-and-resume, bad input (tiny family, JSONL tasks)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -181,3 +182,31 @@ def test_resume_refuses_a_different_family_or_target(search_setup, tmp_path):
     with pytest.raises(ResumeError, match="not a run folder"):
         optimize(cfg, resume=tmp_path / "nothing", progress=False)
     assert Path(tmp_path / "run" / "best.yaml").is_file()
+
+
+def _canned_evaluator(chance_z: float, base, candidate):
+    from types import SimpleNamespace
+
+    from test_scoring import _gate_tasks
+
+    from gptailor_merge.search import Evaluator
+
+    family = SimpleNamespace(n_layers=2, n_candidates=1)
+    ev = Evaluator(SimpleNamespace(family=family), None, _gate_tasks(), rungs=(10, 100),
+                   chance_z=chance_z)
+    ev.score = lambda genome, split, n: base if genome == Genome.base_only(2, 1) else candidate
+    return ev
+
+
+def test_objective_leaves_out_tasks_where_the_dense_base_is_at_chance():
+    from test_scoring import _gate_score
+
+    base, cand = _gate_score(near=0.33, clear=0.5, nll=1.0), _gate_score(near=0.1, clear=0.4, nll=2.0)
+    ev = _canned_evaluator(2.0, base, cand)
+    assert [t.name for t in ev.objective_tasks()] == ["clear", "ppl"]
+    assert set(ev.losses(cand)) == {"clear", "ppl"}
+    assert ev.retention(cand, base) == pytest.approx((0.4 / 0.5 + math.exp(1.0) / math.exp(2.0)) / 2)
+    every = _canned_evaluator(0.0, base, cand)
+    assert len(every.objective_tasks()) == 3 and set(every.losses(cand)) == {"near", "clear", "ppl"}
+    # at chance everywhere but the perplexity task: that task alone is the objective
+    assert [t.name for t in _canned_evaluator(9.0, base, cand).objective_tasks()] == ["ppl"]

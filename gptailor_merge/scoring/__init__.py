@@ -13,7 +13,12 @@ from gptailor_merge.scoring.evaluate import (
     task_loss,
 )
 from gptailor_merge.scoring.examples import ChoiceExample, Example, TextExample
-from gptailor_merge.scoring.objectives import mean_retention, retention, retention_above_chance
+from gptailor_merge.scoring.objectives import (
+    chance_level_tasks,
+    mean_retention,
+    retention,
+    retention_above_chance,
+)
 from gptailor_merge.scoring.tasks import TASKS, Task, load_task, register_task_dir
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "evaluate_model",
     "load_model_folder",
     "load_task",
+    "chance_level_tasks",
     "mean_retention",
     "register_task_dir",
     "retention",

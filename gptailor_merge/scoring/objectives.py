@@ -74,3 +74,18 @@ def retention_above_chance(score: Score, reference: Score, tasks: Sequence[Task]
         acc_ref = _metric(reference, task.name, metric, "reference")
         result[task.name] = _ratio(acc - task.chance, acc_ref - task.chance, task.name)
     return result
+
+
+def chance_level_tasks(score: Score, tasks: Sequence[Task], *, z: float, metric: str = "acc"
+                       ) -> list[str]:
+    """Multiple-choice tasks on which `score` (the dense base's) does not beat chance by `z`
+    binomial standard errors, sqrt(chance * (1 - chance) / n): there a candidate's accuracy
+    differs from another's by noise, so a search that optimizes it fits noise."""
+    out = []
+    for task in tasks:
+        if task.kind != "multiple_choice":
+            continue
+        acc, n = _metric(score, task.name, metric, "reference"), score.tasks[task.name].metrics["n"]
+        if acc - task.chance <= z * math.sqrt(task.chance * (1.0 - task.chance) / n):
+            out.append(task.name)
+    return out
