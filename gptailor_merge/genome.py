@@ -275,8 +275,10 @@ def resolve_target(n_layers: int, *, layers: int | None = None, remove_fraction:
         layers = n_layers - round(n_layers * remove_fraction)
     assert layers is not None
     if not 1 <= layers <= n_layers:
+        quarter = n_layers - round(n_layers * 0.25)
         raise GenomeError(
             f"target of {layers} kept layers is impossible for a {n_layers}-layer family; "
-            f"choose 1..{n_layers} (removing {n_layers - layers} layers)"
+            f"choose 1..{n_layers} kept layers (e.g. {quarter} removes 25%; {n_layers} keeps all "
+            f"and only selects and merges)"
         )
     return layers

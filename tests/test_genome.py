@@ -55,8 +55,9 @@ def test_resolve_target_from_count_or_fraction():
     assert resolve_target(12, layers=9) == 9
     with pytest.raises(GenomeError, match="impossible"):
         resolve_target(12, layers=0)
-    with pytest.raises(GenomeError, match="impossible"):
+    with pytest.raises(GenomeError, match=r"choose 1..12 kept layers \(e.g. 9 removes 25%"):
         resolve_target(12, layers=13)
+    assert resolve_target(12, layers=12) == 12  # no removal: a per-layer selection/merge search
     with pytest.raises(GenomeError, match="remove_fraction"):
         resolve_target(12, remove_fraction=1.0)
     with pytest.raises(GenomeError, match="exactly one"):
