@@ -11,7 +11,6 @@ hardware, seed, one row per model).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from speed import git_sha, hardware  # noqa: E402
+from speed import git_sha, hardware, setup_torch, write_result  # noqa: E402
 
 DEMO_FRACTIONS = (0.125, 0.25, 0.375)
 SMOLLM2_FRACTIONS = (0.25,)
@@ -290,13 +289,6 @@ def footnote(rows: Rows, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=("demo", "smollm2"), default="demo")
@@ -339,13 +331,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    import transformers
-
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    setup_torch(args.threads)
     # an undefined above-chance ratio warns on every score; the footnote says it once
     logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
     from transformers import AutoTokenizer
@@ -401,12 +388,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         dense_rows(rows, evaluator, names, n)
         result["above_chance_undefined"] = undefined_above_chance(rows)
-        write_json(args.json, result)
+        write_result(args.json, result)
         for fraction, n_remove in n_removes.items():
             baseline_rows(rows, calib, evaluator, tokenizer, fraction, n_remove, n, args)
-            write_json(args.json, result)
+            write_result(args.json, result)
             gptailor_rows(rows, evaluator, family_part, fraction, n, runs_dir, args)
-            write_json(args.json, result)  # partial results survive an interrupted run
+            write_result(args.json, result)  # partial results survive an interrupted run
     finally:
         if args.runs_dir is None:
             shutil.rmtree(runs_dir, ignore_errors=True)
@@ -417,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(table(rows.rows, tasks))
     print()
     print(footnote(rows, args))
-    write_json(args.json, result)
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return result
 

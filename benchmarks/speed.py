@@ -69,6 +69,24 @@ def hardware() -> dict:
     return info
 
 
+def setup_torch(threads: int | None) -> None:
+    """Every benchmark's start: the torch thread count, transformers' bars and chatter off."""
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def write_result(path: Path, result: dict) -> None:
+    """The result JSON, written atomically (a killed run leaves the previous file whole)."""
+    from gptailor_merge.journal import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -457,13 +475,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    import transformers
-
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    setup_torch(args.threads)
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="gptailor-speed-") as tmp:
@@ -503,10 +516,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "times_s": times, "mergekit_calls": mergekit_index,
         "call_examples": [c.n_examples for c in calls],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = args.json.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_json, args.json)
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return result
 
