@@ -103,6 +103,7 @@ class Rows:
 
     def __init__(self, family, tasks, metric: str, total: int) -> None:
         self.family, self.tasks, self.metric, self.total = family, tasks, metric, total
+        self.kinds = {t.name: t.kind for t in tasks}
         self.base = None  # the dense base's held-out Score
         self.best_dense = None
         self.rows: list[dict] = []
@@ -123,6 +124,7 @@ class Rows:
             "tasks": {k: {m: round(v, 6) for m, v in ts.metrics.items()} for k, ts in score.tasks.items()},
             "retention": _mean(plain.values()),
             "retention_above_chance": _mean(above.values()),
+            "retention_text": _mean(v for t, v in plain.items() if self.kinds[t] == "perplexity"),
             "retention_per_task": _finite(plain),
             "retention_above_chance_per_task": _finite(above),
             "retention_vs_best_dense": None,
@@ -142,6 +144,7 @@ class Rows:
                seconds: float) -> dict:
         row = {"method": method, "remove_fraction": remove_fraction, "layers": n_keep,
                "params": None, "tasks": {}, "retention": None, "retention_above_chance": None,
+               "retention_text": None,
                "retention_per_task": {}, "retention_above_chance_per_task": {},
                "retention_vs_best_dense": None, "trials": None, "seconds": round(seconds, 2),
                "heldout_seconds": 0.0, "error": error}
@@ -255,13 +258,14 @@ def table(rows: Sequence[dict], tasks) -> str:
 
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     head = ["method", "remove", "layers", "params", *(t.name for t in tasks), "retention",
-            "above chance", "trials", "seconds"]
+            "above chance", "text", "trials", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], f"{r['remove_fraction']:g}", str(r["layers"]), fmt(r["params"], ","),
             *(cell(r["tasks"].get(t.name, {})) for t in tasks), fmt(r["retention"], ".3f"),
-            fmt(r["retention_above_chance"], ".3f"), fmt(r["trials"], "d"),
+            fmt(r["retention_above_chance"], ".3f"), fmt(r.get("retention_text"), ".3f"),
+            fmt(r["trials"], "d"),
             fmt(r["seconds"], ".1f")]) + " |")
     return "\n".join(lines)
 
@@ -278,7 +282,8 @@ def footnote(rows: Rows, args: argparse.Namespace) -> str:
         f"Task columns: accuracy (multiple choice), perplexity (`ppl_*`), on the same held-out "
         f"examples for every row ({used}). Retention: mean over tasks of score / dense base "
         f"(ppl_base / ppl for perplexity); above chance: mean of (acc - chance) / "
-        f"(acc_base - chance) over multiple-choice tasks. Seconds: the method's own wall time "
+        f"(acc_base - chance) over multiple-choice tasks; text: mean of ppl_base / ppl over the "
+        f"perplexity tasks alone (small models' multiple-choice scores are noisy). Seconds: the method's own wall time "
         f"(baselines: calibration + selection; GPTailor: the whole `optimize` run, {args.trials} "
         f"trials, its search loop alone under `search.search_seconds` in the JSON).",
     ]
