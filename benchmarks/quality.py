@@ -11,6 +11,7 @@ hardware, seed, one row per model).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -107,6 +108,16 @@ class Rows:
         self.base = None  # the dense base's held-out Score
         self.best_dense = None
         self.rows: list[dict] = []
+        self.previous: dict[tuple[str, float], dict] = {}  # --resume: finished rows by (method, fraction)
+
+    def reuse(self, method: str, fraction: float) -> bool:
+        """--resume: take the finished row of an earlier run of the same benchmark, if any."""
+        row = self.previous.get((method, fraction))
+        if row is None:
+            return False
+        self.rows.append(row)
+        self._progress(row)
+        return True
 
     def add(self, method: str, remove_fraction: float, kept: Sequence[int], score, *,
             seconds: float | None, heldout_seconds: float, trials: int | None = None,
@@ -170,6 +181,13 @@ def score_heldout(evaluator, genome, n: int | None):
     return evaluator.score(genome, "heldout", n), time.perf_counter() - t0
 
 
+def score_of(row: dict, n: int | None):
+    """The held-out Score a finished row holds (its metrics), for --resume."""
+    from gptailor_merge.scoring import Score, TaskScore
+
+    return Score("heldout", n, {k: TaskScore(k, dict(m)) for k, m in row["tasks"].items()})
+
+
 def dense_rows(rows: Rows, evaluator, names: Sequence[str], n: int | None) -> None:
     from gptailor_merge.heldout import dense_genomes
     from gptailor_merge.scoring import retention
@@ -177,8 +195,12 @@ def dense_rows(rows: Rows, evaluator, names: Sequence[str], n: int | None) -> No
     fam = rows.family
     scored = []
     for i, (name, genome) in enumerate(dense_genomes(fam.n_layers, fam.n_candidates, list(names))):
+        method = "dense-base" if i == 0 else f"ft-{name}"
+        if (method, 0.0) in rows.previous:
+            scored.append((method, genome, score_of(rows.previous[(method, 0.0)], n), 0.0))
+            continue
         score, seconds = score_heldout(evaluator, genome, n)
-        scored.append((("dense-base" if i == 0 else f"ft-{name}"), genome, score, seconds))
+        scored.append((method, genome, score, seconds))
     rows.base = scored[0][2]
     rows.best_dense = max((s for _, _, s, _ in scored), key=lambda s: _mean(
         retention(s, rows.base, rows.tasks, metric=rows.metric).values()) or 0.0)
@@ -194,6 +216,8 @@ def baseline_rows(rows: Rows, calib, evaluator, tokenizer, fraction: float, n_re
 
     options = {"laco": {"threshold": args.laco_threshold}}
     for method in BASELINE_METHODS:
+        if rows.reuse(method, fraction):
+            continue
         t0 = time.perf_counter()
         try:
             result = run_baseline(canonical_name(method), calib, n_remove,
@@ -223,19 +247,24 @@ def gptailor_rows(rows: Rows, evaluator, family_part: dict, fraction: float, n: 
     from gptailor_merge.optimize import optimize
 
     for method, use_candidates in (("gptailor-removal-only", False), ("gptailor", True)):
+        if rows.reuse(method, fraction):
+            continue
         out = runs_dir / f"remove{fraction:g}-{method}"
         config = run_config(family_part, args, remove_fraction=fraction,
                             search={"use_candidates": use_candidates}, out_dir=str(out))
+        resume = out if args.resume and (out / "journal.jsonl").is_file() else None
         t0 = time.perf_counter()
-        outcome = optimize(config, progress=False)
+        outcome = optimize(config, progress=False, resume=resume, requested=config,
+                           heldout=not args.lean)
         seconds = time.perf_counter() - t0
         summary = outcome.summary
         genome = Genome.from_dict(summary["best_genome"])
         score, heldout_seconds = score_heldout(evaluator, genome, n)
         # optimize scored the same recipe on the same held-out examples: the two must agree
-        own = next(r for r in summary["rows"] if r["model"] == "gptailor-best")["tasks"]
-        diff = max((abs(own[t][m] - ts.metrics[m]) for t, ts in score.tasks.items()
-                    for m in ("acc", "nll") if m in ts.metrics), default=0.0)
+        own = next((r["tasks"] for r in summary["rows"] if r["model"] == "gptailor-best"), None)
+        diff = None if own is None else round(max(
+            (abs(own[t][m] - ts.metrics[m]) for t, ts in score.tasks.items()
+             for m in ("acc", "nll") if m in ts.metrics), default=0.0), 9)
         s = summary["search"]
         rows.add(method, fraction, genome.kept, score, seconds=seconds,
                  heldout_seconds=heldout_seconds, trials=args.trials,
@@ -244,9 +273,24 @@ def gptailor_rows(rows: Rows, evaluator, family_part: dict, fraction: float, n: 
                          s["full_fidelity_evaluations"], "search_seconds": s["search_seconds"],
                          "best_search_retention": s["best_search_retention"],
                          "optimizer": s["optimizer"], "rungs": s["rungs"]},
-                 optimize_heldout_max_abs_diff=round(diff, 9),
+                 optimize_heldout_max_abs_diff=diff,
                  mergekit_vs_stitch_max_abs_diff=summary["mergekit_vs_stitch_max_abs_diff"],
+                 resumed=resume is not None,
                  run_dir=str(outcome.run_dir) if args.runs_dir else None)
+
+
+SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
+                 "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype")
+
+
+def previous_rows(path: Path, result: dict) -> dict[tuple[str, float], dict]:
+    """Finished rows of an earlier run written to `path` with the same settings (else an error)."""
+    old = json.loads(path.read_text())
+    differ = [k for k in SAME_SETTINGS if old.get("args", {}).get(k) != result["args"].get(k)]
+    if differ:
+        raise SystemExit(f"--resume: {path} was written with other settings ({', '.join(differ)}); "
+                         "rerun with those or give another --json")
+    return {(r["method"], r["remove_fraction"]): r for r in old.get("rows", [])}
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -322,11 +366,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="keep the GPTailor run folders (recipes, models, reports) here; "
                         "default: a temporary folder, deleted")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep the finished rows of --json (same "
+                        "settings) and resume GPTailor searches from their journals in --runs-dir")
+    p.add_argument("--lean", action="store_true",
+                   help="GPTailor runs skip optimize's own held-out summary (dense and Pareto rows, "
+                        "mergekit check, report): this benchmark scores the best recipe itself")
     args = p.parse_args(argv)
     args.remove = args.remove or list(DEMO_FRACTIONS if args.family == "demo" else SMOLLM2_FRACTIONS)
     bad = [f for f in args.remove if not 0.0 < f < 1.0]
     if bad:
         p.error(f"--remove {bad[0]}: a fraction of layers in (0, 1), e.g. 0.25")
+    if args.resume and args.runs_dir is None:
+        p.error("--resume needs --runs-dir (the GPTailor journals to resume)")
     if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1) < 1:
         p.error("--trials, --max-examples, --heldout-examples and --calibration-texts must be at "
                 "least 1")
@@ -389,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "complete": False, "rows": rows.rows,
     }
 
+    if args.resume and args.json.is_file():
+        rows.previous = previous_rows(args.json, result)
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="gptailor-quality-"))
     try:
         dense_rows(rows, evaluator, names, n)

@@ -59,10 +59,12 @@ def prepare_run_dir(config: RunConfig, resume: Path | None) -> tuple[RunConfig, 
 
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
              requested: RunConfig | None = None, workers: int | None = None,
-             ray_address: str | None = None) -> RunOutcome:
+             ray_address: str | None = None, heldout: bool = True) -> RunOutcome:
     """The main job. `requested` is a config given alongside --resume: it must match the run's.
     `workers` / `ray_address` override the (saved) config's: they change where trials run, not
-    what is searched, so a resumed run may use another number of them (a parallel journal needs 2+)."""
+    what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
+    `heldout=False` stops after the recipes are saved (summary.json holds the search alone): for
+    callers that score the best recipe themselves, such as benchmarks/quality.py --lean."""
     from gptailor_merge.search import build_evaluator
 
     start = time.perf_counter()
@@ -116,6 +118,14 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     for trial in result.pareto:
         _save_recipe(Genome.from_dict(trial.genome), refs, trial, pareto_dir / f"{trial.genome_id}.yaml", ev.dtype)
 
+    if not heldout:
+        summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
+                   "best_layer_map": best_genome.describe(), "search": _search_summary(result, s),
+                   "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
+                   "wall_seconds": round(time.perf_counter() - start, 1)}
+        write_json_atomic(run_dir / "summary.json", summary)
+        return RunOutcome(run_dir, summary, best_recipe)
+
     from gptailor_merge.heldout import heldout_summary
 
     summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
@@ -132,6 +142,13 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     except Exception as exc:  # a figure must never cost a finished run its results
         logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
+
+
+def _search_summary(result, search) -> dict:
+    return {"optimizer": result.optimizer, "trials": len(result.trials), "evaluated": result.evaluated,
+            "rungs": result.rungs, "full_fidelity_evaluations": result.full_fidelity_evaluations,
+            "search_seconds": round(result.seconds, 1), "pareto_size": len(result.pareto),
+            "best_search_retention": round(result.best.retention, 6), "workers": search.workers}
 
 
 def _with_workers(config: RunConfig, workers: int | None, ray_address: str | None) -> RunConfig:
