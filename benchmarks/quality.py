@@ -197,7 +197,8 @@ def dense_rows(rows: Rows, evaluator, names: Sequence[str], n: int | None) -> No
     for i, (name, genome) in enumerate(dense_genomes(fam.n_layers, fam.n_candidates, list(names))):
         method = "dense-base" if i == 0 else f"ft-{name}"
         if (method, 0.0) in rows.previous:
-            scored.append((method, genome, score_of(rows.previous[(method, 0.0)], n), 0.0))
+            old = rows.previous[(method, 0.0)]
+            scored.append((method, genome, score_of(old, n), old["heldout_seconds"]))
             continue
         score, seconds = score_heldout(evaluator, genome, n)
         scored.append((method, genome, score, seconds))
