@@ -283,11 +283,13 @@ def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Ca
     space = SearchSpace(family.n_layers, family.n_candidates, n_keep)
     rungs = sorted({max(1, args.max_examples // 3**k) for k in range(3)})
     args.rungs = tuple(rungs)
-    evaluator = RecordingEvaluator(Stitcher(family, device=args.device, dtype=args.dtype),
+    evaluator = RecordingEvaluator(Stitcher(family, device=args.device, dtype=args.dtype,
+                                           cache_size=getattr(args, "stitch_cache", 256)),
                                    tokenizer, tasks, batch_size=args.batch_size,
                                    max_length=args.max_length, prefix_cache_bytes=0, rungs=args.rungs)
     run_search(space, evaluator, run_dir, optimizer=args.optimizer, n_trials=args.trials,
                rungs=rungs, seed=args.seed, progress=False)
+    evaluator.stitcher._cache.clear()  # its merged layers: memory the timed variants need
     return evaluator.calls, rungs
 
 
@@ -297,7 +299,8 @@ class StitchVariant:
 
     def __init__(self, family, tokenizer, tasks, args, prefix_bytes: int,
                  stitcher: Stitcher | None = None) -> None:
-        stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype)
+        stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype,
+                                           cache_size=getattr(args, "stitch_cache", 256))
         self.evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
                                    max_length=args.max_length, prefix_cache_bytes=prefix_bytes,
                                    rungs=tuple(getattr(args, "rungs", ())))
@@ -365,7 +368,8 @@ class FloorVariant:
     """The floor: only the forward passes of the already-built candidate on its batches."""
 
     def __init__(self, family, tokenizer, tasks, args, stitcher: Stitcher | None = None) -> None:
-        self.stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype)
+        self.stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype,
+                                           cache_size=getattr(args, "stitch_cache", 256))
         self.tokenizer, self.tasks, self.args = tokenizer, tasks, args
         self.batches: dict[tuple[str, int | None], list] = {}
 
@@ -466,6 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
     p.add_argument("--prefix-bytes", type=int, default=1 << 30)
+    p.add_argument("--stitch-cache", type=int, default=256,
+                   help="merged layers each stitcher keeps (SmolLM2: 14 MB each; 4 stitchers)")
     p.add_argument("--mergekit-per-rung", type=int, default=8,
                    help="(a) is timed on the first N calls of each rung (it is slow); 0: all")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
