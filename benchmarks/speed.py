@@ -470,6 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
     p.add_argument("--prefix-bytes", type=int, default=1 << 30)
+    p.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
+                   help="score only these of the family's tasks (e.g. ppl_prose ppl_code ppl_math)")
     p.add_argument("--stitch-cache", type=int, default=256,
                    help="merged layers each stitcher keeps (SmolLM2: 14 MB each; 4 stitchers)")
     p.add_argument("--mergekit-per-rung", type=int, default=8,
@@ -488,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gptailor-speed-") as tmp:
         work = Path(tmp)
         family, tasks = setup_family(args.family, work, args.seed)
+        if args.tasks:
+            missing = sorted(set(args.tasks) - {t.name for t in tasks})
+            if missing:
+                raise SystemExit(f"--tasks {' '.join(missing)}: not tasks of this family "
+                                 f"({', '.join(t.name for t in tasks)})")
+            tasks = [t for t in tasks if t.name in args.tasks]
         tokenizer = AutoTokenizer.from_pretrained(family.base.path)
         t0 = time.perf_counter()
         calls, rungs = record_trace(family, tokenizer, tasks, args, work / "run")
