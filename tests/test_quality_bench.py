@@ -51,6 +51,29 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == 11
 
 
+def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
+        quality, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    out = tmp_path_factory.mktemp("resume")
+    argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
+            "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
+            "--runs-dir", str(out / "runs"), "--lean"]
+    first = quality.main(argv)
+    assert first["rows"][-1]["mergekit_vs_stitch_max_abs_diff"] is None  # lean: no own summary
+    # an interrupted run: the last row never written, its search's summary gone
+    cut = {**first, "complete": False, "rows": first["rows"][:-1]}
+    (out / "q.json").write_text(json.dumps(cut))
+    (out / "runs" / "remove0.25-gptailor" / "summary.json").unlink()
+    again = quality.main([*argv, "--resume"])
+    assert [r["method"] for r in again["rows"]] == METHODS and again["complete"] is True
+    assert again["rows"][:-1] == json.loads(json.dumps(first["rows"][:-1]))  # kept as they were
+    last, was = again["rows"][-1], first["rows"][-1]
+    assert last["resumed"] is True and last["removed"] == was["removed"]
+    assert last["tasks"] == was["tasks"]  # the journal replayed: the same best recipe and scores
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main([a if a != "3" else "4" for a in argv] + ["--resume"])  # --trials 4
+
+
 def test_quality_benchmark_smollm2_without_a_built_family_names_the_builder(
         quality, tmp_path, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path))
