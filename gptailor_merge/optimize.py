@@ -120,7 +120,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
     if not heldout:
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
-                   "best_layer_map": best_genome.describe(), "search": _search_summary(result, s),
+                   "best_layer_map": best_genome.describe(), "search": {**result.summary(), "workers": s.workers},
                    "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
                    "wall_seconds": round(time.perf_counter() - start, 1)}
         write_json_atomic(run_dir / "summary.json", summary)
@@ -142,13 +142,6 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     except Exception as exc:  # a figure must never cost a finished run its results
         logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
-
-
-def _search_summary(result, search) -> dict:
-    return {"optimizer": result.optimizer, "trials": len(result.trials), "evaluated": result.evaluated,
-            "rungs": result.rungs, "full_fidelity_evaluations": result.full_fidelity_evaluations,
-            "search_seconds": round(result.seconds, 1), "pareto_size": len(result.pareto),
-            "best_search_retention": round(result.best.retention, 6), "workers": search.workers}
 
 
 def _with_workers(config: RunConfig, workers: int | None, ray_address: str | None) -> RunConfig:

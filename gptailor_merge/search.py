@@ -155,6 +155,21 @@ class SearchResult:
         """Evaluations that stopped below the top rung: each saved one full-budget evaluation."""
         return self.evaluated - self.full_fidelity_evaluations
 
+    def summary(self) -> dict:
+        """The search part of a run's summary.json (one shape, with or without held-out rows)."""
+        return {
+            "optimizer": self.optimizer,
+            "trials": len(self.trials),
+            "evaluated": self.evaluated,
+            "replayed_from_journal": self.replayed,
+            "rungs": self.rungs,
+            "full_fidelity_evaluations": self.full_fidelity_evaluations,
+            "full_fidelity_evaluations_saved": self.full_fidelity_saved,
+            "search_seconds": round(self.seconds, 1),
+            "pareto_size": len(self.pareto),
+            "best_search_retention": round(self.best.retention, 6),
+        }
+
 
 def pareto_front(trials: Sequence[Trial], top: int) -> list[Trial]:
     """Non-dominated full-fidelity trials over the per-task losses (unique genomes)."""
