@@ -193,7 +193,7 @@ else:
 # ---- 2 candidates through mergekit, against the stitcher ---------------------------------------
 stitcher.build(Genome.base_only(L, 3))  # the base's own layers back in place for the next Stitcher
 del evaluator, variants
-stitcher._cache.clear()
+stitcher.clear_cache()
 if cuda:
     torch.cuda.empty_cache()
 k_disk = int(os.environ.get("GPU_CHECK_DISK_CANDIDATES", 2))

@@ -3,8 +3,9 @@
 Replays one recorded search trace (nevergrad + successive halving, fixed seed, every `score` call
 including the dense references) through (a) mergekit to disk + `from_pretrained` + score, (b) the
 stitcher, (c) the stitcher with prefix reuse; the floor is the bare forward passes of the same
-candidates on the same batches. Prints a table per fidelity rung and writes JSON (git SHA,
-hardware, seed). Also home of `MemoryFamily`, the in-GPU-memory family of benchmarks/gpu_check.sh.
+candidates on the same batches, the scoring floor the scorer on the already-built candidate.
+Materialization is also timed directly: mergekit's merge + write + load, the stitcher's `build`.
+Prints a table per fidelity rung and writes JSON (git SHA, hardware, seed). Also home of `MemoryFamily`, the in-GPU-memory family of benchmarks/gpu_check.sh.
 
     python benchmarks/speed.py [--family synthetic|demo|smollm2] [--trials 50] [--json PATH]
 """
@@ -289,7 +290,7 @@ def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Ca
                                    max_length=args.max_length, prefix_cache_bytes=0, rungs=args.rungs)
     run_search(space, evaluator, run_dir, optimizer=args.optimizer, n_trials=args.trials,
                rungs=rungs, seed=args.seed, progress=False)
-    evaluator.stitcher._cache.clear()  # its merged layers: memory the timed variants need
+    evaluator.stitcher.clear_cache()  # its merged layers: memory the timed variants need
     return evaluator.calls, rungs
 
 
@@ -306,15 +307,21 @@ class StitchVariant:
                                    rungs=tuple(getattr(args, "rungs", ())))
         self.device = self.evaluator.stitcher.device
         self.skips: list[float] = []
+        self.materialize: list[float] = []  # seconds in Stitcher.build per call (its own timer)
+        self.built: list[int] = []  # layers merged or selected anew per call (cache misses)
 
     def __call__(self, call: Call) -> float:
         prefix = self.evaluator.prefix
         before = (prefix.stats.computed, prefix.stats.skipped) if prefix else (0, 0)
+        stats = self.evaluator.stitcher.stats
+        build_s, built = stats["build_s"], stats["built"]
         sync(self.device)
         start = time.perf_counter()
         self.evaluator.score(call.genome, call.split, call.n_examples)
         sync(self.device)
         seconds = time.perf_counter() - start
+        self.materialize.append(stats["build_s"] - build_s)
+        self.built.append(stats["built"] - built)
         if prefix:
             computed, skipped = prefix.stats.computed - before[0], prefix.stats.skipped - before[1]
             self.skips.append(skipped / max(computed + skipped, 1))
@@ -329,6 +336,7 @@ class MergekitVariant:
 
         self.refs, self.tokenizer, self.tasks, self.args = FamilyRefs.of(family), tokenizer, tasks, args
         self.out = work / "merged"
+        self.materialize: list[float] = []  # merge + write + load seconds per call
 
     def __call__(self, call: Call) -> float:
         from transformers import AutoModelForCausalLM
@@ -344,6 +352,8 @@ class MergekitVariant:
         folder = materialize_with_mergekit(recipe, self.out, device=args.device, overwrite=True)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(args.dtype))
         model.to(args.device).eval()
+        sync(torch.device(args.device))
+        self.materialize.append(time.perf_counter() - start)
         evaluate_model(model, self.tokenizer, self.tasks, split=call.split,
                        n_examples=call.n_examples, batch_size=args.batch_size,
                        max_length=args.max_length, boundaries=boundaries(args, call))
@@ -368,8 +378,9 @@ class FloorVariant:
     """The floor: only the forward passes of the already-built candidate on its batches."""
 
     def __init__(self, family, tokenizer, tasks, args, stitcher: Stitcher | None = None) -> None:
+        # its builds are not timed: a small cache keeps its memory out of (b)'s and (c)'s way
         self.stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype,
-                                           cache_size=getattr(args, "stitch_cache", 256))
+                                             cache_size=2 * family.n_layers)
         self.tokenizer, self.tasks, self.args = tokenizer, tasks, args
         self.batches: dict[tuple[str, int | None], list] = {}
 
@@ -388,6 +399,21 @@ class FloorVariant:
             for input_ids, attention_mask in self.batches[key]:
                 model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             sync(self.stitcher.device)
+        return time.perf_counter() - start
+
+
+class ScoreFloorVariant(FloorVariant):
+    """The scoring floor: the scorer on the already-built candidate (forward passes plus the loss
+    arithmetic every variant does). (b) minus this is the stitcher's materialization alone."""
+
+    def __call__(self, call: Call) -> float:
+        model = self.stitcher.build(call.genome)
+        sync(self.stitcher.device)
+        start = time.perf_counter()
+        evaluate_model(model, self.tokenizer, self.tasks, split=call.split, n_examples=call.n_examples,
+                       batch_size=self.args.batch_size, max_length=self.args.max_length,
+                       boundaries=boundaries(self.args, call))
+        sync(self.stitcher.device)
         return time.perf_counter() - start
 
 
@@ -410,50 +436,90 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[int], skips) -> dict:
+def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[int], skips,
+              materialize: dict[str, list[float]], built: list[int]) -> dict:
+    """Per rung: medians, ratios and the materialization overheads, on the calls where (a) ran.
+
+    mergekit's overhead is its merge + write + load, timed around those steps. The stitcher's is
+    (b) minus the scoring floor on the same call (the scorer on the built model: (b) less its
+    build), and, timed directly, the seconds inside `Stitcher.build`; (b) minus the pure forward
+    floor is kept too (it also holds the loss arithmetic, which mergekit's timed steps leave out).
+    """
     per_rung = {}
     for n in rungs:
         idx = [i for i, c in enumerate(calls) if c.n_examples == n]
-        mk = [times["mergekit"][mergekit_index.index(i)] for i in idx if i in mergekit_index]
-        med = {"mergekit": _median(mk), **{k: _median([times[k][i] for i in idx])
-                                           for k in ("stitch", "stitch_prefix", "floor")}}
-        # materialization overhead = a variant's time minus the floor on the same call; compared
-        # on the calls where (a) was timed, so both overheads cover the same candidates
         timed = [i for i in idx if i in mergekit_index]
-        over_a = _median([times["mergekit"][mergekit_index.index(i)] - times["floor"][i] for i in timed])
-        over_b = _median([times["stitch"][i] - times["floor"][i] for i in timed])
+        mk_at = {i: mergekit_index.index(i) for i in timed}
+        med = {"mergekit": _median([times["mergekit"][mk_at[i]] for i in timed]),
+               **{k: _median([times[k][i] for i in idx])
+                  for k in ("stitch", "stitch_prefix", "floor", "score_floor")}}
+        mk_mat = _median([materialize["mergekit"][mk_at[i]] for i in timed])
+        st_mat = _median([materialize["stitch"][i] for i in timed])
+        over_score = _median([times["stitch"][i] - times["score_floor"][i] for i in timed])
+        over_forward = _median([times["stitch"][i] - times["floor"][i] for i in timed])
         per_rung[n] = {
-            "calls": len(idx), "mergekit_calls": len(mk), "median_s": med,
-            "overhead_s": {"mergekit": over_a, "stitch": over_b},
+            "calls": len(idx), "mergekit_calls": len(timed), "median_s": med,
+            "overhead_s": {"mergekit": mk_mat, "stitch": over_score, "stitch_minus_forward_floor": over_forward,
+                           "mergekit_minus_score_floor": _median(
+                               [times["mergekit"][mk_at[i]] - times["score_floor"][i] for i in timed])},
+            "materialize_s": {"mergekit": mk_mat, "stitch": st_mat},
             # None: the stitcher's overhead is not measurable above timing noise (<= 0)
-            "overhead_ratio": over_a / over_b if over_b > 0 else None,
+            "overhead_ratio": _over(mk_mat, over_score),
+            "overhead_ratio_vs_forward_floor": _over(mk_mat, over_forward),
+            "materialize_ratio": _over(mk_mat, st_mat),
+            "layers_built_mean": statistics.fmean([built[i] for i in idx]) if idx else float("nan"),
             "mergekit_over_stitch": med["mergekit"] / med["stitch"],
             "mergekit_over_stitch_prefix": med["mergekit"] / med["stitch_prefix"],
             "stitch_over_floor": med["stitch"] / med["floor"],
+            "score_floor_over_floor": med["score_floor"] / med["floor"],
             "stitch_prefix_over_floor": med["stitch_prefix"] / med["floor"],
             "prefix_skip_fraction": statistics.fmean([skips[i] for i in idx]) if idx else float("nan"),
         }
     return per_rung
 
 
+def _over(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def print_table(per_rung: dict, skip_fraction: float) -> None:
     head = (f"{'rung n':>7} {'calls':>5} {'mk':>3} {'(a) mergekit':>12} {'(b) stitch':>10} "
-            f"{'(c) +prefix':>11} {'floor':>8} {'a/b':>6} {'a/c':>6} {'b/floor':>7} {'c/floor':>7} "
-            f"{'skip':>5} {'ovh a':>7} {'ovh b':>7} {'ovh a/b':>7}")
+            f"{'(c) +prefix':>11} {'floor':>8} {'score fl':>8} {'a/b':>5} {'a/c':>5} {'b/floor':>7} "
+            f"{'c/floor':>7} {'skip':>5} {'built':>5} {'mk mat':>7} {'b-scfl':>8} {'b-floor':>8} "
+            f"{'st mat':>7} {'ovh a/b':>7} {'vs fwd':>7} {'mat a/b':>7}")
     print(head)
     print("-" * len(head))
     for n, r in per_rung.items():
-        m = r["median_s"]
-        ratio = "n/a" if r["overhead_ratio"] is None else f"{r['overhead_ratio']:.1f}"
+        m, o = r["median_s"], r["overhead_s"]
         print(f"{n:>7} {r['calls']:>5} {r['mergekit_calls']:>3} {m['mergekit']:>11.3f}s "
               f"{m['stitch']:>9.4f}s {m['stitch_prefix']:>10.4f}s {m['floor']:>7.4f}s "
-              f"{r['mergekit_over_stitch']:>6.1f} {r['mergekit_over_stitch_prefix']:>6.1f} "
-              f"{r['stitch_over_floor']:>7.2f} {r['stitch_prefix_over_floor']:>7.2f} "
-              f"{r['prefix_skip_fraction']:>5.2f} {r['overhead_s']['mergekit']:>6.3f}s "
-              f"{r['overhead_s']['stitch']:>6.3f}s {ratio:>7}")
-    print(f"median seconds per candidate (one score call at one rung); layer passes skipped by "
-          f"prefix reuse over the whole trace: {skip_fraction:.3f}; ovh = median time minus the "
-          f"floor on the calls where (a) was timed (n/a: the stitcher's is below timing noise)")
+              f"{m['score_floor']:>7.4f}s {r['mergekit_over_stitch']:>5.1f} "
+              f"{r['mergekit_over_stitch_prefix']:>5.1f} {r['stitch_over_floor']:>7.3f} "
+              f"{r['stitch_prefix_over_floor']:>7.3f} {r['prefix_skip_fraction']:>5.2f} "
+              f"{r['layers_built_mean']:>5.1f} {o['mergekit']:>6.3f}s {o['stitch']:>7.4f}s "
+              f"{o['stitch_minus_forward_floor']:>7.4f}s {r['materialize_s']['stitch']:>6.4f}s "
+              f"{_ratio(r['overhead_ratio']):>7} {_ratio(r['overhead_ratio_vs_forward_floor']):>7} "
+              f"{_ratio(r['materialize_ratio']):>7}")
+    print(f"median seconds per candidate (one score call at one rung); floor: the bare forward passes, "
+          f"score fl: the scorer on the already-built candidate; layer passes skipped by prefix reuse "
+          f"over the whole trace: {skip_fraction:.3f}; built: mean layers merged or selected anew per "
+          f"call; mk mat: mergekit's merge + write + load; b-scfl / b-floor: (b) minus score fl / "
+          f"floor; st mat: seconds in Stitcher.build; ovh a/b = mk mat / b-scfl, vs fwd = mk mat / "
+          f"b-floor, mat a/b = mk mat / st mat; overheads are medians over the calls where (a) ran "
+          f"(n/a: not measurable above timing noise)")
+
+
+def spread(indices: Sequence[int], count: int) -> list[int]:
+    """`count` of `indices` evenly spaced from first to last (all when count is 0 or larger):
+    the first calls of a rung are the search's seeds, whose layers are all new."""
+    if not count or count >= len(indices):
+        return list(indices)
+    step = (len(indices) - 1) / max(count - 1, 1)
+    return sorted({indices[round(k * step)] for k in range(count)})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -474,8 +540,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="score only these of the family's tasks (e.g. ppl_prose ppl_code ppl_math)")
     p.add_argument("--stitch-cache", type=int, default=256,
                    help="merged layers each stitcher keeps (SmolLM2: 14 MB each; 4 stitchers)")
-    p.add_argument("--mergekit-per-rung", type=int, default=8,
-                   help="(a) is timed on the first N calls of each rung (it is slow); 0: all")
+    p.add_argument("--mergekit-per-rung", type=int, default=0,
+                   help="time (a) on N calls per rung, evenly spaced over the trace (it is slow); 0: all")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -503,16 +569,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"({time.perf_counter() - t0:.0f}s to record)", flush=True)
         per = args.mergekit_per_rung
         mergekit_index = sorted(i for n in rungs for i in
-                                [j for j, c in enumerate(calls) if c.n_examples == n][: per or None])
+                                spread([j for j, c in enumerate(calls) if c.n_examples == n], per))
         prefixed = StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes)
+        floor = FloorVariant(family, tokenizer, tasks, args)
         variants = {"stitch": StitchVariant(family, tokenizer, tasks, args, 0),
                     "stitch_prefix": prefixed,
-                    "floor": FloorVariant(family, tokenizer, tasks, args),
+                    "floor": floor,
+                    "score_floor": ScoreFloorVariant(family, tokenizer, tasks, args, stitcher=floor.stitcher),
                     "mergekit": MergekitVariant(family, tokenizer, tasks, args, work)}
         times = time_variants(variants, calls, set(mergekit_index))
         skips = prefixed.skips
         prefix_stats = prefixed.evaluator.prefix.stats.as_dict()
-    per_rung = summarize(calls, rungs, times, mergekit_index, skips)
+        materialize = {"mergekit": variants["mergekit"].materialize,
+                       "stitch": variants["stitch"].materialize}
+        built = variants["stitch"].built
+    per_rung = summarize(calls, rungs, times, mergekit_index, skips, materialize, built)
     print_table(per_rung, prefix_stats.get("skip_fraction", 0.0))
     result = {
         "benchmark": "speed", "git": git_sha(), "hardware": hardware(), "seed": args.seed,
@@ -520,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "family": args.family, "trials": args.trials, "score_calls": len(calls), "rungs": rungs,
         "per_rung": {str(n): r for n, r in per_rung.items()},
         "overhead_ratio_mergekit_over_stitch": {str(n): r["overhead_ratio"] for n, r in per_rung.items()},
+        "overhead_ratio_mergekit_over_stitch_vs_forward_floor": {
+            str(n): r["overhead_ratio_vs_forward_floor"] for n, r in per_rung.items()},
+        "materialize_ratio_mergekit_over_stitch": {str(n): r["materialize_ratio"] for n, r in per_rung.items()},
         "time_ratio_mergekit_over_stitch": {str(n): r["mergekit_over_stitch"] for n, r in per_rung.items()},
         "time_ratio_mergekit_over_stitch_prefix": {
             str(n): r["mergekit_over_stitch_prefix"] for n, r in per_rung.items()},
@@ -527,7 +601,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "stitch_prefix_over_floor": {str(n): r["stitch_prefix_over_floor"] for n, r in per_rung.items()},
         "prefix_skip_fraction": prefix_stats.get("skip_fraction", 0.0),
         "prefix_stats": prefix_stats,
-        "times_s": times, "mergekit_calls": mergekit_index,
+        "times_s": times, "materialize_s": materialize, "layers_built": built,
+        # merged or selected layers the trace needs, each once (what (b) builds with a cache this big)
+        "distinct_layers": len({(s.key(), c.genome.method if c.genome.has_merges else None)
+                                for c in calls for s in c.genome.layers if s.sources}),
+        "mergekit_calls": mergekit_index,
         "call_examples": [c.n_examples for c in calls],
     }
     write_result(args.json, result)

@@ -1,8 +1,9 @@
 """In-memory stitcher: builds a tailored model from the family's tensors, loaded once.
 
 The search's fast path (DESIGN.md section 3). Kept base layers are the base model's own modules,
-selected and merged layers are computed once with mergekit's own merge methods and cached (LRU),
-so a candidate costs a module swap. Proven equal to the mergekit backend in tests/test_stitch.py.
+selected and merged layers are computed once with mergekit's own merge methods (task arithmetic:
+its op-for-op copy in `fast_merge`, bitwise equal) and cached (LRU), so a candidate costs a module
+swap. Proven equal to the mergekit backend in tests/test_stitch.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
+from gptailor_merge.fast_merge import TaskArithmeticWorkspace
 from gptailor_merge.genome import Genome, LayerSpec
 from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
 
@@ -67,7 +70,9 @@ class Stitcher:
         self._base_layers = list(self.model.get_submodule(self._layers_path))
         self._base_config = copy.deepcopy(self.model.config)
         self._cache: OrderedDict[tuple, nn.Module] = OrderedDict()
-        self.stats = {"built": 0, "cache_hits": 0}
+        # layers built / served from the cache; build_s: host seconds in build() (materialization)
+        self.stats: dict[str, float] = {"built": 0, "cache_hits": 0, "build_s": 0.0}
+        self._task_arithmetic = TaskArithmeticWorkspace()
 
     def _find_layers(self) -> tuple[str, str]:
         """The module path of the decoder layer list, from mergekit's tensor names for layer 0."""
@@ -99,15 +104,19 @@ class Stitcher:
         out = {}
         for name in fam.layer_tensor_names(spec.layer_idx):
             tensors = [m.tensor(name).to(self.device, self.dtype) for m in fam.members]
-            out[self._relative(spec.layer_idx, name)] = merge_tensors(
-                tensors,
-                method,
-                parameters=params,
-                base_index=0 if method != "linear" else None,
-                name=name,
-                dtype=self.dtype,
-                out_dtype=self.dtype,
-            )
+            if method == "task_arithmetic":  # the same ops as mergekit's, without its temporaries
+                merged = self._task_arithmetic.merge(tensors[0], tensors[1:], params["weight"], spec.lam)
+            else:
+                merged = merge_tensors(
+                    tensors,
+                    method,
+                    parameters=params,
+                    base_index=0 if method != "linear" else None,
+                    name=name,
+                    dtype=self.dtype,
+                    out_dtype=self.dtype,
+                )
+            out[self._relative(spec.layer_idx, name)] = merged
         return out
 
     def _selected_tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
@@ -116,6 +125,24 @@ class Stitcher:
             self._relative(spec.layer_idx, name): member.tensor(name).to(self.device, self.dtype)
             for name in self.family.layer_tensor_names(spec.layer_idx)
         }
+
+    def _layer_with(self, layer_idx: int, tensors: dict[str, torch.Tensor]) -> nn.Module:
+        """A copy of the base layer whose parameters are `tensors`, as they are: a merge's fresh
+        tensors, or a selection's memory-mapped candidate weights (read-only use: a stitched
+        model is for scoring and saving). deepcopy + load_state_dict copied every tensor twice."""
+        base = self._base_layers[layer_idx]
+        params = dict(base.named_parameters())
+        memo = {}
+        for name, tensor in tensors.items():
+            param = params.get(name)
+            if param is None or tuple(tensor.shape) != tuple(param.shape):
+                raise GenomeError(
+                    f"layer {layer_idx}: tensor {name!r} {tuple(tensor.shape)} does not match the "
+                    f"base layer's parameters; the family's tensors and its architecture disagree"
+                )
+            data = tensor.to(param.device, param.dtype)
+            memo[id(param)] = nn.Parameter(data, requires_grad=param.requires_grad)
+        return copy.deepcopy(base, memo)
 
     def layer_module(self, spec: LayerSpec, method: str | None) -> nn.Module:
         """The decoder layer for `spec`; `method` None means passthrough (no merging anywhere)."""
@@ -131,19 +158,27 @@ class Stitcher:
             tensors = (
                 self._selected_tensors(spec) if method is None else self._merged_tensors(spec, method)
             )
-            module = copy.deepcopy(self._base_layers[spec.layer_idx])
-            missing, unexpected = module.load_state_dict(tensors, strict=False)
-            if unexpected or any(n in tensors for n in missing):
-                raise GenomeError(f"layer {spec.layer_idx}: tensor names do not match the module")
+            module = self._layer_with(spec.layer_idx, tensors)
         self.stats["built"] += 1
         self._cache[key] = module
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return module
 
+    def clear_cache(self) -> None:
+        """Drop every cached layer (their memory); later builds compute them again."""
+        self._cache.clear()
+
     # ---- models -----------------------------------------------------------------------------
     def build(self, genome: Genome) -> nn.Module:
         """Swap the genome's layers into the model and return it (eval mode, same object)."""
+        start = time.perf_counter()
+        try:
+            return self._build(genome)
+        finally:
+            self.stats["build_s"] += time.perf_counter() - start
+
+    def _build(self, genome: Genome) -> nn.Module:
         fam = self.family
         if (genome.n_layers, genome.n_candidates) != (fam.n_layers, fam.n_candidates):
             raise GenomeError(
