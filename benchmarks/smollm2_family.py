@@ -49,7 +49,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gptailor_merge.demo.build import hf_bars_off, save_member  # noqa: E402
+from gptailor_merge.demo.build import build_atomically, hf_bars_off, save_member  # noqa: E402
 from gptailor_merge.demo.corpora import SPLITS, load_corpora  # noqa: E402
 from gptailor_merge.demo.evaluate import (  # noqa: E402
     format_table,
@@ -363,23 +363,8 @@ def build_smollm2_family(out_dir: Path | None = None, *, spec: DemoPreset = PRES
         logger.info("reusing the SmolLM2 family at %s", root)
         return root
     sources_dir = default_cache_dir() / "sources"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    started = time.perf_counter()
-    try:
-        with hf_bars_off(), tqdm(total=3 + 3 * spec.finetune_steps + len(MEMBERS),
-                                 disable=not progress, unit="step") as bar:
-            manifest = build_into(tmp, spec, seed, sources_dir, bar)
-        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_atomically(root, lambda folder, bar: build_into(folder, spec, seed, sources_dir, bar),
+                     marker=MARKER, total=3 + 3 * spec.finetune_steps + len(MEMBERS), progress=progress)
     return root
 
 

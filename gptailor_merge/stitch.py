@@ -1,9 +1,10 @@
 """In-memory stitcher: builds a tailored model from the family's tensors, loaded once.
 
 The search's fast path (DESIGN.md section 3). Kept base layers are the base model's own modules,
-selected and merged layers are computed once with mergekit's own merge methods (task arithmetic:
-its op-for-op copy in `fast_merge`, bitwise equal) and cached (LRU), so a candidate costs a module
-swap. Proven equal to the mergekit backend in tests/test_stitch.py.
+selected layers views of a candidate's memory-mapped tensors, merged layers computed once with
+mergekit's own merge methods (task arithmetic: its op-for-op copy in `fast_merge`, bitwise equal);
+both cached (LRU), so a candidate costs a module swap. Proven equal to the mergekit backend in
+tests/test_stitch.py and tests/test_fast_merge.py.
 """
 
 from __future__ import annotations

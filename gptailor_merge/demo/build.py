@@ -14,7 +14,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import tokenizers
@@ -61,6 +61,29 @@ def hf_bars_off() -> Iterator[None]:
     finally:
         if was_enabled:
             transformers.utils.logging.enable_progress_bar()
+
+
+def build_atomically(root: Path, build: Callable[[Path, tqdm], dict], *, marker: str, total: int,
+                     progress: bool) -> dict:
+    """Run `build(folder, bar)` in a temp sibling of `root`, write its manifest as `marker` and move
+    the folder into place: a killed build leaves no half-built family behind."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    started = time.perf_counter()
+    try:
+        with hf_bars_off(), tqdm(total=total, disable=not progress, unit="step") as bar:
+            manifest = build(tmp, bar)
+        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+        (tmp / marker).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
 
 
 def save_member(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
@@ -144,24 +167,9 @@ def build_demo_family(out_dir: Path | None = None, *, preset: str = "default", s
         logger.info("reusing the demo family at %s", root)
         return DemoFamily.at(root)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    n_units = 4 + spec.pretrain_steps + 3 * spec.finetune_steps
-    started = time.perf_counter()
-    try:
-        with hf_bars_off(), tqdm(
-                total=n_units, disable=not progress, unit="step") as bar:
-            manifest = _build_into(tmp, spec, seed, bar)
-        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest = build_atomically(root, lambda folder, bar: _build_into(folder, spec, seed, bar),
+                                marker=MARKER, total=4 + spec.pretrain_steps + 3 * spec.finetune_steps,
+                                progress=progress)
 
     table = manifest["specialisation_heldout_ppl"]
     logger.info("demo family %s built in %.0f s at %s; held-out perplexity:\n%s",
