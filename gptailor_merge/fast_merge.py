@@ -1,9 +1,9 @@
 """mergekit's task arithmetic, op for op, into a reused workspace: the stitcher's merge fast path.
 
 mergekit's `GeneralizedTaskArithmeticMerge.merge_group` allocates k + 3 fresh tensors per merged
-tensor; on CPU their page faults cost several times the arithmetic itself (SmolLM2: 31 ms against
-~6 ms per layer). The same torch ops in the same order, written into buffers kept between calls,
-give bitwise the same tensor; tests/test_fast_merge.py checks that against `merge_tensors`.
+tensor; on CPU their allocation and page faults take about half its time (a SmolLM2 layer: 31 ms
+through `merge_tensors`, 17 ms here, one thread). The same torch ops in the same order, written
+into buffers kept between calls, give bitwise the same tensor; tests/test_fast_merge.py checks that.
 """
 
 from __future__ import annotations
