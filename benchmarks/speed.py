@@ -5,7 +5,8 @@ including the dense references) through (a) mergekit to disk + `from_pretrained`
 stitcher, (c) the stitcher with prefix reuse; the floor is the bare forward passes of the same
 candidates on the same batches, the scoring floor the scorer on the already-built candidate.
 Materialization is also timed directly: mergekit's merge + write + load, the stitcher's `build`.
-Prints a table per fidelity rung and writes JSON (git SHA, hardware, seed). Also home of `MemoryFamily`, the in-GPU-memory family of benchmarks/gpu_check.sh.
+Prints a table per fidelity rung and writes JSON (git SHA, hardware, seed). Also home of
+`MemoryFamily`, the in-GPU-memory family of benchmarks/gpu_check.sh.
 
     python benchmarks/speed.py [--family synthetic|demo|smollm2] [--trials 50] [--json PATH]
 """
@@ -35,6 +36,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gptailor_merge.genome import Genome  # noqa: E402
+from gptailor_merge.prefix import layer_keys  # noqa: E402
 from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
 from gptailor_merge.search import Evaluator, run_search  # noqa: E402
 from gptailor_merge.space import SearchSpace  # noqa: E402
@@ -278,15 +280,18 @@ class RecordingEvaluator(Evaluator):
         return super().score(genome, split, n_examples)
 
 
+def make_stitcher(family, args) -> Stitcher:
+    """A stitcher for the recording and the timed (b) / (c) variants: `--stitch-cache` layers."""
+    return Stitcher(family, device=args.device, dtype=args.dtype, cache_size=getattr(args, "stitch_cache", 256))
+
+
 def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Call], list[int]]:
     """Run the search once (stitcher, no prefix reuse) and return its score calls and rungs."""
     n_keep = family.n_layers - round(family.n_layers * args.remove_fraction)
     space = SearchSpace(family.n_layers, family.n_candidates, n_keep)
     rungs = sorted({max(1, args.max_examples // 3**k) for k in range(3)})
     args.rungs = tuple(rungs)
-    evaluator = RecordingEvaluator(Stitcher(family, device=args.device, dtype=args.dtype,
-                                           cache_size=getattr(args, "stitch_cache", 256)),
-                                   tokenizer, tasks, batch_size=args.batch_size,
+    evaluator = RecordingEvaluator(make_stitcher(family, args), tokenizer, tasks, batch_size=args.batch_size,
                                    max_length=args.max_length, prefix_cache_bytes=0, rungs=args.rungs)
     run_search(space, evaluator, run_dir, optimizer=args.optimizer, n_trials=args.trials,
                rungs=rungs, seed=args.seed, progress=False)
@@ -300,8 +305,7 @@ class StitchVariant:
 
     def __init__(self, family, tokenizer, tasks, args, prefix_bytes: int,
                  stitcher: Stitcher | None = None) -> None:
-        stitcher = stitcher or Stitcher(family, device=args.device, dtype=args.dtype,
-                                           cache_size=getattr(args, "stitch_cache", 256))
+        stitcher = stitcher or make_stitcher(family, args)
         self.evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
                                    max_length=args.max_length, prefix_cache_bytes=prefix_bytes,
                                    rungs=tuple(getattr(args, "rungs", ())))
@@ -539,7 +543,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
                    help="score only these of the family's tasks (e.g. ppl_prose ppl_code ppl_math)")
     p.add_argument("--stitch-cache", type=int, default=256,
-                   help="merged layers each stitcher keeps (SmolLM2: 14 MB each; 4 stitchers)")
+                   help="layers the recording, (b) and (c) stitchers keep (SmolLM2: 14 MB per merged layer)")
     p.add_argument("--mergekit-per-rung", type=int, default=0,
                    help="time (a) on N calls per rung, evenly spaced over the trace (it is slow); 0: all")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -603,8 +607,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "prefix_stats": prefix_stats,
         "times_s": times, "materialize_s": materialize, "layers_built": built,
         # merged or selected layers the trace needs, each once (what (b) builds with a cache this big)
-        "distinct_layers": len({(s.key(), c.genome.method if c.genome.has_merges else None)
-                                for c in calls for s in c.genome.layers if s.sources}),
+        "distinct_layers": len({key for c in calls
+                                for key, spec in zip(layer_keys(c.genome), c.genome.layers) if spec.sources}),
         "mergekit_calls": mergekit_index,
         "call_examples": [c.n_examples for c in calls],
     }
