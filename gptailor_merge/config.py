@@ -20,9 +20,17 @@ from gptailor_merge.genome import MERGE_METHOD_NAMES
 DEMO = "demo"
 DEMO_TASKS = ("prose_cloze", "code_next_line", "math_answer", "ppl_prose", "ppl_code", "ppl_math")
 
-# nevergrad optimizers this project has tested on the tailoring space (tests/test_search.py)
+# nevergrad optimizers this project has run on the tailoring space (tests/test_search.py); any
+# name in nevergrad's registry is accepted
 OPTIMIZERS = ("NGOpt", "DiscreteLenglerOnePlusOne", "PortfolioDiscreteOnePlusOne", "TwoPointsDE",
               "RandomSearch", "CMA")
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer in nevergrad's registry."""
+    import nevergrad as ng
+
+    return sorted(ng.optimizers.registry)
 
 
 class _Strict(BaseModel):
@@ -56,7 +64,8 @@ class TargetConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    optimizer: str = Field("DiscreteLenglerOnePlusOne", description=f"nevergrad optimizer, one of {', '.join(OPTIMIZERS)}")
+    optimizer: str = Field("DiscreteLenglerOnePlusOne", description="nevergrad optimizer, any name in "
+                           f"nevergrad's registry (tested: {', '.join(OPTIMIZERS)})")
     merge_methods: tuple[str, ...] = Field(("task_arithmetic",), description="mergekit methods for merged layers")
     n_trials: int = Field(60, ge=1, description="trial budget")
     time_budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the search loop")
@@ -68,7 +77,19 @@ class SearchConfig(_Strict):
     density_range: tuple[float, float] = Field((0.3, 1.0), description="TIES density bounds")
     max_sources: int | None = Field(None, ge=1, description="most candidates merged into one layer")
     use_candidates: bool = Field(True, description="false: removal-only search on the base")
-    seeds: bool = Field(True, description="suggest the paper's heuristic seeds first")
+    seeds: bool = Field(True, description="suggest the paper's heuristic seeds and the baselines' "
+                                          "removal sets first")
+    seed_fraction: float = Field(0.25, gt=0, le=1, description="at most this fraction of n_trials "
+                                                               "are seeds (the most informative first)")
+    local_fraction: float = Field(0.5, ge=0, le=1, description="after the seeds, this fraction of "
+                                                               "proposals are local moves around the "
+                                                               "best genomes (late layers first, cheap "
+                                                               "with prefix reuse); the rest come "
+                                                               "from the optimizer")
+    calibration_texts: int = Field(32, ge=1, description="texts per perplexity task that calibrate "
+                                                         "the baselines whose removal sets seed the "
+                                                         "search (prune and the benchmarks use the "
+                                                         "same setting)")
     metric: Literal["acc", "acc_norm"] = Field("acc", description="multiple-choice metric")
     chance_z: float = Field(2.0, ge=0, description="leave out of the objective the multiple-choice "
                                                    "tasks on which the dense base does not beat chance "
@@ -84,12 +105,14 @@ class SearchConfig(_Strict):
         if self.ray_address is not None and self.workers == 1:
             raise ValueError(f"ray_address {self.ray_address!r} is set but workers is 1, which searches "
                              "serially without Ray; set workers to the number of Ray actors to start")
-        if self.optimizer not in OPTIMIZERS:
+        names = optimizer_names()
+        if self.optimizer not in names:
             import difflib
 
-            close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
+            close = difflib.get_close_matches(self.optimizer, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown optimizer {self.optimizer!r}.{hint} Tested: {', '.join(OPTIMIZERS)}")
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: not in nevergrad's registry.{hint} "
+                             f"Tested here: {', '.join(OPTIMIZERS)}")
         bad = [m for m in self.merge_methods if m not in MERGE_METHOD_NAMES]
         if bad or not self.merge_methods:
             raise ValueError(f"unknown merge method(s) {bad}; choose from {', '.join(MERGE_METHOD_NAMES)}")

@@ -1,7 +1,10 @@
-"""Held-out summary of a finished search: dense base, each fine-tune, and the winners.
+"""Held-out summary of a finished search: the family's real members and the winners.
 
-The winner is scored twice on the held-out split, stitched in memory and materialized by mergekit;
-the two must agree (same model). Produces the summary dict and its markdown table.
+Members are scored from their own folders; the winner is scored twice on the held-out split,
+stitched in memory and materialized by mergekit, and the two must agree (same model). Every row
+carries the yardstick (`scoring.objectives`): `retention_sym`, `retention_sym_text`, `worst_task`,
+per-task log ratios against the dense base, and tailored rows a paired interval against the best
+member. Produces the summary dict and its markdown table.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from gptailor_merge.scoring import (
     Score,
     evaluate_model,
     load_model_folder,
-    retention,
-    retention_above_chance,
+    mean_of_ratios,
+    symmetric_retention,
 )
+from gptailor_merge.scoring.intervals import paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -27,55 +31,68 @@ MAX_PARETO_ROWS = 3
 EQUALITY_TOLERANCE = 1e-4
 
 
-def _mean(values) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return round(sum(finite) / len(finite), 6) if finite else None
+def yardstick_row(score: Score, base: Score, tasks, counted, metric: str) -> dict:
+    """The yardstick columns of one row (shared by summary.json, the card and the benchmarks)."""
+    ret = symmetric_retention(score, base, tasks, metric=metric, counted=counted)
+    ratio_mean = mean_of_ratios(score, base, tasks, metric=metric)
+    return {**ret.to_dict(),
+            "mean_of_ratios": round(ratio_mean, 6) if math.isfinite(ratio_mean) else None}
 
 
-def _row(name: str, kind: str, genome: Genome, score: Score, base: Score, best_dense: Score | None,
-         evaluator, family) -> dict:
-    tasks = evaluator.tasks
-    metric = evaluator.metric
-    row = {
+def _row(name: str, kind: str, n_layers: int, params: int, score: Score, base: Score, counted,
+         evaluator) -> dict:
+    return {
         "model": name,
         "kind": kind,
-        "layers": genome.n_kept,
-        "params": family.params_with_layers(genome.kept),
+        "layers": n_layers,
+        "params": params,
         "tasks": {k: {m: round(v, 6) for m, v in ts.metrics.items()} for k, ts in score.tasks.items()},
-        "retention": _mean(retention(score, base, tasks, metric=metric).values()),
-        "retention_above_chance": _mean(retention_above_chance(score, base, tasks, metric=metric).values()),
+        **yardstick_row(score, base, evaluator.tasks, counted, evaluator.metric),
     }
-    if best_dense is not None:
-        row["retention_vs_best_dense"] = _mean(retention(score, best_dense, tasks, metric=metric).values())
-    return row
 
 
-def dense_genomes(n_layers: int, n_candidates: int, names: list[str]) -> list[tuple[str, Genome]]:
-    """The untouched family members as genomes (the base, and every layer from candidate j)."""
-    out = [(names[0], Genome.base_only(n_layers, n_candidates))]
-    for j in range(n_candidates):
-        out.append((names[j + 1], Genome.from_choices(n_layers, n_candidates, [], [(j,)] * n_layers)))
+def member_scores(family, names, evaluator, n: int | None) -> list[tuple[str, Score]]:
+    """The real family members, each loaded from its own folder and scored on the held-out split
+    (a fine-tune's embeddings and head are its own, not the base's)."""
+    out = []
+    for name, member in zip(names, [family.base, *family.candidates], strict=True):
+        model, tokenizer = load_model_folder(member.path, device=evaluator.stitcher.device,
+                                             dtype=evaluator.stitcher.dtype)
+        out.append((name, evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
+                                         n_examples=n, batch_size=evaluator.batch_size,
+                                         max_length=evaluator.max_length)))
+        del model
     return out
 
 
 def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_dir: Path, config) -> dict:
+    from gptailor_merge.scoring import counted_tasks
+
     n = config.eval.heldout_examples
-    dense = [(name, g, evaluator.score(g, "heldout", n)) for name, g in dense_genomes(family.n_layers, family.n_candidates, names)]
-    base_score = dense[0][2]
-    tasks = evaluator.tasks
-    best_name, _, best_dense_score = max(
-        dense, key=lambda item: _mean(retention(item[2], base_score, tasks, metric=evaluator.metric).values()) or 0.0
-    )
-    rows = [_row(name, "dense", g, s, base_score, best_dense_score, evaluator, family) for name, g, s in dense]
+    tasks, metric = evaluator.tasks, evaluator.metric
+    members = member_scores(family, names, evaluator, n)
+    base_score = members[0][1]
+    counted = counted_tasks(base_score, tasks, metric=metric, chance_z=evaluator.chance_z or 2.0)
+    full = family.params_with_layers(list(range(family.n_layers)))
+    rows = [_row(name, "member", family.n_layers, full, s, base_score, counted, evaluator)
+            for name, s in members]
+    best_member = max(range(len(members)), key=lambda i: rows[i]["retention_sym"] or 0.0)
+
+    def tailored(name: str, genome: Genome, score: Score) -> dict:
+        row = _row(name, "tailored", genome.n_kept, family.params_with_layers(genome.kept), score,
+                   base_score, counted, evaluator)
+        row["vs_best_member"] = {"member": members[best_member][0],
+                                 **paired_bootstrap(score, members[best_member][1], base_score,
+                                                    tasks, counted, metric=metric)}
+        return row
 
     best_stitched = evaluator.score(best_genome, "heldout", n)
-    rows.append(_row("gptailor-best", "tailored", best_genome, best_stitched, base_score, best_dense_score, evaluator, family))
+    rows.append(tailored("gptailor-best", best_genome, best_stitched))
     for trial in sorted(result.pareto, key=lambda t: t.loss)[:MAX_PARETO_ROWS]:
         if trial.genome_id == best_genome.genome_id:
             continue
         g = Genome.from_dict(trial.genome)
-        rows.append(_row(f"pareto-{trial.genome_id}", "tailored", g, evaluator.score(g, "heldout", n),
-                         base_score, best_dense_score, evaluator, family))
+        rows.append(tailored(f"pareto-{trial.genome_id}", g, evaluator.score(g, "heldout", n)))
 
     # the same recipe through stock mergekit: must score the same as the stitched model
     recipe = Recipe.load(run_dir / "best.yaml")
@@ -94,7 +111,9 @@ def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_d
         "n_layers": family.n_layers,
         "target_layers": best_genome.n_kept,
         "heldout_examples": n,
-        "best_dense": best_name,
+        "heldout_n_per_task": {k: int(v.metrics["n"]) for k, v in base_score.tasks.items()},
+        "counted_tasks": counted,
+        "best_dense": members[best_member][0],
         "best_recipe": str(run_dir / "best.yaml"),
         "best_model": str(model_dir),
         "best_genome": best_genome.to_dict(),
@@ -120,37 +139,55 @@ def _objective_line(search: dict, tasks: list[str]) -> list[str]:
             f"(still scored above)."]
 
 
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def summary_markdown(summary: dict) -> str:
+    from gptailor_merge.scoring.intervals import interval_text
+
     rows = summary["rows"]
     tasks = list(rows[0]["tasks"])
+    counted = summary.get("counted_tasks", tasks)
+    n_per_task = summary.get("heldout_n_per_task", {})
 
     def cell(task_metrics: dict) -> str:
         if "acc" in task_metrics:
             return f"{task_metrics['acc']:.3f}"
         return f"{task_metrics['ppl']:.2f}"
 
-    head = ["model", "layers", "params", *tasks, "retention vs base", "vs best dense", "above chance"]
+    def head_of(t: str) -> str:
+        mark = "" if t in counted else " (not counted)"
+        return f"{t} (n={n_per_task[t]}){mark}" if t in n_per_task else f"{t}{mark}"
+
+    head = ["model", "layers", "params", *map(head_of, tasks), "retention_sym", "text", "worst task",
+            "vs best member (diff of mean log ratio, 95% CI)"]
     lines = [
         f"# gptailor-merge run: held-out results ({summary['target_layers']} of {summary['n_layers']} layers kept)",
         "",
-        "Multiple-choice tasks show accuracy, perplexity tasks (`ppl_*`) show perplexity. Retention is the mean over "
-        "tasks of score / reference (ppl_ref / ppl for perplexity).",
+        "Multiple-choice tasks show accuracy, perplexity tasks (`ppl_*`) show perplexity. `retention_sym` is "
+        "exp(mean log ratio) against the dense base over the counted tasks (perplexity: log(ppl_base / ppl); "
+        "multiple choice: log((acc - chance) / (acc_base - chance)), counted where the base beats chance by 2 "
+        "standard errors); `text` the same over the perplexity tasks; the interval is a paired bootstrap over "
+        "held-out examples.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append("| " + " | ".join([r["model"], str(r["layers"]), f"{r['params']:,}",
-                                         *(cell(r["tasks"][t]) for t in tasks), fmt(r["retention"]),
-                                         fmt(r.get("retention_vs_best_dense")),
-                                         fmt(r.get("retention_above_chance"))]) + " |")
+        worst = r.get("worst_task")
+        lines.append("| " + " | ".join([
+            r["model"], str(r["layers"]), f"{r['params']:,}", *(cell(r["tasks"][t]) for t in tasks),
+            _fmt(r.get("retention_sym")), _fmt(r.get("retention_sym_text")),
+            f"{worst['task']} {worst['ratio']:.3f}" if worst else "-",
+            interval_text(r.get("vs_best_member"))]) + " |")
     s = summary["search"]
     lines += [
         "",
-        f"Search: {s['trials']} trials ({s['evaluated']} evaluated, optimizer {s['optimizer']}), rungs {s['rungs']} "
-        f"examples per task; {s['full_fidelity_evaluations']} full-fidelity evaluations, "
-        f"{s['full_fidelity_evaluations_saved']} saved by successive halving; {s['search_seconds']} s.",
+        f"Search: {s['trials']} trials ({s['evaluated']} evaluated, {s.get('optimizer_trials', '?')} from the "
+        f"optimizer, optimizer {s['optimizer']}), rungs {s['rungs']} examples per task; "
+        f"{s['full_fidelity_evaluations']} full-fidelity evaluations; {s['search_seconds']} s. "
+        f"Best trial {s.get('best_trial', '?')} ({'a seed' if s.get('winner_from_seed') else 'from the optimizer'}).",
         *_objective_line(s, tasks),
         f"Best recipe: `{summary['best_recipe']}`; mergekit vs stitcher held-out max |diff| = "
         f"{summary['mergekit_vs_stitch_max_abs_diff']:.2e}.",

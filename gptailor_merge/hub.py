@@ -230,19 +230,28 @@ def _cell(metrics: dict) -> str:
 
 def results_table(summary: dict) -> str:
     """Held-out table: the dense family members and this model (from summary.json rows)."""
-    rows = [r for r in summary.get("rows", []) if r["kind"] == "dense" or r["model"] == "gptailor-best"]
+    from gptailor_merge.scoring.intervals import interval_text
+
+    rows = [r for r in summary.get("rows", [])
+            if r["kind"] in ("member", "dense") or r["model"] == "gptailor-best"]
     if not rows:
         return ""
     tasks = list(rows[0]["tasks"])
-    heads = [f"{t} ({'acc ↑' if 'acc' in rows[0]['tasks'][t] else 'ppl ↓'})" for t in tasks]
-    head = ["model", "layers", "params", *heads, "retention vs base", "vs best dense"]
+    n_per_task = summary.get("heldout_n_per_task", {})
+    heads = [f"{t} ({'acc ↑' if 'acc' in rows[0]['tasks'][t] else 'ppl ↓'}"
+             f"{', n=' + str(n_per_task[t]) if t in n_per_task else ''})" for t in tasks]
+    head = ["model", "layers", "params", *heads, "retention_sym", "worst task",
+            "vs best member (95% CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        name = "**this model**" if r["model"] == "gptailor-best" else f"{r['model']} (dense)"
+        name = "**this model**" if r["model"] == "gptailor-best" else f"{r['model']} (family member)"
+        worst = r.get("worst_task")
         lines.append("| " + " | ".join([name, str(r["layers"]), f"{r['params']:,}",
-                                         *(_cell(r["tasks"][t]) for t in tasks), fmt(r.get("retention")),
-                                         fmt(r.get("retention_vs_best_dense"))]) + " |")
+                                         *(_cell(r["tasks"][t]) for t in tasks),
+                                         fmt(r.get("retention_sym")),
+                                         f"{worst['task']} {worst['ratio']:.3f}" if worst else "—",
+                                         interval_text(r.get("vs_best_member"))]) + " |")
     return "\n".join(lines)
 
 
@@ -310,15 +319,18 @@ def build_model_card(repo_id: str, source: ShareSource, facts: FamilyFacts, para
         n = source.summary.get("heldout_examples")
         scope = "the whole held-out split of each task" if n is None else f"{n} held-out examples per task"
         body += [f"Scored on examples the search never saw ({scope}). Multiple-choice "
-                 "tasks show accuracy, perplexity tasks perplexity; retention is the mean over tasks of this "
-                 "model's score relative to the reference (the dense base, or the best dense family member).", "",
+                 "tasks show accuracy, perplexity tasks perplexity. `retention_sym` is exp(mean log ratio) against "
+                 "the dense base: log(ppl_base / ppl) per perplexity task, log((acc - chance) / (acc_base - "
+                 "chance)) per multiple-choice task on which the base beats chance; 1.0 = as good as the base. "
+                 "The last column is the difference in mean log ratio to the best family member with a paired "
+                 "bootstrap 95% interval over held-out examples.", "",
                  results_table(source.summary), ""]
     else:
         scores = (source.recipe.metadata.get("search_scores") if source.recipe else None) or {}
         if "retention" in scores:
-            body += [f"No held-out evaluation is attached. On the search split this recipe retained "
-                     f"{scores['retention']:.3f} of the dense base's score ({scores.get('n_examples')} examples "
-                     "per task).", ""]
+            body += [f"No held-out evaluation is attached. On the search split this recipe's symmetric "
+                     f"retention against the dense base was {scores['retention']:.3f} "
+                     f"({scores.get('n_examples')} examples per task).", ""]
         else:
             body += ["No evaluation is attached; score it with `python -m gptailor_merge evaluate MODEL_DIR`.", ""]
     body += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

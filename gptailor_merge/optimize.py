@@ -105,7 +105,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     ev = config.eval
     evaluator = build_evaluator(config, family, tasks)
     stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
-    extra = baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev) if s.seeds else []
+    extra = (baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
+                                    s.calibration_texts) if s.seeds else [])
     result = _search(config, space, evaluator, run_dir, extra, progress)
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
@@ -178,7 +179,7 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
     s = config.search
     kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta, seed=s.seed,
                   time_budget_s=s.time_budget_s, use_seeds=s.seeds, extra_seed_removals=extra_seeds,
-                  progress=progress)
+                  seed_fraction=s.seed_fraction, local_fraction=s.local_fraction, progress=progress)
     if s.workers == 1:
         return run_search(space, evaluator, run_dir, **kwargs)
     from gptailor_merge.parallel import WorkerSpec, ray_pool
@@ -188,15 +189,16 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
         return run_search_async(space, pool, run_dir, **kwargs)
 
 
-def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev) -> list[list[int]]:
-    """Removal sets of the single-model baselines (ShortGPT, angular, reverse), calibrated on the
-    search split of the run's perplexity tasks; they join the paper's seeds."""
+def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
+                           ) -> list[list[int]]:
+    """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl),
+    calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds."""
     from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
 
     text_tasks = [t for t in tasks if t.kind == "perplexity"]
     if not text_tasks or n_remove == 0:
         return []
-    texts = calibration_texts(text_tasks, 32)
+    texts = calibration_texts(text_tasks, n_texts)
     calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length)
     removals = baseline_removals(calib, n_remove)
     logger.info("baseline seeds: %s", removals)

@@ -8,6 +8,7 @@ replays journaled results instead of evaluating them again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -27,8 +28,8 @@ from gptailor_merge.scoring import (
     Task,
     chance_level_tasks,
     evaluate_model,
-    retention,
-    task_loss,
+    log_ratios,
+    symmetric_retention,
 )
 from gptailor_merge.space import SearchSpace, paper_seeds
 
@@ -83,7 +84,7 @@ class Evaluator:
         reference = self.reference(split, n_examples)
         ret = self.retention(score, reference)
         return RungResult(n_examples, {k: dict(v.metrics) for k, v in score.tasks.items()},
-                          self.losses(score), ret, time.perf_counter() - t0)
+                          self.losses(score, reference), ret, time.perf_counter() - t0)
 
     def reference(self, split: str, n_examples: int | None) -> Score:
         key = (split, n_examples)
@@ -114,22 +115,18 @@ class Evaluator:
             self._objective = [t for t in self.tasks if t.name not in noise]
         return self._objective
 
-    def losses(self, score: Score) -> dict[str, float]:
-        kinds = {t.name: t.kind for t in self.objective_tasks()}
-        out = {}
-        for name, ts in score.tasks.items():
-            if name not in kinds:
-                continue
-            if kinds[name] == "multiple_choice" and self.metric != "acc":
-                out[name] = 1.0 - ts.metrics[self.metric]
-            else:
-                out[name] = task_loss(ts, kinds[name])
-        return out
+    def losses(self, score: Score, reference: Score) -> dict[str, float]:
+        """Per objective task, minus its log ratio against the dense base (lower is better): the
+        Pareto front's coordinates, on the yardstick's scale."""
+        names = [t.name for t in self.objective_tasks()]
+        ratios = log_ratios(score, reference, self.objective_tasks(), metric=self.metric)
+        return {name: -ratios[name] for name in names}
 
     def retention(self, score: Score, reference: Score) -> float:
-        values = retention(score, reference, self.objective_tasks(), metric=self.metric)
-        finite = [v for v in values.values() if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else float("nan")
+        """`retention_sym` over the objective tasks (scoring.objectives)."""
+        names = [t.name for t in self.objective_tasks()]
+        return symmetric_retention(score, reference, self.tasks, metric=self.metric,
+                                   counted=names).retention_sym
 
 
 @dataclass
@@ -155,19 +152,40 @@ class SearchResult:
         """Evaluations that stopped below the top rung: each saved one full-budget evaluation."""
         return self.evaluated - self.full_fidelity_evaluations
 
+    @property
+    def optimizer_trials(self) -> int:
+        """Trials that were not seeds: proposed by nevergrad or by a local move."""
+        return sum(1 for t in self.trials if not t.seeded)
+
+    @property
+    def trial_seconds(self) -> float:
+        """The trials' own evaluation time, as first run (a resumed run replays, not re-times)."""
+        return sum(t.seconds for t in self.trials)
+
     def summary(self) -> dict:
         """The search part of a run's summary.json (one shape, with or without held-out rows)."""
+        origins: dict[str, int] = {}
+        for t in self.trials:
+            key = t.extra.get("origin", "seed" if t.seeded else "optimizer")
+            origins[key] = origins.get(key, 0) + 1
         return {
             "optimizer": self.optimizer,
             "trials": len(self.trials),
+            "optimizer_trials": self.optimizer_trials,
+            "origins": origins,
             "evaluated": self.evaluated,
             "replayed_from_journal": self.replayed,
             "rungs": self.rungs,
             "full_fidelity_evaluations": self.full_fidelity_evaluations,
             "full_fidelity_evaluations_saved": self.full_fidelity_saved,
             "search_seconds": round(self.seconds, 1),
+            "trial_seconds": round(self.trial_seconds, 1),
             "pareto_size": len(self.pareto),
-            "best_search_retention": round(self.best.retention, 6),
+            "best_trial": self.best.index if self.best else None,
+            "winner_from_seed": bool(self.best.seeded) if self.best else None,
+            "winner_origin": (self.best.extra.get("origin", "seed" if self.best.seeded else "optimizer")
+                              if self.best else None),
+            "best_search_retention": round(self.best.retention, 6) if self.best else None,
         }
 
 
@@ -202,7 +220,7 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,
                    num_workers: int = 1) -> ng.optimizers.base.Optimizer:
-    """`num_workers` > 1: asynchronous ask/tell with that many candidates in flight."""
+    """Any optimizer of nevergrad's registry by name; `num_workers` > 1: asynchronous ask/tell."""
     return ng.optimizers.registry[name](parametrization=parametrization, budget=budget, num_workers=num_workers)
 
 
@@ -211,6 +229,78 @@ def promoted(rung_losses: Sequence[float], loss: float, eta: int) -> bool:
     previous = [*rung_losses, loss]
     cutoff = np.quantile(previous, 1.0 / eta) if len(previous) > 1 else math.inf
     return loss <= cutoff
+
+
+def told_loss(loss: float, n_examples: int, rung_losses: dict[int, list[float]], top: int) -> float:
+    """The loss nevergrad is told: a full-fidelity loss as it is; a trial stopped at a lower rung
+    gets the top rung's loss at the same quantile (its rank among that rung's losses), so a lucky
+    3-example score never stands beside 90-example ones as if it were one. With no top-rung loss
+    yet, its own."""
+    if n_examples == top or not rung_losses.get(top):
+        return loss
+    own = np.asarray(rung_losses[n_examples] or [loss])
+    q = float(np.mean(own <= loss))
+    return float(np.quantile(np.asarray(rung_losses[top]), q))
+
+
+@dataclass(frozen=True)
+class Proposer:
+    """Where a trial's genome comes from: the seeds first, then nevergrad's ask, or with
+    probability `local_fraction` a local move (`neighbours.neighbour`) around one of the `elite`
+    best full-fidelity genomes. Deterministic in (seed, trial index, trials so far), so a resumed
+    run re-proposes exactly what it proposed before."""
+
+    space: SearchSpace
+    seed: int
+    local_fraction: float = 0.0
+    elite: int = 4
+
+    def local(self, index: int, trials: Sequence[Trial], top: int, known: set[str]) -> Genome | None:
+        from gptailor_merge.neighbours import neighbour
+
+        rng = np.random.default_rng([self.seed, index, 7])
+        if self.local_fraction <= 0 or rng.random() >= self.local_fraction:
+            return None
+        best: dict[str, Trial] = {}
+        for t in trials:
+            if t.status == "ok" and t.fidelity == top:
+                best.setdefault(t.genome_id, t)
+        ranked = sorted(best.values(), key=lambda t: (t.loss, t.index))[: self.elite]
+        if not ranked:
+            return None
+        weights = np.array([1.0 / (r + 1) for r in range(len(ranked))])
+        for _ in range(20):
+            parent = ranked[int(rng.choice(len(ranked), p=weights / weights.sum()))]
+            child = neighbour(Genome.from_dict(parent.genome), self.space, rng)
+            if child.genome_id not in known:
+                return child
+        return None
+
+
+def prioritized_seeds(space: SearchSpace, extra_removals: Sequence[Sequence[int]], limit: int
+                      ) -> list[Genome]:
+    """At most `limit` seeds, the most informative first: each removal set (the baselines' before
+    the paper's orders) with the base's layers, then with the widest merge at the middle scale,
+    then the other scales and single fine-tunes (space.paper_seeds has them all)."""
+    every = paper_seeds(space, extra_removals)
+    removal_rank = {}
+    for g in every:
+        removal_rank.setdefault(tuple(g.removed), len(removal_rank))
+    baseline = {tuple(sorted(r)) for r in extra_removals}
+    lo, hi = space.lambda_range
+    mid = round((lo + hi) / 2, 4)
+
+    def tier(g: Genome) -> int:
+        spec = g.layers[0]
+        if not spec.sources:
+            return 0
+        if spec.is_merge:
+            return 1 if spec.lam == mid else 2
+        return 3
+
+    ranked = sorted(every, key=lambda g: (tier(g), tuple(g.removed) not in baseline,
+                                          removal_rank[tuple(g.removed)]))
+    return ranked[:limit]
 
 
 def run_search(
@@ -226,6 +316,8 @@ def run_search(
     time_budget_s: float | None = None,
     use_seeds: bool = True,
     extra_seed_removals: Sequence[Sequence[int]] = (),
+    seed_fraction: float = 1.0,
+    local_fraction: float = 0.0,
     progress: bool = True,
     on_trial: Callable[[Trial], None] | None = None,
 ) -> SearchResult:
@@ -234,17 +326,17 @@ def run_search(
 
     start = time.perf_counter()
     rungs = sorted(rungs)
+    top = rungs[-1]
     journal = Journal(run_dir / "journal.jsonl")
     done = journal.load()
     param = space.parametrization(seed)
     opt = make_optimizer(optimizer, param, n_trials)
-    if use_seeds:
-        seeds = paper_seeds(space, extra_seed_removals)[:n_trials]
-        for genome in reversed(seeds):  # suggest is LIFO: the first seed is asked first
-            opt.suggest(space.encode(genome))
-        seeded_ids = {g.genome_id for g in seeds}
-    else:
-        seeded_ids = set()
+    seeds = (prioritized_seeds(space, extra_seed_removals, max(1, int(seed_fraction * n_trials)))
+             if use_seeds else [])
+    for genome in reversed(seeds):  # suggest is LIFO: the first seed is asked first
+        opt.suggest(space.encode(genome))
+    seeded_ids = {g.genome_id for g in seeds}
+    proposer = Proposer(space, seed, local_fraction)
     trials: list[Trial] = []
     by_genome: dict[str, Trial] = {}
     rung_losses: dict[int, list[float]] = {n: [] for n in rungs}
@@ -254,8 +346,12 @@ def run_search(
         if time_budget_s is not None and index >= len(done) and time.perf_counter() - start > time_budget_s:
             logger.info("wall-clock budget of %.0fs reached after %d trials", time_budget_s, index)
             break
+        local = proposer.local(index, trials, top, set(by_genome)) if index >= len(seeds) else None
+        if local is not None:
+            opt.suggest(space.encode(local))
         candidate = opt.ask()
         genome = space.decode(candidate.value)
+        origin = "seed" if index < len(seeds) else "local" if local is not None else "optimizer"
         if index < len(done):  # replay: same deterministic proposal, journaled result
             trial = done[index]
             if trial.genome_id != genome.genome_id:
@@ -266,10 +362,17 @@ def run_search(
         elif genome.genome_id in by_genome:  # the optimizer re-proposed a known genome
             prior = by_genome[genome.genome_id]
             trial = Trial(index, genome.to_dict(), genome.genome_id, prior.rungs, prior.loss, 0.0,
-                          status="cached", seeded=genome.genome_id in seeded_ids)
+                          status="cached", seeded=genome.genome_id in seeded_ids,
+                          extra={"origin": origin})
             journal.append(trial)
         else:
             trial = _evaluate(index, genome, evaluator, rungs, rung_losses, eta, genome.genome_id in seeded_ids)
+            if trial.status == "ok":
+                told = told_loss(trial.loss, trial.fidelity, {**rung_losses, trial.fidelity: [
+                    *rung_losses[trial.fidelity], trial.loss]}, top)
+                trial = dataclasses.replace(trial, extra={"origin": origin, "told": told})
+            else:
+                trial = dataclasses.replace(trial, extra={"origin": origin})
             journal.append(trial)
         for r in trial.rungs:
             if trial.status == "ok":
@@ -277,10 +380,10 @@ def run_search(
         if trial.status == "failed":
             opt.tell(candidate, 1.0, constraint_violation=[1.0])
         else:
-            opt.tell(candidate, trial.loss)
+            opt.tell(candidate, trial.extra.get("told", trial.loss))
         trials.append(trial)
         by_genome.setdefault(trial.genome_id, trial)
-        if trial.status == "ok" and trial.fidelity == rungs[-1] and (best is None or trial.loss < best.loss):
+        if trial.status == "ok" and trial.fidelity == top and (best is None or trial.loss < best.loss):
             best = trial
         if on_trial:
             on_trial(trial)
@@ -288,7 +391,7 @@ def run_search(
         bar.set_postfix(best=f"{1 - best.loss:.3f}" if best else "-", n=trial.fidelity)
     bar.close()
     replayed = min(len(done), len(trials))
-    return SearchResult(trials, best, pareto_front(trials, rungs[-1]), list(rungs), optimizer,
+    return SearchResult(trials, best, pareto_front(trials, top), list(rungs), optimizer,
                         time.perf_counter() - start, replayed)
 
 

@@ -14,15 +14,23 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from gptailor_merge.errors import GenomeError, ResumeError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, RungResult, Trial
-from gptailor_merge.search import SearchResult, make_optimizer, pareto_front, promoted
-from gptailor_merge.space import SearchSpace, paper_seeds
+from gptailor_merge.search import (
+    Proposer,
+    SearchResult,
+    make_optimizer,
+    pareto_front,
+    prioritized_seeds,
+    promoted,
+    told_loss,
+)
+from gptailor_merge.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ class _Running:
     candidate: object
     genome: Genome
     seeded: bool
+    origin: str = "optimizer"
     start: float = field(default_factory=time.perf_counter)
     results: list[RungResult] = field(default_factory=list)
     error: str | None = None
@@ -87,7 +96,7 @@ def _tell(opt, candidate, trial: Trial) -> None:
     if trial.status == "failed":
         opt.tell(candidate, 1.0, constraint_violation=[1.0])
     else:
-        opt.tell(candidate, trial.loss)
+        opt.tell(candidate, trial.extra.get("told", trial.loss))
 
 
 def _replay(opt, space: SearchSpace, done: Sequence[Trial], board: _Board) -> None:
@@ -120,7 +129,7 @@ def _advance(run: _Running, outcome: RungResult | BaseException, board: _Board, 
 
 def _finished(run: _Running, index: int) -> Trial:
     seconds = time.perf_counter() - run.start
-    g, extra = run.genome, {"asked": run.key}
+    g, extra = run.genome, {"asked": run.key, "origin": run.origin}
     if run.error is not None:
         logger.warning("trial %d (asked %d) failed: %s", index, run.key, run.error)
         return Trial(index, g.to_dict(), g.genome_id, tuple(run.results), 1.0, seconds, status="failed",
@@ -132,7 +141,7 @@ def _finished(run: _Running, index: int) -> Trial:
 def _cached(run: _Running, prior: Trial, index: int) -> Trial:
     g = run.genome
     return Trial(index, g.to_dict(), g.genome_id, prior.rungs, prior.loss, 0.0, status="cached",
-                 seeded=run.seeded, extra={"asked": run.key})
+                 seeded=run.seeded, extra={"asked": run.key, "origin": run.origin})
 
 
 def run_search_async(
@@ -148,6 +157,8 @@ def run_search_async(
     time_budget_s: float | None = None,
     use_seeds: bool = True,
     extra_seed_removals: Sequence[Sequence[int]] = (),
+    seed_fraction: float = 1.0,
+    local_fraction: float = 0.0,
     progress: bool = True,
     on_trial: Callable[[Trial], None] | None = None,
 ) -> SearchResult:
@@ -161,13 +172,19 @@ def run_search_async(
     opt = make_optimizer(optimizer, space.parametrization(seed), n_trials, num_workers=pool.size)
     board = _Board(rungs)
     _replay(opt, space, done, board)
-    seeds = paper_seeds(space, extra_seed_removals)[:n_trials] if use_seeds else []
+    seeds = (prioritized_seeds(space, extra_seed_removals, max(1, int(seed_fraction * n_trials)))
+             if use_seeds else [])
     seeded_ids = {g.genome_id for g in seeds}
+    proposer = Proposer(space, seed, local_fraction)
     for genome in reversed([g for g in seeds if g.genome_id not in board.by_genome]):
         opt.suggest(space.encode(genome))  # suggest is LIFO: the first seed is asked first
     bar = tqdm(total=n_trials, desc=f"search x{pool.size}", disable=not progress, initial=len(done))
 
     def finish(trial: Trial, candidate) -> None:
+        if trial.status == "ok" and trial.extra.get("told") is None:
+            losses = {**board.rung_losses, trial.fidelity: [*board.rung_losses[trial.fidelity], trial.loss]}
+            trial = replace(trial, extra={**trial.extra, "told": told_loss(trial.loss, trial.fidelity,
+                                                                             losses, rungs[-1])})
         journal.append(trial)
         _tell(opt, candidate, trial)
         board.record(trial)
@@ -186,9 +203,14 @@ def run_search_async(
                 logger.info("wall-clock budget of %.0fs reached after %d trials were asked", time_budget_s, asked)
                 out_of_time = True
                 break
+            local = (proposer.local(asked, board.trials, rungs[-1], set(board.by_genome) | set(in_flight))
+                     if asked >= len(seeds) else None)
+            if local is not None:
+                opt.suggest(space.encode(local))
             candidate = opt.ask()
             genome = space.decode(candidate.value)
-            run = _Running(asked, candidate, genome, genome.genome_id in seeded_ids)
+            run = _Running(asked, candidate, genome, genome.genome_id in seeded_ids,
+                           origin="seed" if asked < len(seeds) else "local" if local else "optimizer")
             asked += 1
             gid = genome.genome_id
             if gid in board.by_genome:  # the optimizer re-proposed a finished genome

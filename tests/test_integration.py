@@ -1,5 +1,7 @@
 """End to end on the embedded demo family (built once per run and cached under $GPTAILOR_CACHE)."""
 
+import math
+
 import pytest
 import torch
 
@@ -52,8 +54,15 @@ def test_optimize_on_the_demo_family_reports_heldout_retention(demo_family, tmp_
     assert summary["mergekit_vs_stitch_max_abs_diff"] <= 1e-4
     rows = {r["model"]: r for r in summary["rows"]}
     assert {"base", "prose", "code", "math", "gptailor-best"} <= set(rows)
-    assert rows["base"]["retention"] == 1.0
-    assert 0.0 < rows["gptailor-best"]["retention"] < 2.0
+    # members are the real fine-tunes from their folders: each scores its own perplexities
+    assert rows["math"]["kind"] == "member" and rows["math"]["log_ratios"]["ppl_math"] > 0
+    assert rows["prose"]["log_ratios"]["ppl_math"] < 0
+    best = rows["gptailor-best"]
+    ratios = [best["log_ratios"][t] for t in best["counted_tasks"]]
+    assert best["retention_sym"] == pytest.approx(math.exp(sum(ratios) / len(ratios)), rel=1e-5)
+    lo, hi = best["vs_best_member"]["ci95"]
+    assert lo <= best["vs_best_member"]["diff"] <= hi
+    assert sum(summary["search"]["origins"].values()) == summary["search"]["trials"] == 10
     assert (outcome.run_dir / "report.md").is_file()
 
 

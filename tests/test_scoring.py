@@ -31,9 +31,7 @@ from gptailor_merge.scoring.multiple_choice import (  # noqa: E402
 )
 from gptailor_merge.scoring.objectives import (  # noqa: E402
     chance_level_tasks,
-    mean_retention,
-    retention,
-    retention_above_chance,
+    mean_of_ratios,
 )
 from gptailor_merge.scoring.perplexity import perplexity  # noqa: E402
 from gptailor_merge.scoring.tasks import make_task  # noqa: E402
@@ -224,17 +222,14 @@ def test_score_to_json_and_task_loss():
     assert task_loss(score.tasks["ppl_x"], "perplexity") == 2.0
 
 
-def test_retention_is_relative_to_the_reference_and_above_chance():
-    mc = make_task("mc", MC, MC, "test")  # chance = mean(1/3, 1/2, 1/4, 1/2, 1/3)
+def test_mean_of_ratios_is_kept_only_as_the_old_secondary_number():
+    mc = make_task("mc", MC, MC, "test")
     ppl = make_task("ppl_x", [TextExample("a")], [TextExample("b")], "test")
     pruned = Score("heldout", None, {"mc": TaskScore("mc", {"acc": 0.6}),
                                      "ppl_x": TaskScore("ppl_x", {"ppl": 20.0})})
     dense = Score("heldout", None, {"mc": TaskScore("mc", {"acc": 0.8}),
                                     "ppl_x": TaskScore("ppl_x", {"ppl": 10.0})})
-    assert retention(pruned, dense, [mc, ppl]) == pytest.approx({"mc": 0.75, "ppl_x": 0.5})
-    assert mean_retention(pruned, dense, [mc, ppl]) == pytest.approx(0.625)
-    expected = (0.6 - mc.chance) / (0.8 - mc.chance)
-    assert retention_above_chance(pruned, dense, [mc, ppl]) == pytest.approx({"mc": expected})
+    assert mean_of_ratios(pruned, dense, [mc, ppl]) == pytest.approx((0.6 / 0.8 + 10 / 20) / 2)
 
 
 def test_load_model_folder_roundtrips_a_saved_model(model, tokenizer, tmp_path):

@@ -74,12 +74,25 @@ def test_single_file_split_is_disjoint_deterministic_and_seeded(tmp_path):
     path = write_jsonl(tmp_path / "arc.jsonl", mc_rows(11))
     task = load_task(path, seed=0)
     assert task.name == "arc" and task.kind == "multiple_choice"
-    assert len(task.search) == 5 and len(task.heldout) == 6
+    assert task.search and task.heldout
     assert not set(task.search) & set(task.heldout)
     assert set(task.search) | set(task.heldout) == set(read_jsonl(path))
     assert load_task(path, seed=0) == task
-    assert load_task(str(path), seed=1).search != task.search
     assert task.chance == pytest.approx(1 / 3)
+
+
+def test_the_split_of_an_example_depends_on_its_content_never_on_the_seed(tmp_path):
+    rows = mc_rows(40)
+    path = write_jsonl(tmp_path / "arc.jsonl", rows)
+    by_seed = [load_task(path, seed=seed) for seed in (0, 1, 5)]
+    for task in by_seed[1:]:
+        assert set(task.search) == set(by_seed[0].search)  # same members
+        assert set(task.heldout) == set(by_seed[0].heldout)
+    assert by_seed[1].search != by_seed[0].search  # the seed orders them
+    # an example keeps its split when other examples are added or removed
+    fewer = load_task(write_jsonl(tmp_path / "fewer.jsonl", rows[:25]), seed=3)
+    assert set(fewer.search) <= set(by_seed[0].search)
+    assert set(fewer.heldout) <= set(by_seed[0].heldout)
 
 
 def test_sibling_search_and_heldout_files_are_used_as_splits(tmp_path):
@@ -174,7 +187,8 @@ def test_hf_dataset_spec_loads_a_local_folder_offline(tmp_path):
     pytest.importorskip("datasets")
     write_jsonl(tmp_path / "hfdata/train.jsonl", mc_rows(8))
     task = load_task(f"hf:{tmp_path / 'hfdata'}:train", seed=0)
-    assert task.name == "hfdata" and len(task.search) == 4 and len(task.heldout) == 4
+    assert task.name == "hfdata" and len(task.search) + len(task.heldout) == 8
+    assert task.search and task.heldout and not set(task.search) & set(task.heldout)
     with pytest.raises(TaskError, match="cannot load dataset"):
         load_task(f"hf:{tmp_path / 'missing'}:train")
     with pytest.raises(TaskError, match="bad dataset spec"):

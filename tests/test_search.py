@@ -204,9 +204,10 @@ def test_objective_leaves_out_tasks_where_the_dense_base_is_at_chance():
     base, cand = _gate_score(near=0.33, clear=0.5, nll=1.0), _gate_score(near=0.1, clear=0.4, nll=2.0)
     ev = _canned_evaluator(2.0, base, cand)
     assert [t.name for t in ev.objective_tasks()] == ["clear", "ppl"]
-    assert set(ev.losses(cand)) == {"clear", "ppl"}
-    assert ev.retention(cand, base) == pytest.approx((0.4 / 0.5 + math.exp(1.0) / math.exp(2.0)) / 2)
+    assert ev.losses(cand, base) == pytest.approx({"clear": -math.log(0.15 / 0.25), "ppl": 1.0})
+    # geometric mean of the counted log ratios: clear log(0.15 / 0.25), ppl 1.0 - 2.0
+    assert ev.retention(cand, base) == pytest.approx(math.exp((math.log(0.15 / 0.25) - 1.0) / 2))
     every = _canned_evaluator(0.0, base, cand)
-    assert len(every.objective_tasks()) == 3 and set(every.losses(cand)) == {"near", "clear", "ppl"}
+    assert len(every.objective_tasks()) == 3 and set(every.losses(cand, base)) == {"near", "clear", "ppl"}
     # at chance everywhere but the perplexity task: that task alone is the objective
     assert [t.name for t in _canned_evaluator(9.0, base, cand).objective_tasks()] == ["ppl"]

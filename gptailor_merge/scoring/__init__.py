@@ -14,10 +14,12 @@ from gptailor_merge.scoring.evaluate import (
 )
 from gptailor_merge.scoring.examples import ChoiceExample, Example, TextExample
 from gptailor_merge.scoring.objectives import (
+    Retention,
     chance_level_tasks,
-    mean_retention,
-    retention,
-    retention_above_chance,
+    counted_tasks,
+    log_ratios,
+    mean_of_ratios,
+    symmetric_retention,
 )
 from gptailor_merge.scoring.tasks import TASKS, Task, load_task, register_task_dir
 
@@ -33,10 +35,12 @@ __all__ = [
     "load_model_folder",
     "load_task",
     "chance_level_tasks",
-    "mean_retention",
+    "Retention",
+    "counted_tasks",
+    "log_ratios",
+    "mean_of_ratios",
     "register_task_dir",
-    "retention",
-    "retention_above_chance",
+    "symmetric_retention",
     "score_to_json",
     "task_loss",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from torch import nn
 
 from gptailor_merge.errors import ModelNotFoundError, TaskError
 from gptailor_merge.scoring.examples import ChoiceExample, Kind, TextExample
-from gptailor_merge.scoring.multiple_choice import multiple_choice
-from gptailor_merge.scoring.perplexity import perplexity
+from gptailor_merge.scoring.multiple_choice import multiple_choice_details
+from gptailor_merge.scoring.perplexity import perplexity_details
 from gptailor_merge.scoring.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ class TaskScore:
 
     task: str
     metrics: dict[str, float]
+    # per example, in example order: `acc`/`acc_norm` (0/1) or `nll_sum`/`tokens`; what paired
+    # bootstrap intervals resample (scoring.yardstick). Not journaled: held-out rows keep it.
+    per_example: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,15 @@ def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "se
     examples = task.examples(split, n_examples)
     if task.kind == "multiple_choice":
         choice_examples = [ex for ex in examples if isinstance(ex, ChoiceExample)]
-        metrics = multiple_choice(model, tokenizer, choice_examples, batch_size=batch_size,
-                                  max_length=max_length, progress=progress, boundaries=boundaries)
+        metrics, per_example = multiple_choice_details(
+            model, tokenizer, choice_examples, batch_size=batch_size, max_length=max_length,
+            progress=progress, boundaries=boundaries)
     else:
         texts = [ex.text for ex in examples if isinstance(ex, TextExample)]
-        metrics = perplexity(model, tokenizer, texts, batch_size=batch_size,
-                             max_length=max_length, progress=progress, boundaries=boundaries)
-    return TaskScore(task.name, metrics)
+        metrics, per_example = perplexity_details(
+            model, tokenizer, texts, batch_size=batch_size, max_length=max_length,
+            progress=progress, boundaries=boundaries)
+    return TaskScore(task.name, metrics, per_example)
 
 
 def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,

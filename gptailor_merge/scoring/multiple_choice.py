@@ -103,6 +103,17 @@ def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceE
                     boundaries: Sequence[int] = ()) -> dict[str, float]:
     """`{"acc", "acc_norm", "n"}` over `examples`; `boundaries` (example counts) only change the
     batching: each becomes the request count of its examples' choices."""
+    return multiple_choice_details(model, tokenizer, examples, batch_size=batch_size,
+                                   max_length=max_length, progress=progress,
+                                   boundaries=boundaries)[0]
+
+
+def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample],
+                            *, batch_size: int = 16, max_length: int = 512,
+                            progress: bool = False, boundaries: Sequence[int] = ()
+                            ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
+    """`multiple_choice`'s metrics plus, per example, `acc` and `acc_norm` (1.0 right, 0.0 wrong):
+    paired intervals resample these."""
     if not examples:
         raise TaskError("no multiple-choice examples to score.")
     requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
@@ -112,14 +123,16 @@ def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceE
     lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, max_length=max_length,
                          progress=progress,
                          boundaries=[starts[b] for b in boundaries if 0 < b < len(examples)])
-    correct = correct_norm = 0
+    right: list[float] = []
+    right_norm: list[float] = []
     start = 0
     for ex in examples:
         scores = lls[start : start + len(ex.choices)]
         start += len(ex.choices)
-        correct += _argmax(scores) == ex.answer
+        right.append(float(_argmax(scores) == ex.answer))
         normed = [score / len(choice) for score, choice in zip(scores, ex.choices, strict=True)]
-        correct_norm += _argmax(normed) == ex.answer
+        right_norm.append(float(_argmax(normed) == ex.answer))
     n = len(examples)
-    logger.debug("multiple choice over %d examples: acc %d/%d", n, correct, n)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}
+    logger.debug("multiple choice over %d examples: acc %d/%d", n, sum(right), n)
+    metrics = {"acc": sum(right) / n, "acc_norm": sum(right_norm) / n, "n": n}
+    return metrics, {"acc": tuple(right), "acc_norm": tuple(right_norm)}

@@ -1,8 +1,10 @@
-"""Retention: a pruned model's scores relative to a reference (dense) model's, higher is better.
+"""The yardstick: a pruned model's scores against a reference (dense) model's, as log ratios.
 
-Multiple choice: acc / acc_ref (or above chance: (acc - chance) / (acc_ref - chance)); perplexity:
-ppl_ref / ppl, so 1.0 means as good as the reference. Takes two `Score`s, returns floats; an
-undefined ratio (reference at zero or at chance) is NaN with a warning.
+Per task a log ratio (perplexity: log(ppl_ref / ppl), minus the change in NLL per token; multiple
+choice: log((acc - chance) / (acc_ref - chance)), counted only where the reference beats chance by
+`chance_z` binomial standard errors, with acc - chance floored so a collapse costs a large finite
+penalty). `retention_sym` is exp(mean log ratio): a geometric mean, so a specialist that wins one
+task 3x and loses two 3x scores below 1, and on perplexity tasks A vs B = 1 / (B vs A).
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gptailor_merge.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
 from gptailor_merge.scoring.tasks import Task
 
 logger = logging.getLogger(__name__)
+
+# acc - chance is floored here (in accuracy units): a model at or below chance on a task the
+# reference solves scores log(0.01 / gap), a large finite penalty instead of -inf
+ABOVE_CHANCE_FLOOR = 0.01
+DEFAULT_CHANCE_Z = 2.0
 
 
 def _metric(score: Score, task: str, metric: str, which: str) -> float:
@@ -25,67 +33,128 @@ def _metric(score: Score, task: str, metric: str, which: str) -> float:
     return score.tasks[task].metrics[metric]
 
 
-_WARNED: set[str] = set()  # tasks already warned about: a search scores the same reference often
-
-
-def _ratio(numerator: float, denominator: float, task: str) -> float:
-    if denominator <= 0 or not math.isfinite(denominator) or not math.isfinite(numerator):
-        log = logger.debug if task in _WARNED else logger.warning
-        _WARNED.add(task)
-        log("retention of %s is undefined (%s / %s); using NaN", task, numerator,
-            denominator)
-        return math.nan
-    return numerator / denominator
-
-
-def retention(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc"
-              ) -> dict[str, float]:
-    """Per task: acc / acc_ref (`metric` picks acc or acc_norm) or ppl_ref / ppl."""
-    result = {}
-    for task in tasks:
-        if task.kind == "perplexity":
-            ppl, ppl_ref = (_metric(s, task.name, "ppl", w)
-                            for s, w in ((score, "pruned"), (reference, "reference")))
-            result[task.name] = _ratio(ppl_ref, ppl, task.name)
-        else:
-            acc, acc_ref = (_metric(s, task.name, metric, w)
-                            for s, w in ((score, "pruned"), (reference, "reference")))
-            result[task.name] = _ratio(acc, acc_ref, task.name)
-    return result
-
-
-def mean_retention(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc"
-                   ) -> float:
-    """The mean of `retention` over tasks (NaN if any task's is undefined)."""
-    values = list(retention(score, reference, tasks, metric=metric).values())
-    if not values:
-        raise TaskError("retention needs at least one task.")
-    return sum(values) / len(values)
-
-
-def retention_above_chance(score: Score, reference: Score, tasks: Sequence[Task], *,
-                           metric: str = "acc") -> dict[str, float]:
-    """Per multiple-choice task: (acc - chance) / (acc_ref - chance); perplexity tasks are skipped."""
-    result = {}
-    for task in tasks:
-        if task.kind != "multiple_choice":
-            continue
-        acc = _metric(score, task.name, metric, "pruned")
-        acc_ref = _metric(reference, task.name, metric, "reference")
-        result[task.name] = _ratio(acc - task.chance, acc_ref - task.chance, task.name)
-    return result
+def beats_chance(acc: float, chance: float, n: float, z: float) -> bool:
+    """acc is above chance by more than `z` binomial standard errors sqrt(c (1 - c) / n)."""
+    return acc - chance > z * math.sqrt(chance * (1.0 - chance) / max(n, 1.0))
 
 
 def chance_level_tasks(score: Score, tasks: Sequence[Task], *, z: float, metric: str = "acc"
                        ) -> list[str]:
     """Multiple-choice tasks on which `score` (the dense base's) does not beat chance by `z`
-    binomial standard errors, sqrt(chance * (1 - chance) / n): there a candidate's accuracy
-    differs from another's by noise, so a search that optimizes it fits noise."""
+    binomial standard errors: there a candidate's accuracy differs from another's by noise, so
+    they are reported but not counted."""
     out = []
     for task in tasks:
         if task.kind != "multiple_choice":
             continue
-        acc, n = _metric(score, task.name, metric, "reference"), score.tasks[task.name].metrics["n"]
-        if acc - task.chance <= z * math.sqrt(task.chance * (1.0 - task.chance) / n):
+        acc = _metric(score, task.name, metric, "reference")
+        if not beats_chance(acc, task.chance, score.tasks[task.name].metrics["n"], z):
             out.append(task.name)
     return out
+
+
+def counted_tasks(reference: Score, tasks: Sequence[Task], *, metric: str = "acc",
+                  chance_z: float = DEFAULT_CHANCE_Z) -> list[str]:
+    """The tasks the yardstick counts: every perplexity task, and the multiple-choice tasks on
+    which the reference beats chance by `chance_z` standard errors."""
+    at_chance = set(chance_level_tasks(reference, tasks, z=chance_z, metric=metric))
+    return [t.name for t in tasks if t.name not in at_chance]
+
+
+def mc_log_ratio(acc: float, acc_ref: float, chance: float) -> float:
+    """log((acc - c) / (acc_ref - c)) with acc - c floored; NaN where the reference is at chance."""
+    gap_ref = acc_ref - chance
+    if gap_ref <= 0:
+        return math.nan
+    return math.log(max(acc - chance, ABOVE_CHANCE_FLOOR) / gap_ref)
+
+
+def log_ratios(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc"
+               ) -> dict[str, float]:
+    """Per task, the log ratio against the reference (higher is better, 0 = as good)."""
+    out = {}
+    for task in tasks:
+        if task.kind == "perplexity":
+            nll = _metric(score, task.name, "nll", "pruned")
+            nll_ref = _metric(reference, task.name, "nll", "reference")
+            out[task.name] = nll_ref - nll if math.isfinite(nll) else -math.inf
+        else:
+            out[task.name] = mc_log_ratio(_metric(score, task.name, metric, "pruned"),
+                                          _metric(reference, task.name, metric, "reference"),
+                                          task.chance)
+    return out
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The yardstick of one model against a reference on one split."""
+
+    retention_sym: float  # exp(mean log ratio) over the counted tasks
+    retention_sym_text: float | None  # the same over the perplexity tasks alone
+    worst_task: tuple[str, float] | None  # (task, exp(log ratio)) of the lowest counted task
+    log_ratios: dict[str, float]  # every task, counted or not
+    counted: tuple[str, ...]
+
+    @property
+    def mean_log_ratio(self) -> float:
+        return math.log(self.retention_sym) if self.retention_sym > 0 else -math.inf
+
+    def to_dict(self) -> dict:
+        def r(v: float) -> float | None:
+            return round(v, 6) if v is not None and math.isfinite(v) else None
+
+        return {
+            "retention_sym": r(self.retention_sym),
+            "retention_sym_text": r(self.retention_sym_text),
+            "worst_task": ({"task": self.worst_task[0], "ratio": r(self.worst_task[1])}
+                           if self.worst_task else None),
+            "log_ratios": {k: r(v) for k, v in self.log_ratios.items()},
+            "counted_tasks": list(self.counted),
+        }
+
+
+def _geo(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.exp(mean) if mean < 700 else math.inf
+
+
+def symmetric_retention(score: Score, reference: Score, tasks: Sequence[Task], *,
+                        metric: str = "acc", chance_z: float = DEFAULT_CHANCE_Z,
+                        counted: Sequence[str] | None = None) -> Retention:
+    """`retention_sym`, `retention_sym_text` and `worst_task` of `score` against `reference`.
+    `counted` fixes the counted tasks (a search decides them once, at its top rung); by default
+    they are `counted_tasks(reference, ...)`."""
+    ratios = log_ratios(score, reference, tasks, metric=metric)
+    names = list(counted) if counted is not None else counted_tasks(
+        reference, tasks, metric=metric, chance_z=chance_z)
+    names = [n for n in names if n in ratios and not math.isnan(ratios[n])]
+    if not names:
+        raise TaskError("the yardstick counts no task: every multiple-choice task is at chance for "
+                        "the reference and there is no perplexity task. Add a perplexity task or "
+                        "more examples.")
+    kinds = {t.name: t.kind for t in tasks}
+    text = [ratios[n] for n in names if kinds[n] == "perplexity"]
+    worst = min(names, key=lambda n: ratios[n])
+    return Retention(
+        retention_sym=_geo([ratios[n] for n in names]),
+        retention_sym_text=_geo(text) if text else None,
+        worst_task=(worst, math.exp(ratios[worst])),
+        log_ratios=ratios,
+        counted=tuple(names),
+    )
+
+
+def mean_of_ratios(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc"
+                   ) -> float:
+    """The old arithmetic mean of score / reference (ppl_ref / ppl): secondary, never ranked on;
+    it rewards specialisation (a 3x win on one task outweighs 3x losses on two)."""
+    values = []
+    for task in tasks:
+        if task.kind == "perplexity":
+            values.append(_metric(reference, task.name, "ppl", "reference")
+                          / _metric(score, task.name, "ppl", "pruned"))
+        else:
+            ref = _metric(reference, task.name, metric, "reference")
+            values.append(_metric(score, task.name, metric, "pruned") / ref if ref > 0 else math.nan)
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

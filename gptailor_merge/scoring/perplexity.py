@@ -36,6 +36,16 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
                ) -> dict[str, float]:
     """`{"nll", "ppl", "n", "tokens"}` over `texts`; `tokens` counts the predicted tokens.
     `boundaries` (text counts) only change how texts are batched (see `scoring.batching`)."""
+    return perplexity_details(model, tokenizer, texts, batch_size=batch_size,
+                              max_length=max_length, progress=progress, boundaries=boundaries)[0]
+
+
+def perplexity_details(model: nn.Module, tokenizer: Any, texts: Sequence[str], *,
+                       batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                       boundaries: Sequence[int] = ()
+                       ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
+    """`perplexity`'s metrics plus, per text, `nll_sum` and `tokens`: paired intervals resample
+    texts and recompute the token-weighted NLL from these."""
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 to predict a token, got {max_length}.")
     sequences = [encode_text(tokenizer, text, max_length) for text in texts]
@@ -49,10 +59,14 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
     nlls = map_rows(model, sequences, row_nll, batch_size=batch_size,
                     pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="perplexity",
                     boundaries=boundaries)
-    tokens = sum(max(len(seq) - 1, 0) for seq in sequences)
+    counts = [max(len(seq) - 1, 0) for seq in sequences]
+    tokens = sum(counts)
     if tokens == 0:
         raise TaskError(f"no token to predict in {len(texts)} text samples; they tokenize to at "
                         f"most one token each (no BOS in this tokenizer?).")
-    nll = float(torch.stack(nlls).sum().item()) / tokens
+    stacked = torch.stack(nlls)
+    nll = float(stacked.sum().item()) / tokens
     logger.debug("perplexity over %d samples, %d tokens: nll %.4f", len(texts), tokens, nll)
-    return {"nll": nll, "ppl": math.exp(nll) if nll < 700 else math.inf, "n": len(texts), "tokens": tokens}
+    metrics = {"nll": nll, "ppl": math.exp(nll) if nll < 700 else math.inf, "n": len(texts),
+               "tokens": tokens}
+    return metrics, {"nll_sum": tuple(stacked.tolist()), "tokens": tuple(float(c) for c in counts)}

@@ -7,7 +7,10 @@ Fidelity: `task.examples(split, n)` is a prefix of the seeded order. No torch, n
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import json
 import logging
 import os
 import random
@@ -53,11 +56,25 @@ def shuffled(examples: Sequence[Example], seed: int) -> tuple[Example, ...]:
     return tuple(order)
 
 
+def example_key(example: Example) -> str:
+    """A stable hash of an example's content (the same on every machine and Python)."""
+    payload = json.dumps(dataclasses.asdict(example), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def split_examples(examples: Sequence[Example], seed: int) -> tuple[tuple[Example, ...], ...]:
-    """Seeded permutation; the first half (rounded down) is search, the rest held-out."""
-    order = shuffled(examples, seed)
-    half = len(order) // 2
-    return order[:half], order[half:]
+    """Search / held-out by a stable hash of each example's content, never by `seed`, so no seed
+    or command can move an example from one split to the other (equal examples share a split);
+    the seed only orders each split. A set too small for the hash to fill both splits is halved
+    by hash rank instead."""
+    keys = [example_key(ex) for ex in examples]
+    search = [ex for ex, k in zip(examples, keys, strict=True) if int(k[:8], 16) % 2 == 0]
+    heldout = [ex for ex, k in zip(examples, keys, strict=True) if int(k[:8], 16) % 2 == 1]
+    if len(examples) >= 2 and (not search or not heldout):
+        ranked = [ex for _, ex in sorted(zip(keys, examples, strict=True), key=lambda p: p[0])]
+        half = len(ranked) // 2
+        search, heldout = ranked[:half], ranked[half:]
+    return shuffled(search, seed), shuffled(heldout, seed)
 
 
 def make_task(name: str, search: Sequence[Example], heldout: Sequence[Example], source: str) -> Task:
