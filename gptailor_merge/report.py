@@ -18,6 +18,7 @@ from pathlib import Path
 from gptailor_merge.errors import ConfigError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, Trial
+from gptailor_merge.merge_methods import merge_method
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,7 @@ def layer_roles(genome: Genome, names: Sequence[str] | None = None) -> list[Laye
             parts = [names[j + 1] for j in spec.sources]
             if any(w != 1.0 for w in spec.weights):
                 parts = [f"{w:.3g}×{n}" for w, n in zip(spec.weights, parts)]
-            params = []
-            if genome.method != "linear":
-                params.append(f"λ={spec.lam:.3g}")
-            if genome.method == "ties":
-                params.append(f"density={spec.density:.3g}")
-            text = f"{genome.method}: {' + '.join(parts)}" + (f" ({', '.join(params)})" if params else "")
+            text = merge_method(genome.method).describe(spec, parts)
             roles.append(LayerRole(i, "merged", spec.sources, pos, text))
     return roles
 

@@ -15,15 +15,16 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
-from gptailor_merge.fast_merge import TaskArithmeticWorkspace
 from gptailor_merge.genome import Genome, LayerSpec
 from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+from gptailor_merge.merge_methods import merge_method
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Stitcher:
         self._cache: OrderedDict[tuple, nn.Module] = OrderedDict()
         # layers built / served from the cache; build_s: host seconds in build() (materialization)
         self.stats: dict[str, float] = {"built": 0, "cache_hits": 0, "build_s": 0.0}
-        self._task_arithmetic = TaskArithmeticWorkspace()
+        self._workspaces: dict[str, Any] = {}  # merge method -> its fast-path workspace
 
     def _find_layers(self) -> tuple[str, str]:
         """The module path of the decoder layer list, from mergekit's tensor names for layer 0."""
@@ -88,31 +89,27 @@ class Stitcher:
         return tensor_name[len(f"{self._layer_prefix}{layer_idx}.") :]
 
     def _merged_tensors(self, spec: LayerSpec, method: str) -> dict[str, torch.Tensor]:
-        """Layer tensors exactly as the recipe's mergekit method computes them."""
+        """Layer tensors exactly as the recipe's mergekit method computes them, with the slice
+        parameters the recipe writer uses (`MergeMethod.parameters`, one definition for both)."""
         from mergekit.merge_methods.api import merge_tensors
 
         fam = self.family
-        k = fam.n_candidates
-        weights = dict(zip(spec.sources, spec.weights))
-        # per-source parameters in mergekit's order: base first (linear only), then candidates
-        params: dict = {"weight": [weights.get(j, 0.0) for j in range(k)]}
-        if method == "linear":
-            params["weight"].insert(0, 0.0 if weights else 1.0)
-        else:
-            params["lambda"] = spec.lam
-        if method == "ties":
-            params["density"] = [spec.density if j in weights else 1.0 for j in range(k)]
+        entry = merge_method(method)
+        params = entry.parameters(spec, fam.n_candidates).merge_tensors_parameters(entry.base_is_input)
+        workspace = None
+        if entry.workspace is not None:  # the same ops as mergekit's, without its temporaries
+            workspace = self._workspaces.get(method) or self._workspaces.setdefault(method, entry.workspace())
         out = {}
         for name in fam.layer_tensor_names(spec.layer_idx):
             tensors = [m.tensor(name).to(self.device, self.dtype) for m in fam.members]
-            if method == "task_arithmetic":  # the same ops as mergekit's, without its temporaries
-                merged = self._task_arithmetic.merge(tensors[0], tensors[1:], params["weight"], spec.lam)
+            if workspace is not None:
+                merged = workspace.merge_group(tensors, params)
             else:
                 merged = merge_tensors(
                     tensors,
                     method,
                     parameters=params,
-                    base_index=0 if method != "linear" else None,
+                    base_index=None if entry.base_is_input else 0,
                     name=name,
                     dtype=self.dtype,
                     out_dtype=self.dtype,
