@@ -60,6 +60,24 @@ class LayerSpec:
         return (self.layer_idx, self.sources, self.lam, self.density, self.weights)
 
 
+LayerKey = tuple
+"""What one output position of a stitched model computes: `(LayerSpec.key(), method or None)`."""
+
+
+def layer_key(spec: LayerSpec, method: str | None) -> LayerKey:
+    """The identity of the layer module for `spec` when sourced layers go through `method` (None:
+    passthrough). The stitcher caches modules under it and prefix reuse caches hidden states under
+    it, so the two cannot drift. With merges anywhere every sourced layer is merged (a selection is
+    then `B + 1 * (C - B)`, not always bitwise `C`); a base layer is the base's own module whatever
+    the method, so its key drops the method and is shared more."""
+    return (spec.key(), method if spec.sources else None)
+
+
+def layer_keys(genome: Genome) -> tuple[LayerKey, ...]:
+    """`layer_key` of every output position of `genome`."""
+    return tuple(layer_key(spec, genome.layer_method) for spec in genome.layers)
+
+
 @dataclass(frozen=True)
 class Genome:
     """A tailoring of an `n_layers`-layer family with `n_candidates` fine-tunes of one base.
@@ -136,6 +154,11 @@ class Genome:
     @property
     def has_merges(self) -> bool:
         return any(spec.is_merge for spec in self.layers)
+
+    @property
+    def layer_method(self) -> str | None:
+        """The mergekit method every sourced layer goes through; None for a passthrough genome."""
+        return self.method if self.has_merges else None
 
     def to_dict(self) -> dict:
         """Plain JSON-able form; `Genome.from_dict` inverts it exactly."""
