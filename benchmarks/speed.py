@@ -84,7 +84,7 @@ def setup_torch(threads: int | None) -> None:
 
 def write_result(path: Path, result: dict) -> None:
     """The result JSON, written atomically (a killed run leaves the previous file whole)."""
-    from gptailor_merge.journal import write_json_atomic
+    from gptailor_merge.atomic import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)

@@ -8,13 +8,13 @@ config model ignores. No torch, no nevergrad.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gptailor_merge.atomic import write_text_atomic
 from gptailor_merge.errors import RecipeError
 from gptailor_merge.genome import Genome, LayerSpec
 from gptailor_merge.merge_methods import MERGE_METHODS, merge_method
@@ -82,13 +82,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename) so a killed run never leaves half a recipe."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.text)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, self.text)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<recipe>") -> Recipe:

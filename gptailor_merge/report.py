@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptailor_merge.atomic import atomic_path, write_text_atomic
 from gptailor_merge.errors import ConfigError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, Trial
@@ -105,12 +106,9 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Write the PNG to a temp name, then rename: a killed report never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_layer_map(genome: Genome, names: Sequence[str] | None, path: str | os.PathLike,
@@ -409,8 +407,6 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     else:
         lines += ["## Held-out results", "", "No summary.md yet (the run has not finished).", ""]
     out = run_dir / "report.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(lines))
     logger.info("wrote %s and %d figures in %s", out, len(list(figures.glob("*.png"))), figures)
     return out

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from gptailor_merge.architecture import DecoderLayout, set_config, tailored_config
+from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
 from gptailor_merge.genome import Genome, LayerSpec, layer_key
-from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+from gptailor_merge.materialize import copy_tokenizer, prepare_output
 from gptailor_merge.merge_methods import merge_method
 
 logger = logging.getLogger(__name__)

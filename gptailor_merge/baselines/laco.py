@@ -20,10 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gptailor_merge.architecture import DecoderLayout
+from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
 from gptailor_merge.baselines.hidden import final_hidden_batches, token_cosine
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+from gptailor_merge.materialize import copy_tokenizer, prepare_output
 from gptailor_merge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
