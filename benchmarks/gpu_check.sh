@@ -156,7 +156,7 @@ first, second = evaluator.calls[0].genome, evaluator.calls[-1].genome
 ids = torch.randint(3, 300, (4, 64), generator=torch.Generator().manual_seed(0)).to(device)
 mask = torch.ones_like(ids)
 mask[1, 40:] = 0
-reuse = PrefixReuse(1 << 30)
+reuse = PrefixReuse()  # DEFAULT_PREFIX_CACHE_BYTES
 equal, worst = True, 0.0
 for genome in (first, second, first):
     built = stitcher.build(genome)

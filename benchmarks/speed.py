@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gptailor_merge.genome import Genome  # noqa: E402
-from gptailor_merge.prefix import layer_keys  # noqa: E402
+from gptailor_merge.prefix import DEFAULT_PREFIX_CACHE_BYTES, layer_keys  # noqa: E402
 from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
 from gptailor_merge.search import Evaluator, run_search  # noqa: E402
 from gptailor_merge.space import SearchSpace  # noqa: E402
@@ -84,7 +84,7 @@ def setup_torch(threads: int | None) -> None:
 
 def write_result(path: Path, result: dict) -> None:
     """The result JSON, written atomically (a killed run leaves the previous file whole)."""
-    from gptailor_merge.journal import write_json_atomic
+    from gptailor_merge.atomic import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
@@ -539,7 +539,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
-    p.add_argument("--prefix-bytes", type=int, default=1 << 30)
+    p.add_argument("--prefix-bytes", type=int, default=DEFAULT_PREFIX_CACHE_BYTES)
     p.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
                    help="score only these of the family's tasks (e.g. ppl_prose ppl_code ppl_math)")
     p.add_argument("--stitch-cache", type=int, default=256,

@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import MERGE_METHOD_NAMES
+from gptailor_merge.merge_methods import MERGE_METHODS
+from gptailor_merge.registry import did_you_mean
 
 DEMO = "demo"
 DEMO_TASKS = ("prose_cloze", "code_next_line", "math_answer", "ppl_prose", "ppl_code", "ppl_math")
@@ -107,15 +108,14 @@ class SearchConfig(_Strict):
                              "serially without Ray; set workers to the number of Ray actors to start")
         names = optimizer_names()
         if self.optimizer not in names:
-            import difflib
-
-            close = difflib.get_close_matches(self.optimizer, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(self.optimizer, names)
             raise ValueError(f"unknown optimizer {self.optimizer!r}: not in nevergrad's registry.{hint} "
                              f"Tested here: {', '.join(OPTIMIZERS)}")
-        bad = [m for m in self.merge_methods if m not in MERGE_METHOD_NAMES]
-        if bad or not self.merge_methods:
-            raise ValueError(f"unknown merge method(s) {bad}; choose from {', '.join(MERGE_METHOD_NAMES)}")
+        if not self.merge_methods:
+            raise ValueError(f"merge_methods is empty; choose from {', '.join(MERGE_METHODS.names())}")
+        for method in self.merge_methods:
+            if method not in MERGE_METHODS:
+                raise ValueError(MERGE_METHODS.unknown_message(method))
         return self
 
     def rungs(self) -> list[int]:

@@ -30,6 +30,11 @@ class TaskArithmeticWorkspace:
             return torch.empty(numel, dtype=like.dtype, device=like.device)
         return current
 
+    def merge_group(self, tensors: Sequence[torch.Tensor], parameters: dict) -> torch.Tensor:
+        """`merge_tensors(tensors, "task_arithmetic", parameters=..., base_index=0)`, bitwise: base
+        first, `parameters` as `SliceParameters.merge_tensors_parameters` gives them."""
+        return self.merge(tensors[0], tensors[1:], parameters["weight"], parameters.get("lambda", 1.0))
+
     def merge(self, base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
               lam: float) -> torch.Tensor:
         """mergekit: deltas[i] = t_i - base; deltas *= weights; mixed = deltas.sum(0);

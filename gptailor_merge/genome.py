@@ -1,7 +1,8 @@
 """The tailoring (genome) of a family: which layers stay, and where each kept layer comes from.
 
-Pure data over ints and floats (DESIGN.md section 1); no torch, no mergekit, no nevergrad. Every
-other stage (space, recipe, stitcher, journal) speaks in Genomes, so the invariants live here.
+Pure data over ints and floats (DESIGN.md section 1); no torch, no nevergrad. Which merge methods
+exist and which parameters each reads comes from the registry in `merge_methods`. Every other stage
+(space, recipe, stitcher, journal) speaks in Genomes, so the invariants live here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from gptailor_merge.errors import GenomeError
+from gptailor_merge.merge_methods import GENOME_PARAMS, MERGE_METHODS
 
-MERGE_METHOD_NAMES = ("task_arithmetic", "ties", "linear")
-"""The mergekit methods a merged layer may use (mergekit's own names)."""
-
-LAMBDA_RANGE = (0.0, 2.0)
-DENSITY_RANGE = (0.0, 1.0)
+LAMBDA_RANGE = GENOME_PARAMS["lam"].valid
+DENSITY_RANGE = GENOME_PARAMS["density"].valid
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,24 @@ class LayerSpec:
         return (self.layer_idx, self.sources, self.lam, self.density, self.weights)
 
 
+LayerKey = tuple
+"""What one output position of a stitched model computes: `(LayerSpec.key(), method or None)`."""
+
+
+def layer_key(spec: LayerSpec, method: str | None) -> LayerKey:
+    """The identity of the layer module for `spec` when sourced layers go through `method` (None:
+    passthrough). The stitcher caches modules under it and prefix reuse caches hidden states under
+    it, so the two cannot drift. With merges anywhere every sourced layer is merged (a selection is
+    then `B + 1 * (C - B)`, not always bitwise `C`); a base layer is the base's own module whatever
+    the method, so its key drops the method and is shared more."""
+    return (spec.key(), method if spec.sources else None)
+
+
+def layer_keys(genome: Genome) -> tuple[LayerKey, ...]:
+    """`layer_key` of every output position of `genome`."""
+    return tuple(layer_key(spec, genome.layer_method) for spec in genome.layers)
+
+
 @dataclass(frozen=True)
 class Genome:
     """A tailoring of an `n_layers`-layer family with `n_candidates` fine-tunes of one base.
@@ -75,9 +92,11 @@ class Genome:
     method: str = "task_arithmetic"
 
     def __post_init__(self) -> None:
+        if self.method not in MERGE_METHODS:
+            raise GenomeError(MERGE_METHODS.unknown_message(self.method))
         # parameters the method does not use are canonicalised, so equal tailorings compare equal
-        unused = {"linear": {"lam": 1.0, "density": 1.0}, "task_arithmetic": {"density": 1.0}}
-        drop = unused.get(self.method, {})
+        used = MERGE_METHODS.get(self.method).genome_params
+        drop = {p: 1.0 for p in ("lam", "density") if p not in used}
         object.__setattr__(self, "layers", tuple(replace(s, **drop) for s in self.layers))
         self.validate()
 
@@ -135,6 +154,11 @@ class Genome:
     @property
     def has_merges(self) -> bool:
         return any(spec.is_merge for spec in self.layers)
+
+    @property
+    def layer_method(self) -> str | None:
+        """The mergekit method every sourced layer goes through; None for a passthrough genome."""
+        return self.method if self.has_merges else None
 
     def to_dict(self) -> dict:
         """Plain JSON-able form; `Genome.from_dict` inverts it exactly."""
@@ -210,10 +234,6 @@ class Genome:
             raise GenomeError(f"a family needs at least one layer, got n_layers={self.n_layers}")
         if self.n_candidates < 0:
             raise GenomeError(f"n_candidates must be >= 0, got {self.n_candidates}")
-        if self.method not in MERGE_METHOD_NAMES:
-            raise GenomeError(
-                f"unknown merge method {self.method!r}; use one of {', '.join(MERGE_METHOD_NAMES)}"
-            )
         if not self.layers:
             raise GenomeError(
                 f"a genome must keep at least one of its {self.n_layers} layers; lower the removal target"

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gptailor_merge.atomic import write_json_atomic  # noqa: F401  (run.json / summary.json writers import it here)
 from gptailor_merge.errors import ResumeError
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,3 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
 
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)

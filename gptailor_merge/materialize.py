@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.errors import OutputExistsError, RecipeError
 from gptailor_merge.recipe import Recipe
 
@@ -39,18 +39,6 @@ def prepare_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
                 "--overwrite to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def temp_sibling(out: Path) -> Path:
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-
-
-def commit_folder(tmp: Path, out: Path) -> Path:
-    """Move a finished temp folder into place (replacing an old one)."""
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
     return out
 
 

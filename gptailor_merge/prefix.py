@@ -2,14 +2,13 @@
 
 `PrefixCache` keeps those hidden states (LRU, bounded in bytes), keyed by the layer-spec prefix and
 the exact input batch; `PrefixReuse.wrap(model, genome)` returns a model-like module that runs
-embed -> layers -> norm -> lm_head itself, as `LlamaModel.forward` does without a KV cache, starting
-after the deepest cached prefix. Llama and Mistral only; other architectures get the plain model.
+the model's forward layer by layer (`architecture.LayerwiseForward`), starting after the deepest
+cached prefix. Architectures it does not reproduce get the plain model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,26 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptailor_merge.architecture import LAYERWISE_MODEL_TYPES, LayerwiseForward
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import Genome
+from gptailor_merge.genome import Genome, LayerKey, layer_keys
+
+__all__ = ["DEFAULT_PREFIX_CACHE_BYTES", "LayerKey", "PrefixCache", "PrefixCachedLM", "PrefixReuse",
+           "PrefixStats", "batch_key", "layer_keys"]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-"""Architectures whose forward this module reproduces exactly (tests/test_prefix.py proves it)."""
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+"""Prefix-cache bound (1 GiB) of the search's and the baselines' evaluators unless they are given one."""
 
-LayerKey = tuple  # (LayerSpec.key(), method or None): what one output position computes
-
-
-def layer_keys(genome: Genome) -> tuple[LayerKey, ...]:
-    """Per output position, the identity of the layer module the stitcher puts there.
-
-    Mirrors `Stitcher.build`: with merges anywhere every sourced layer goes through the genome's
-    merge method (a selection is then `B + 1 * (C - B)`, not always bitwise `C`); a base layer is
-    the base's own module whatever the method, so its key drops the method and is shared more.
-    """
-    method = genome.method if genome.has_merges else None
-    return tuple((spec.key(), method if spec.sources else None) for spec in genome.layers)
+SUPPORTED_MODEL_TYPES = LAYERWISE_MODEL_TYPES
 
 
 def batch_key(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> bytes:
@@ -148,18 +140,6 @@ class PrefixCache:
         self.nbytes = 0
 
 
-def _mask_function(config: Any):
-    from transformers import masking_utils
-
-    if config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
-        return masking_utils.create_sliding_window_causal_mask
-    return masking_utils.create_causal_mask
-
-
-def _accepted(fn: Any) -> set[str]:
-    return set(inspect.signature(fn).parameters)
-
-
 class PrefixCachedLM(nn.Module):
     """A stitched causal LM that resumes from cached hidden states; called like the model itself.
 
@@ -171,21 +151,12 @@ class PrefixCachedLM(nn.Module):
     def __init__(self, model: nn.Module, keys: Sequence[LayerKey], cache: PrefixCache) -> None:
         super().__init__()
         self.model = model
-        self.__dict__["inner"] = model.get_submodule("model")  # a view into `model`, not a 2nd child
-        self.layers = list(self.inner.layers)
+        self.__dict__["steps"] = LayerwiseForward(model)  # views into `model`, not a 2nd child
+        self.layers = self.steps.layers
         if len(self.layers) != len(keys):
             raise ConfigError(f"model has {len(self.layers)} layers, the genome keeps {len(keys)}.")
         self.cache = cache
         self.prefix_ids = cache.prefix_ids(keys)
-        self._mask_fn = _mask_function(self.inner.config)
-        mask_params = _accepted(self._mask_fn)
-        layer_params = _accepted(type(self.layers[0]).forward) if self.layers else set()
-        # transformers renamed past_key_values -> cache and input_embeds -> inputs_embeds over 4.x/5.x
-        self._cache_name = "cache" if "cache" in mask_params else "past_key_values"
-        self._embeds_name = "inputs_embeds" if "inputs_embeds" in mask_params else "input_embeds"
-        self._mask_wants_positions = "cache_position" in mask_params
-        self._layer_cache_name = "cache" if "cache" in layer_params else "past_key_values"
-        self._layer_wants_positions = "cache_position" in layer_params
 
     @property
     def config(self):
@@ -196,43 +167,28 @@ class PrefixCachedLM(nn.Module):
                 **_: Any):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        cache, inner, n_layers = self.cache, self.inner, len(self.layers)
+        cache, steps, n_layers = self.cache, self.steps, len(self.layers)
         batch = batch_key(input_ids, attention_mask)
         depth, hidden = cache.lookup(self.prefix_ids, batch) if cache.max_bytes else (0, None)
-        inputs_embeds = inner.embed_tokens(input_ids) if hidden is None else None
-        if hidden is not None and hidden.device != input_ids.device:
-            hidden = hidden.to(input_ids.device)
-        reference = inputs_embeds if hidden is None else hidden  # dtype and device for mask / rope
-        seq_len = input_ids.shape[1]
-        cache_position = torch.arange(seq_len, device=input_ids.device)
-        position_ids = cache_position.unsqueeze(0)
-        mask_kwargs = {"config": inner.config, self._embeds_name: reference,
-                       "attention_mask": attention_mask, self._cache_name: None,
-                       "position_ids": position_ids}
-        if self._mask_wants_positions:
-            mask_kwargs["cache_position"] = cache_position
-        causal_mask = self._mask_fn(**mask_kwargs)
-        position_embeddings = inner.rotary_emb(reference, position_ids=position_ids)
-        layer_kwargs = {"attention_mask": causal_mask, "position_ids": position_ids,
-                        self._layer_cache_name: None, "use_cache": False,
-                        "position_embeddings": position_embeddings}
-        if self._layer_wants_positions:
-            layer_kwargs["cache_position"] = cache_position
-        hidden_states = inputs_embeds if hidden is None else hidden
+        if hidden is None:
+            hidden_states = steps.embed(input_ids)
+        else:
+            hidden_states = hidden.to(input_ids.device) if hidden.device != input_ids.device else hidden
+        # masks and rotary embeddings take dtype and device from the hidden states
+        layer_kwargs = steps.layer_kwargs(hidden_states, attention_mask)
         for position in range(depth, n_layers):
-            hidden_states = self.layers[position](hidden_states, **layer_kwargs)
+            hidden_states = self.layers[position](hidden_states, **layer_kwargs[position])
             if cache.wants(position + 1, n_layers):
                 cache.store(self.prefix_ids[position], batch, hidden_states)
         cache.stats.skipped += depth
         cache.stats.computed += n_layers - depth
-        hidden_states = inner.norm(hidden_states)
-        return CausalLMOutputWithPast(logits=self.model.lm_head(hidden_states))
+        return CausalLMOutputWithPast(logits=steps.head(hidden_states))
 
 
 class PrefixReuse:
     """One prefix cache for one stitcher's candidates; `wrap` makes a stitched model reuse it."""
 
-    def __init__(self, max_bytes: int = 1 << 30, *, stride: int = 1,
+    def __init__(self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, *, stride: int = 1,
                  storage_device: str | torch.device | None = None) -> None:
         self.cache = PrefixCache(max_bytes, stride=stride, storage_device=storage_device)
         self._warned: set[str] = set()
@@ -243,10 +199,7 @@ class PrefixReuse:
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return (getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
-                and hasattr(model, "lm_head") and hasattr(model, "model")
-                and hasattr(model.model, "layers") and hasattr(model.model, "rotary_emb"))
+        return LayerwiseForward.supports(model)
 
     def wrap(self, model: nn.Module, genome: Genome) -> nn.Module:
         """`model` (just built from `genome`) with prefix reuse, or `model` itself if unsupported."""

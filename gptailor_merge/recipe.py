@@ -8,15 +8,16 @@ config model ignores. No torch, no nevergrad.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gptailor_merge.atomic import write_text_atomic
 from gptailor_merge.errors import RecipeError
-from gptailor_merge.genome import MERGE_METHOD_NAMES, Genome, LayerSpec
+from gptailor_merge.genome import Genome, LayerSpec
+from gptailor_merge.merge_methods import MERGE_METHODS, merge_method
 
 META_KEY = "gptailor"
 FORMAT_VERSION = 1
@@ -81,13 +82,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename) so a killed run never leaves half a recipe."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.text)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, self.text)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<recipe>") -> Recipe:
@@ -176,21 +171,18 @@ def _runs(genome: Genome) -> list[list[LayerSpec]]:
 
 
 def _merge_slice(refs: FamilyRefs, genome: Genome, lo: int, hi: int, spec: LayerSpec | None) -> dict:
-    """A slice listing base and every candidate (same sources in every slice, see DESIGN.md)."""
-    selected = {} if spec is None else dict(zip(spec.sources, spec.weights))
+    """A slice listing base and every candidate (same sources in every slice, see DESIGN.md), with
+    the parameters the method's registry entry gives (the stitcher merges with the same ones)."""
+    params = merge_method(genome.method).parameters(spec, len(refs.candidates))
     sources = []
-    base_entry: dict = {"model": refs.base, "layer_range": [lo, hi]}
-    if genome.method == "linear":
-        base_entry["parameters"] = {"weight": 0.0 if selected else 1.0}
-    sources.append(base_entry)
-    for j, model in enumerate(refs.candidates):
-        params: dict = {"weight": float(selected.get(j, 0.0))}
-        if genome.method == "ties":
-            params["density"] = float(spec.density) if (spec and j in selected) else 1.0
-        sources.append({"model": model, "layer_range": [lo, hi], "parameters": params})
+    for model, source_params in zip((refs.base, *refs.candidates), params.per_source):
+        entry: dict = {"model": model, "layer_range": [lo, hi]}
+        if source_params:
+            entry["parameters"] = dict(source_params)
+        sources.append(entry)
     out: dict = {"sources": sources}
-    if genome.method != "linear":
-        out["parameters"] = {"lambda": float(spec.lam) if spec is not None else 1.0}
+    if params.shared:
+        out["parameters"] = dict(params.shared)
     return out
 
 
@@ -277,7 +269,7 @@ def recipe_to_genome(recipe: Recipe, refs: FamilyRefs | None = None) -> Genome:
     L = refs.n_layers
     index = {refs.base: None, **{m: j for j, m in enumerate(refs.candidates)}}
     method = str(data["merge_method"])
-    genome_method = recipe.metadata.get("method", method if method in MERGE_METHOD_NAMES else "task_arithmetic")
+    genome_method = recipe.metadata.get("method", method if method in MERGE_METHODS else "task_arithmetic")
     global_params = data.get("parameters") or {}
     layers: list[LayerSpec] = []
     for s_i, slice_ in enumerate(data["slices"]):
@@ -305,10 +297,10 @@ def recipe_to_genome(recipe: Recipe, refs: FamilyRefs | None = None) -> Genome:
             j = index[str(sources[0]["model"])]
             layers.extend(LayerSpec(i, () if j is None else (j,)) for i in range(lo, hi))
             continue
-        if method not in MERGE_METHOD_NAMES:
+        if method not in MERGE_METHODS:
             raise RecipeError(
                 f"merge_method {method!r} is not a tailoring; use passthrough or one of "
-                f"{', '.join(MERGE_METHOD_NAMES)}"
+                f"{', '.join(MERGE_METHODS.names())}"
             )
         slice_params = {**global_params, **(slice_.get("parameters") or {})}
         chosen: list[int] = []

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` Did you mean 'x'?` for the closest known name, or "" when none is close (one wording
+    for every lookup of a name: registries, optimizers, demo presets)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class Registry(Generic[T]):
@@ -32,11 +39,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}."
-            ) from None
+            raise KeyError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        """What `get` says of a name it does not know: the name, a did-you-mean, the known names."""
+        return f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} Known: {', '.join(self.names())}."
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptailor_merge.atomic import atomic_path, write_text_atomic
 from gptailor_merge.errors import ConfigError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, Trial
+from gptailor_merge.merge_methods import merge_method
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +80,7 @@ def layer_roles(genome: Genome, names: Sequence[str] | None = None) -> list[Laye
             parts = [names[j + 1] for j in spec.sources]
             if any(w != 1.0 for w in spec.weights):
                 parts = [f"{w:.3g}×{n}" for w, n in zip(spec.weights, parts)]
-            params = []
-            if genome.method != "linear":
-                params.append(f"λ={spec.lam:.3g}")
-            if genome.method == "ties":
-                params.append(f"density={spec.density:.3g}")
-            text = f"{genome.method}: {' + '.join(parts)}" + (f" ({', '.join(params)})" if params else "")
+            text = merge_method(genome.method).describe(spec, parts)
             roles.append(LayerRole(i, "merged", spec.sources, pos, text))
     return roles
 
@@ -109,12 +106,9 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Write the PNG to a temp name, then rename: a killed report never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_layer_map(genome: Genome, names: Sequence[str] | None, path: str | os.PathLike,
@@ -413,8 +407,6 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     else:
         lines += ["## Held-out results", "", "No summary.md yet (the run has not finished).", ""]
     out = run_dir / "report.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(lines))
     logger.info("wrote %s and %d figures in %s", out, len(list(figures.glob("*.png"))), figures)
     return out

@@ -22,7 +22,7 @@ import numpy as np
 from gptailor_merge.errors import ResumeError
 from gptailor_merge.genome import Genome
 from gptailor_merge.journal import Journal, RungResult, Trial
-from gptailor_merge.prefix import PrefixReuse
+from gptailor_merge.prefix import DEFAULT_PREFIX_CACHE_BYTES, PrefixReuse
 from gptailor_merge.scoring import (
     Score,
     Task,
@@ -48,7 +48,7 @@ class Evaluator:
     metric: str = "acc"
     # hidden states of shared leading layers, reused across candidates (gptailor_merge/prefix.py);
     # scores are bitwise the same with or without it. 0 bytes turns it off.
-    prefix_cache_bytes: int = 1 << 30
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
     # the search split's rung budgets: batching restarts at each (scoring.evaluate_model), so a
     # promoted candidate's earlier batches repeat exactly and come from the prefix cache
     rungs: Sequence[int] = ()

@@ -2,7 +2,8 @@
 
 Removal is a random-key encoding: one score per layer, the `n_remove` lowest are removed, so every
 proposal keeps exactly the target count. Sources are a per-layer bitmask Choice over candidate
-subsets; lambda (and TIES density) are bounded per-layer arrays. Seeds: the paper's removal orders.
+subsets; the merge parameters the methods' registry entries search (lambda, density) are bounded
+per-layer arrays. Seeds: the paper's removal orders.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import nevergrad as ng
 import numpy as np
 
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import MERGE_METHOD_NAMES, Genome, LayerSpec
+from gptailor_merge.genome import Genome, LayerSpec
+from gptailor_merge.merge_methods import MERGE_METHODS, searched_params
 
 _KEEP_KEY, _REMOVE_KEY = 0.9, 0.1
 
@@ -35,9 +37,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not 1 <= self.n_keep <= self.n_layers:
             raise ConfigError(f"cannot keep {self.n_keep} of {self.n_layers} layers; choose 1..{self.n_layers}")
-        unknown = [m for m in self.methods if m not in MERGE_METHOD_NAMES]
+        unknown = [m for m in self.methods if m not in MERGE_METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"unknown merge method(s) {unknown}; choose from {', '.join(MERGE_METHOD_NAMES)}")
+            raise ConfigError(f"unknown merge method(s) {unknown}; choose from {', '.join(MERGE_METHODS.names())}")
         lo, hi = self.lambda_range
         if not 0 < lo <= hi <= 2:
             raise ConfigError(f"lambda_range {self.lambda_range} must satisfy 0 < low <= high <= 2")
@@ -59,6 +61,11 @@ class SearchSpace:
                 out.append(subset)
         return tuple(sorted(out, key=lambda s: (len(s), s)))
 
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """Per-layer merge parameters the methods' registry entries vary (e.g. lam, density)."""
+        return searched_params(self.methods)
+
     # ---- nevergrad ------------------------------------------------------------------------
     def parametrization(self, seed: int) -> ng.p.Dict:
         L = self.n_layers
@@ -66,8 +73,8 @@ class SearchSpace:
         if len(self.subsets) > 1:
             parts["sources"] = ng.p.Choice(range(len(self.subsets)), repetitions=L, deterministic=True)
             lo, hi = self.lambda_range
-            parts["lam"] = ng.p.Array(shape=(L,), lower=lo, upper=hi) if lo < hi else None
-            if "ties" in self.methods:
+            parts["lam"] = ng.p.Array(shape=(L,), lower=lo, upper=hi) if lo < hi and "lam" in self.searched else None
+            if "density" in self.searched:
                 lo, hi = self.density_range
                 parts["density"] = ng.p.Array(shape=(L,), lower=lo, upper=hi)
             if len(self.methods) > 1:
@@ -109,9 +116,9 @@ class SearchSpace:
             index = {s: k for k, s in enumerate(subsets)}
             lo, hi = self.lambda_range
             value["sources"] = tuple(index.get(kept[i].sources, 0) if i in kept else 0 for i in range(self.n_layers))
-            if lo < hi:
+            if lo < hi and "lam" in self.searched:
                 value["lam"] = np.array([min(max(kept[i].lam, lo), hi) if i in kept else lo for i in range(self.n_layers)])
-            if "ties" in self.methods:
+            if "density" in self.searched:
                 dlo, dhi = self.density_range
                 value["density"] = np.array(
                     [min(max(kept[i].density, dlo), dhi) if i in kept else dhi for i in range(self.n_layers)]

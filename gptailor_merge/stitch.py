@@ -15,15 +15,18 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from gptailor_merge.architecture import DecoderLayout, set_config, tailored_config
+from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
-from gptailor_merge.fast_merge import TaskArithmeticWorkspace
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+from gptailor_merge.genome import Genome, LayerSpec, layer_key
+from gptailor_merge.materialize import copy_tokenizer, prepare_output
+from gptailor_merge.merge_methods import merge_method
 
 logger = logging.getLogger(__name__)
 
@@ -67,63 +70,48 @@ class Stitcher:
             model = AutoModelForCausalLM.from_pretrained(family.base.path, dtype=self.dtype)
         self.model = model
         self.model.to(self.device).eval()
-        self._layers_path, self._layer_prefix = self._find_layers()
-        self._base_layers = list(self.model.get_submodule(self._layers_path))
+        self.layout = DecoderLayout.of_family(family)
+        self._base_layers = list(self.layout.layers(self.model))
         self._base_config = copy.deepcopy(self.model.config)
         self._cache: OrderedDict[tuple, nn.Module] = OrderedDict()
         # layers built / served from the cache; build_s: host seconds in build() (materialization)
         self.stats: dict[str, float] = {"built": 0, "cache_hits": 0, "build_s": 0.0}
-        self._task_arithmetic = TaskArithmeticWorkspace()
-
-    def _find_layers(self) -> tuple[str, str]:
-        """The module path of the decoder layer list, from mergekit's tensor names for layer 0."""
-        name = self.family.layer_tensor_names(0)[0]  # e.g. model.layers.0.self_attn.q_proj.weight
-        head, sep, _ = name.partition(".0.")
-        if not sep:
-            raise GenomeError(f"cannot find the layer list from tensor name {name!r}")
-        return head, head + "."
+        self._workspaces: dict[str, Any] = {}  # merge method -> its fast-path workspace
 
     # ---- layers -----------------------------------------------------------------------------
-    def _relative(self, layer_idx: int, tensor_name: str) -> str:
-        return tensor_name[len(f"{self._layer_prefix}{layer_idx}.") :]
-
     def _merged_tensors(self, spec: LayerSpec, method: str) -> dict[str, torch.Tensor]:
-        """Layer tensors exactly as the recipe's mergekit method computes them."""
+        """Layer tensors exactly as the recipe's mergekit method computes them, with the slice
+        parameters the recipe writer uses (`MergeMethod.parameters`, one definition for both)."""
         from mergekit.merge_methods.api import merge_tensors
 
         fam = self.family
-        k = fam.n_candidates
-        weights = dict(zip(spec.sources, spec.weights))
-        # per-source parameters in mergekit's order: base first (linear only), then candidates
-        params: dict = {"weight": [weights.get(j, 0.0) for j in range(k)]}
-        if method == "linear":
-            params["weight"].insert(0, 0.0 if weights else 1.0)
-        else:
-            params["lambda"] = spec.lam
-        if method == "ties":
-            params["density"] = [spec.density if j in weights else 1.0 for j in range(k)]
+        entry = merge_method(method)
+        params = entry.parameters(spec, fam.n_candidates).merge_tensors_parameters(entry.base_is_input)
+        workspace = None
+        if entry.workspace is not None:  # the same ops as mergekit's, without its temporaries
+            workspace = self._workspaces.get(method) or self._workspaces.setdefault(method, entry.workspace())
         out = {}
         for name in fam.layer_tensor_names(spec.layer_idx):
             tensors = [m.tensor(name).to(self.device, self.dtype) for m in fam.members]
-            if method == "task_arithmetic":  # the same ops as mergekit's, without its temporaries
-                merged = self._task_arithmetic.merge(tensors[0], tensors[1:], params["weight"], spec.lam)
+            if workspace is not None:
+                merged = workspace.merge_group(tensors, params)
             else:
                 merged = merge_tensors(
                     tensors,
                     method,
                     parameters=params,
-                    base_index=0 if method != "linear" else None,
+                    base_index=None if entry.base_is_input else 0,
                     name=name,
                     dtype=self.dtype,
                     out_dtype=self.dtype,
                 )
-            out[self._relative(spec.layer_idx, name)] = merged
+            out[self.layout.relative(spec.layer_idx, name)] = merged
         return out
 
     def _selected_tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
         member = self.family.candidates[spec.sources[0]]
         return {
-            self._relative(spec.layer_idx, name): member.tensor(name).to(self.device, self.dtype)
+            self.layout.relative(spec.layer_idx, name): member.tensor(name).to(self.device, self.dtype)
             for name in self.family.layer_tensor_names(spec.layer_idx)
         }
 
@@ -149,7 +137,7 @@ class Stitcher:
         """The decoder layer for `spec`; `method` None means passthrough (no merging anywhere)."""
         if not spec.sources:
             return self._base_layers[spec.layer_idx]  # base + 0 * delta is the base, exactly
-        key = (spec.key(), method)
+        key = layer_key(spec, method)
         module = self._cache.get(key)
         if module is not None:
             self._cache.move_to_end(key)
@@ -186,28 +174,10 @@ class Stitcher:
                 f"genome is for {genome.n_layers} layers / {genome.n_candidates} candidates, "
                 f"the family has {fam.n_layers} / {fam.n_candidates}"
             )
-        method = genome.method if genome.has_merges else None
-        modules = [self.layer_module(spec, method) for spec in genome.layers]
-        for position, module in enumerate(modules):
-            for sub in module.modules():
-                if hasattr(sub, "layer_idx"):
-                    sub.layer_idx = position
-        parent_path, _, attr = self._layers_path.rpartition(".")
-        parent = self.model.get_submodule(parent_path) if parent_path else self.model
-        setattr(parent, attr, nn.ModuleList(modules))
-        self.model.config = self._config_for(genome)
-        for sub in self.model.modules():
-            if sub is not self.model and getattr(sub, "config", None) is not None and hasattr(sub.config, "num_hidden_layers"):
-                sub.config = self.model.config
+        modules = [self.layer_module(spec, genome.layer_method) for spec in genome.layers]
+        self.layout.set_layers(self.model, modules)
+        set_config(self.model, tailored_config(self._base_config, genome.kept))
         return self.model
-
-    def _config_for(self, genome: Genome):
-        config = copy.deepcopy(self._base_config)
-        config.num_hidden_layers = genome.n_kept
-        layer_types = getattr(config, "layer_types", None)
-        if isinstance(layer_types, list) and len(layer_types) == genome.n_layers:
-            config.layer_types = [layer_types[i] for i in genome.kept]
-        return config
 
     def save(self, genome: Genome, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the stitched model as a normal Hugging Face folder (config, safetensors, tokenizer)."""

@@ -39,7 +39,7 @@ def tiny_tokenizer(vocab_size: int = 300):
 
 
 def _config(arch: str, n_layers: int, hidden: int, vocab_size: int, **overrides):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -55,7 +55,12 @@ def _config(arch: str, n_layers: int, hidden: int, vocab_size: int, **overrides)
         pad_token_id=2,
     )
     common.update(overrides)
-    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+    if arch == "qwen3":  # layer_types that differ by layer: sliding-window attention from layer 2 on
+        common = {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 2, **common}
+    if arch == "gemma":
+        common = {"head_dim": hidden // 4, **common}
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig,
+               "qwen3": Qwen3Config, "gemma": GemmaConfig}
     return classes[arch](**common)
 
 

@@ -49,7 +49,7 @@ def test_tiny_family_layout_matches_the_api(tiny_family: DemoFamily) -> None:
     assert tiny_family.task_file("math_answer", "heldout") == root / "tasks/math_answer.heldout.jsonl"
     assert tiny_family.text_file("code", "search") == root / "text/code.search.jsonl"
     assert load_demo_family(root) == tiny_family
-    assert not list(root.parent.glob(".*.tmp-*")), "the temporary build folder was left behind"
+    assert not list(root.parent.glob(".*.tmp")), "the temporary build folder was left behind"
 
 
 def test_tiny_members_load_offline_with_auto_classes(tiny_family: DemoFamily) -> None:

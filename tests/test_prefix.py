@@ -7,7 +7,6 @@ import torch
 from transformers import AutoTokenizer
 
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.family import Family
 from gptailor_merge.genome import Genome, LayerSpec
 from gptailor_merge.prefix import PrefixCache, PrefixCachedLM, PrefixReuse, layer_keys
 from gptailor_merge.scoring.batching import pad_right
@@ -169,14 +168,6 @@ def test_prefix_ids_are_equal_exactly_for_equal_prefixes():
     b = cache.prefix_ids(layer_keys(SEQUENCE[1]))
     assert a[:2] == b[:2] and a[2] != b[2]
     assert cache.prefix_ids(layer_keys(SEQUENCE[2])) == cache.prefix_ids(layer_keys(SEQUENCE[6]))
-
-
-def test_unsupported_architecture_gets_the_plain_model(tiny_family_paths):
-    base, candidates = tiny_family_paths["qwen2"]
-    family = Family.load(base, candidates)
-    genome = Genome.base_only(L, K, removed=[1])
-    model = Stitcher(family).build(genome)
-    assert PrefixReuse().wrap(model, genome) is model
 
 
 def test_zero_bytes_turns_prefix_reuse_off(llama_family):

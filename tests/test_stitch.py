@@ -24,6 +24,8 @@ GENOMES = {
     "ties_mix": Genome(L, K, (LayerSpec(0, (0, 1, 2), lam=0.6, density=0.5), LayerSpec(1, (2,)),
                               LayerSpec(3, (1, 2), lam=0.5, density=0.7)), method="ties"),
     "linear_mix": Genome(L, K, (LayerSpec(0, (0, 2), weights=(0.3, 0.7)), LayerSpec(2), LayerSpec(3, (1,))), method="linear"),
+    "breadcrumbs_ties_mix": Genome(L, K, (LayerSpec(0, (0, 1, 2), lam=0.8, density=0.5), LayerSpec(1, (1,)),
+                                          LayerSpec(2, (0, 2), lam=1.2, density=0.6)), method="breadcrumbs_ties"),
 }
 
 
@@ -70,8 +72,9 @@ def test_stitcher_reuses_cached_layers_across_candidates(llama_family):
     assert stitcher.stats["built"] == built and stitcher.stats["cache_hits"] >= 2
 
 
-def test_stock_mergekit_yaml_cli_gives_the_stitched_model(llama_family, tmp_path, inputs):
-    genome = GENOMES["ta_first_last_merged"]
+@pytest.mark.parametrize("name", ["ta_first_last_merged", "breadcrumbs_ties_mix"])
+def test_stock_mergekit_yaml_cli_gives_the_stitched_model(name, llama_family, tmp_path, inputs):
+    genome = GENOMES[name]
     path = genome_to_recipe(genome, FamilyRefs.of(llama_family)).save(tmp_path / "recipe.yaml")
     cli = [sys.executable, "-c", "from mergekit.scripts.run_yaml import main; main()"]
     subprocess.run([*cli, str(path), str(tmp_path / "out")], check=True, capture_output=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gptailor_merge.errors import ConfigError, TaskError
 from gptailor_merge.genome import Genome
-from gptailor_merge.prefix import PrefixReuse
+from gptailor_merge.prefix import DEFAULT_PREFIX_CACHE_BYTES, PrefixReuse
 from gptailor_merge.recipe import FamilyRefs, Recipe, genome_to_recipe
 from gptailor_merge.registry import Registry
 
@@ -41,7 +41,7 @@ class Calibration:
     progress: bool = False
     # hidden states of shared leading layers across the removal sets a baseline tries
     # (gptailor_merge/prefix.py; results are bitwise the same). 0 bytes turns it off.
-    prefix_cache_bytes: int = 1 << 30
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

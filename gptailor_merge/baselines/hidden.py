@@ -13,29 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptailor_merge.architecture import DecoderLayout
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
 from gptailor_merge.scoring.batching import length_sorted_batches, model_device, pad_right
 from gptailor_merge.scoring.perplexity import encode_text
-
-
-def layer_list_path(family: Family) -> str:
-    """Module path of the decoder layer list (`model.layers` for Llama), from mergekit's names."""
-    name = family.layer_tensor_names(0)[0]
-    head, sep, _ = name.partition(".0.")
-    if not sep:
-        raise GenomeError(f"cannot find the decoder layer list from tensor name {name!r}")
-    return head
-
-
-def decoder_layers(model: nn.Module, family: Family) -> nn.ModuleList:
-    return model.get_submodule(layer_list_path(family))
-
-
-def decoder_stack(model: nn.Module, family: Family) -> nn.Module:
-    """The module holding the layer list (embeddings + layers + final norm, no LM head)."""
-    parent = layer_list_path(family).rpartition(".")[0]
-    return model.get_submodule(parent) if parent else model
 
 
 @dataclass(frozen=True)
@@ -67,8 +49,8 @@ def _tensor_of(output: Any) -> torch.Tensor:
 def hidden_state_batches(model: nn.Module, family: Family, tokenizer: Any, texts: Sequence[str], *,
                          batch_size: int, max_length: int) -> Iterator[HiddenBatch]:
     """Run the texts through `model` and yield every layer boundary's hidden states per batch."""
-    layers = list(decoder_layers(model, family))
-    stack = decoder_stack(model, family)
+    layout = DecoderLayout.of_family(family)
+    layers, stack = list(layout.layers(model)), layout.stack(model)
     captured: list[torch.Tensor] = []
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -97,7 +79,7 @@ def hidden_state_batches(model: nn.Module, family: Family, tokenizer: Any, texts
 def final_hidden_batches(model: nn.Module, family: Family, tokenizer: Any, texts: Sequence[str], *,
                          batch_size: int, max_length: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(normed last hidden state (B, T, H) float32, mask (B, T)) per batch, in a fixed order."""
-    stack = decoder_stack(model, family)
+    stack = DecoderLayout.of_family(family).stack(model)
     with torch.inference_mode():
         for input_ids, attention_mask in _batches(tokenizer, texts, batch_size, max_length,
                                                   model_device(model)):

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gptailor_merge.architecture import DecoderLayout
+from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
-from gptailor_merge.baselines.hidden import decoder_layers, final_hidden_batches, token_cosine
+from gptailor_merge.baselines.hidden import final_hidden_batches, token_cosine
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.materialize import commit_folder, copy_tokenizer, prepare_output, temp_sibling
+from gptailor_merge.materialize import copy_tokenizer, prepare_output
 from gptailor_merge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class _Collapser:
 
     def __init__(self, calib: Calibration) -> None:
         self.calib = calib
-        self.base_layers = list(decoder_layers(calib.stitcher.build(calib.full_genome()), calib.family))
+        self.layout = DecoderLayout.of_family(calib.family)
+        self.base_layers = list(self.layout.layers(calib.stitcher.build(calib.full_genome())))
 
     @cached_property
     def reference(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,13 +86,11 @@ class _Collapser:
         c = self.calib
         kept = {s.rep for s in slots}
         model = c.stitcher.build(c.base_genome([i for i in range(c.family.n_layers) if i not in kept]))
-        layers = decoder_layers(model, c.family)
+        layers = list(self.layout.layers(model))
         for position, slot in enumerate(slots):
             if slot.module is not None:
-                for sub in slot.module.modules():
-                    if hasattr(sub, "layer_idx"):
-                        sub.layer_idx = position
                 layers[position] = slot.module
+        self.layout.set_layers(model, layers)
         return model
 
     def similarity(self, slots: list[_Slot]) -> float:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from gptailor_merge.atomic import atomic_folder
 from gptailor_merge.demo.corpora import SPLITS, load_corpora
 from gptailor_merge.demo.evaluate import (
     format_table,
@@ -67,22 +66,12 @@ def build_atomically(root: Path, build: Callable[[Path, tqdm], dict], *, marker:
                      progress: bool) -> dict:
     """Run `build(folder, bar)` in a temp sibling of `root`, write its manifest as `marker` and move
     the folder into place: a killed build leaves no half-built family behind."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     started = time.perf_counter()
-    try:
+    with atomic_folder(root) as tmp:
         with hf_bars_off(), tqdm(total=total, disable=not progress, unit="step") as bar:
             manifest = build(tmp, bar)
         manifest["build_seconds"] = round(time.perf_counter() - started, 1)
         (tmp / marker).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

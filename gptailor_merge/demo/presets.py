@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from gptailor_merge.errors import ConfigError
+from gptailor_merge.registry import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ def get_preset(name: str) -> DemoPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown demo preset {name!r}.{hint} Known presets: {', '.join(sorted(PRESETS))}."
+            f"unknown demo preset {name!r}.{did_you_mean(name, PRESETS)} Known presets: {', '.join(sorted(PRESETS))}."
         ) from None

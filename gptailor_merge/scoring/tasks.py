@@ -8,7 +8,6 @@ Fidelity: `task.examples(split, n)` is a prefix of the seeded order. No torch, n
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor_merge.errors import TaskError
-from gptailor_merge.registry import Registry
+from gptailor_merge.registry import Registry, did_you_mean
 from gptailor_merge.scoring.examples import ChoiceExample, Example, Kind, example_kind, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -169,8 +168,7 @@ def register_task_dir(directory: str | Path, *, replace: bool = False) -> list[s
 
 
 def _unknown(spec: str) -> TaskError:
-    close = difflib.get_close_matches(spec, TASKS.names(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(spec, TASKS.names())
     known = ", ".join(TASKS.names()) or "(none registered)"
     return TaskError(
         f"unknown task {spec!r}.{hint} Known: {known}. Or pass a JSONL path, "
