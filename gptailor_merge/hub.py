@@ -153,14 +153,12 @@ def _family_refs(recipe: Recipe) -> FamilyRefs:
     """The recipe's family; a hand-written recipe (no `gptailor:` block) gets its layer count from the base."""
     if recipe.metadata.get("n_layers"):
         return recipe.family_refs()
-    from transformers import AutoConfig
-
-    from gptailor_merge.family import resolve_model_path
+    from gptailor_merge.family import load_model_config, resolve_model_path
 
     base = str(recipe.data.get("base_model") or "")
     if not base:
         return recipe.family_refs()  # raises the recipe's own "no base_model" error
-    return recipe.family_refs(int(AutoConfig.from_pretrained(resolve_model_path(base)).num_hidden_layers))
+    return recipe.family_refs(int(load_model_config(resolve_model_path(base)).num_hidden_layers))
 
 
 def base_license(base_ref: str, base_path: Path | None) -> dict:
