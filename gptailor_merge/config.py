@@ -169,6 +169,8 @@ class RunConfig(_Strict):
             lines = [
                 f"  {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in exc.errors()
             ]
+            if len(lines) == 1:  # one problem: one line
+                raise ConfigError(f"{source} is invalid: {lines[0].strip()}") from None
             raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
     def to_yaml(self) -> str:

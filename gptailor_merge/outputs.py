@@ -58,12 +58,12 @@ def _refusal(out: Path, reads: Iterable[Path]) -> str | None:
     cwd = Path.cwd().resolve()
     if real == cwd or real in cwd.parents:
         return "it is the current folder or one of its parents"
+    if is_run_folder(out):
+        return "it is a run folder (journal.jsonl / run.json); its trials would be lost"
     for read in reads:
         read = Path(read).expanduser().resolve()
         if real == read or real in read.parents:
             return f"the recipe or family reads '{read}' from it"
-    if is_run_folder(out):
-        return "it is a run folder (journal.jsonl / run.json); its trials would be lost"
     if not is_ours(out):
         return f"gptailor-merge did not write it (no {MARKER} marker), so it may hold other files"
     return None

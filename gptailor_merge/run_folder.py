@@ -188,7 +188,7 @@ def merge_resume(saved: RunConfig, requested: RunConfig, run_dir: Path) -> RunCo
     """The run's config with the budgets and placement of `requested`; any other difference is
     refused, naming it. `--trials` may extend a run but not cut it below its journaled trials."""
     old, new = _flat(saved.model_dump(mode="json")), _flat(requested.model_dump(mode="json"))
-    if new.get("out_dir") is not None and Path(new["out_dir"]).resolve() != run_dir.resolve():
+    if new.get("out_dir") not in (None, old.get("out_dir")) and Path(new["out_dir"]).resolve() != run_dir.resolve():
         raise ResumeError(f"--out {new['out_dir']} differs from the resumed run folder '{run_dir}'; drop --out")
     new["out_dir"] = old.get("out_dir")
     refused = [f"{key} (run: {old.get(key)!r}, given: {new.get(key)!r})" for key in sorted(set(old) | set(new))
@@ -214,9 +214,10 @@ def merge_resume(saved: RunConfig, requested: RunConfig, run_dir: Path) -> RunCo
 
 # ---- fingerprint ----------------------------------------------------------------------------------
 def task_hash(task) -> str:
-    """sha256 of a task's examples (both splits, in their seeded order): an edited file changes it."""
-    payload = json.dumps([[dataclasses.asdict(e) for e in split] for split in (task.search, task.heldout)],
-                         sort_keys=True, default=str)
+    """sha256 of a task's examples (which are search, which held-out; not their seeded order, which
+    the seed already fixes): an edited file changes it."""
+    payload = json.dumps([sorted(json.dumps(dataclasses.asdict(e), sort_keys=True, default=str) for e in split)
+                          for split in (task.search, task.heldout)])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
