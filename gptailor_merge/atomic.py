@@ -2,7 +2,8 @@
 so a killed run never leaves a half-written file or folder that looks complete (STYLE.md B.5).
 
 Files: `atomic_path` (any writer), `write_text_atomic`, `write_json_atomic`. Folders:
-`atomic_folder` (build in a hidden temp sibling, then replace). No torch, nothing of ours.
+`atomic_folder` (build in a hidden temp sibling, then replace). No torch, nothing of ours;
+model output folders (marker, overwrite rules) are `outputs.py`'s.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def temp_sibling(out: Path) -> Path:
+def _temp_sibling(out: Path) -> Path:
     """A new empty hidden folder next to `out` (same filesystem, so the final rename is atomic)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
 
 
-def commit_folder(tmp: Path, out: Path) -> Path:
+def _commit_folder(tmp: Path, out: Path) -> Path:
     """Move a finished temp folder into place (replacing an old one)."""
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -63,10 +64,10 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     """Yields a temp folder beside `out` to fill; it replaces `out` when the block ends without an
     exception and is removed otherwise."""
     out = Path(out)
-    tmp = temp_sibling(out)
+    tmp = _temp_sibling(out)
     try:
         yield tmp
-        commit_folder(tmp, out)
+        _commit_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

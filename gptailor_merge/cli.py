@@ -37,7 +37,7 @@ def _materialize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", type=Path, help="output model folder (config, safetensors, tokenizer)")
     p.add_argument("--backend", choices=("mergekit", "stitch"), default="mergekit",
                    help="mergekit: stock run_merge (reference); stitch: in-memory stitcher, then save")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where tensors are merged")
+    p.add_argument("--device", default="cpu", help="where tensors are merged: cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
@@ -129,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except GptailorError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # a read-only file or folder that no check above foresaw
+        print(f"error: PermissionError: cannot write '{exc.filename}' ({exc.strerror}); choose a location "
+              "you can write, or fix its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,8 +15,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
     p.add_argument("--trials", type=int, help="trial budget (search.n_trials)")
     p.add_argument("--time-budget", type=float, help="wall-clock budget of the search in seconds")
-    p.add_argument("--layers", type=int, help="layers to keep (target.layers)")
-    p.add_argument("--remove-fraction", type=float, help="fraction of layers to remove (target.remove_fraction)")
+    target = p.add_mutually_exclusive_group()  # one target: argparse names both flags and exits 2
+    target.add_argument("--layers", type=int, help="layers to keep (target.layers)")
+    target.add_argument("--remove-fraction", type=float, help="fraction of layers to remove (target.remove_fraction)")
     p.add_argument("--optimizer", help="nevergrad optimizer name (search.optimizer)")
     p.add_argument("--methods", nargs="+", help="merge methods: task_arithmetic ties linear")
     p.add_argument("--tasks", nargs="+", help="task names or JSONL files")
@@ -29,11 +30,11 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster (search.ray_address); default: a local Ray instance")
 
 
-def config_from_args(args: argparse.Namespace):
-    """RunConfig from --config plus flag overrides (flags win)."""
+def config_from_args(args: argparse.Namespace, default=None):
+    """RunConfig from --config (else `default`, else the demo run) plus flag overrides (flags win)."""
     from gptailor_merge.config import RunConfig
 
-    base = RunConfig.load(args.config).model_dump(mode="json") if args.config else RunConfig().model_dump(mode="json")
+    base = (RunConfig.load(args.config) if args.config else default or RunConfig()).model_dump(mode="json")
     s, e = base["search"], base["eval"]
     if args.trials is not None:
         s["n_trials"] = args.trials
@@ -68,14 +69,15 @@ def config_from_args(args: argparse.Namespace):
 
 @command("optimize", "search for the best tailoring of a family (default: the embedded demo family)", _optimize_args)
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from gptailor_merge.config import RunConfig
     from gptailor_merge.optimize import optimize
 
-    overrides = any(getattr(args, k) is not None for k in ("config", "trials", "layers", "remove_fraction", "optimizer",
-                                                           "methods", "tasks", "out", "demo_preset"))
-    config = config_from_args(args)
-    # on --resume the run's saved config decides, except where trials run (--workers, --ray-address)
+    saved = args.resume / "config.yaml" if args.resume else None
+    # on --resume, flags apply to the run's own config: budgets and placement may change, the rest
+    # must match (gptailor_merge/run_folder.py, README "Resuming a run")
+    config = config_from_args(args, RunConfig.load(saved) if saved and saved.is_file() else None)
     outcome = optimize(config, resume=args.resume, progress=not args.quiet,
-                       requested=config if (args.resume and overrides) else None,
+                       requested=config if args.resume else None,
                        workers=args.workers if args.resume else None,
                        ray_address=args.ray_address if args.resume else None)
     print((outcome.run_dir / "summary.md").read_text())
@@ -100,13 +102,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptailor_merge.scoring import evaluate_model, load_model_folder, load_task, score_to_json
 
     specs = args.tasks or list(DEMO_TASKS)
+    if not args.tasks and args.target.is_dir():
+        from gptailor_merge.errors import TaskError
+
+        raise TaskError(f"evaluate {args.target} needs --tasks: give task JSONL files, registered names or "
+                        f"hf:/disk:/lm_eval: specs (the demo's tasks are {' '.join(DEMO_TASKS)}; a recipe "
+                        "without --tasks is scored on those)")
     if not args.tasks:
         from gptailor_merge.demo import build_demo_family
         from gptailor_merge.scoring import register_task_dir
 
         register_task_dir(build_demo_family(progress=not args.quiet).root, replace=True)
-    tasks = [load_task(spec) for spec in specs]
+    from gptailor_merge.config import check_device
+    from gptailor_merge.resolve import checked_task
+
+    check_device(args.device, "--device")
+    tasks = [checked_task(load_task, spec) for spec in specs]
     if args.target.is_dir():
+        from gptailor_merge.family import check_model_folder
+
+        check_model_folder(args.target)
         model, tokenizer = load_model_folder(args.target, device=args.device)
     else:
         from transformers import AutoTokenizer

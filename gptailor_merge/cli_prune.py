@@ -64,7 +64,11 @@ def _config(args: argparse.Namespace):
         base["family"]["demo_preset"] = args.demo_preset
     if args.device:
         base["eval"]["device"] = args.device
-    return RunConfig.from_dict(base, source=str(args.family))
+    config = RunConfig.from_dict(base, source=str(args.family))
+    from gptailor_merge.config import check_device
+
+    check_device(config.eval.device, "--device" if args.device else f"{args.family}: eval.device")
+    return config
 
 
 def _options(args: argparse.Namespace, method: str) -> dict:

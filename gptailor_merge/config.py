@@ -8,6 +8,7 @@ loads. The family `base: demo` means the embedded demo family.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,8 @@ from gptailor_merge.merge_methods import MERGE_METHODS
 from gptailor_merge.registry import did_you_mean
 
 DEMO = "demo"
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+DTYPES = ("float32", "float16", "bfloat16")
 DEMO_TASKS = ("prose_cloze", "code_next_line", "math_answer", "ppl_prose", "ppl_code", "ppl_math")
 
 # nevergrad optimizers this project has run on the tailoring space (tests/test_search.py); any
@@ -48,6 +51,11 @@ class FamilyConfig(_Strict):
     def _check(self) -> FamilyConfig:
         if self.base != DEMO and not self.candidates:
             raise ValueError("a family needs at least one candidate fine-tune besides the base")
+        models = [self.base, *self.candidates]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice in the family (base and candidates must be "
+                             "distinct models); drop the repeat")
         if self.names is not None and len(self.names) != 1 + len(self.candidates):
             raise ValueError(f"names has {len(self.names)} entries for {1 + len(self.candidates)} models")
         return self
@@ -127,9 +135,34 @@ class SearchConfig(_Strict):
 class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(256, ge=8, description="tokens per sequence")
-    device: str = Field("cpu", description="cpu or cuda")
-    dtype: str = Field("float32", description="dtype of the stitched model and of merges")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    dtype: str = Field("float32", description="dtype of the stitched model and of merges: float32, "
+                                              "float16 or bfloat16")
     heldout_examples: int | None = Field(None, ge=1, description="held-out examples per task (None: all)")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device {self.device!r} is not cpu, cuda or cuda:N")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        return self
+
+
+def check_device(device: str, source: str = "eval.device") -> None:
+    """Before any weight loads: the device is well formed and this torch can use it."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"{source}: device {device!r} is not cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{source}: device {device!r} asked for, but this torch sees no CUDA GPU; "
+                              "use --device cpu (or install a CUDA build of torch on a GPU machine)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{source}: device {device!r} does not exist; this machine has "
+                              f"{torch.cuda.device_count()} GPU(s)")
 
 
 class RunConfig(_Strict):
@@ -159,6 +192,8 @@ class RunConfig(_Strict):
             lines = [
                 f"  {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in exc.errors()
             ]
+            if len(lines) == 1:  # one problem: one line
+                raise ConfigError(f"{source} is invalid: {lines[0].strip()}") from None
             raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
     def to_yaml(self) -> str:

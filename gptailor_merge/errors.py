@@ -65,3 +65,19 @@ class ClusterError(GptailorError, ConnectionError):
 
 class WorkerDiedError(GptailorError, RuntimeError):
     """A trial whose worker process died more often than the pool retries it; the trial fails."""
+
+
+class OutputNotWritableError(GptailorError, PermissionError):
+    """An output or run folder that cannot be created or written (read-only, no permission)."""
+
+
+class JournalError(GptailorError, ValueError):
+    """A journal line that is neither a trial record nor a torn last write; the file is left as is."""
+
+
+class RunLockedError(GptailorError, RuntimeError):
+    """A run folder that another live `optimize` holds."""
+
+
+class ModelFileError(GptailorError, ValueError):
+    """A model file (config.json, *.safetensors) that exists but cannot be read: truncated or corrupt."""

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
-from gptailor_merge.errors import FamilyMismatchError, ModelNotFoundError
+from gptailor_merge.errors import FamilyMismatchError, ModelFileError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,24 @@ def resolve_model_path(model_id: str) -> Path:
         ) from exc
 
 
+def load_model_config(path: Path) -> PretrainedConfig:
+    """`AutoConfig` of a model folder; an unreadable config.json is a ModelFileError naming it."""
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:  # JSONDecodeError, OSError, ValueError (unknown model_type), ...
+        raise ModelFileError(
+            f"'{Path(path) / 'config.json'}' cannot be read as a model config ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); fix or replace that file"
+        ) from None
+
+
+def check_model_folder(path: Path) -> None:
+    """A model folder's config.json and safetensors headers are readable (cheap; no tensor loads)."""
+    load_model_config(path)
+    member = Member(name=Path(path).name, model_id=str(path), path=Path(path), config=None)
+    _ = member.weight_map
+
+
 @dataclass
 class Member:
     """One model of the family: its reference as given, its local folder and its config."""
@@ -82,14 +100,19 @@ class Member:
             )
         mapping = {}
         for file in files:
-            with safe_open(file, framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    mapping[key] = file
+            for key in self._handle(file).keys():  # noqa: SIM118 - safe_open has no __iter__
+                mapping[key] = file
         return mapping
 
     def _handle(self, file: Path):
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
+            try:
+                self._handles[file] = safe_open(file, framework="pt")
+            except Exception as exc:  # SafetensorError: empty, truncated, corrupt header
+                raise ModelFileError(
+                    f"model '{self.name}': '{file}' is not a readable safetensors file ({exc}); it is "
+                    "truncated or corrupt. Download or save the model again"
+                ) from None
         return self._handles[file]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -141,9 +164,18 @@ class Family:
                     model=ref,
                 )
             path = resolve_model_path(ref)
-            config = AutoConfig.from_pretrained(path)
+            config = load_model_config(path)
             model_id = str(path) if Path(ref).expanduser().is_dir() else ref
             members.append(Member(name=name, model_id=model_id, path=path, config=config))
+        paths = [m.path for m in members]
+        for i, member in enumerate(members):
+            if member.path in paths[:i]:
+                first = members[paths.index(member.path)]
+                raise FamilyMismatchError(
+                    f"'{member.model_id}' ({member.name}) is the same model as '{first.model_id}' "
+                    f"({first.name}); each family member must be a distinct model: drop the repeat",
+                    model=member.name,
+                )
         return cls(members[0], members[1:])
 
     # ---- checks ----------------------------------------------------------------------------

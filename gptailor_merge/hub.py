@@ -23,12 +23,8 @@ import yaml
 
 from gptailor_merge.errors import ConfigError, GptailorError, HubError, ModelNotFoundError
 from gptailor_merge.genome import Genome
-from gptailor_merge.materialize import (
-    commit_folder,
-    materialize_with_mergekit,
-    prepare_output,
-    temp_sibling,
-)
+from gptailor_merge.materialize import TOKENIZER_FILES, materialize_with_mergekit
+from gptailor_merge.outputs import MARKER, commit_folder, local_reads, prepare_output, temp_sibling
 from gptailor_merge.recipe import FamilyRefs, Recipe, recipe_to_genome
 
 logger = logging.getLogger(__name__)
@@ -67,6 +63,22 @@ def resolve_token(token: str | None) -> str:
             "`--dry-run OUT_DIR` writes the folder without uploading and needs no token."
         )
     return found
+
+
+def check_hub_access(api: Any, token: str) -> None:
+    """Before any merge work: the Hub answers and accepts the token (`whoami`)."""
+    whoami = getattr(api, "whoami", None)
+    if whoami is None:  # a stand-in without it (tests)
+        return
+    try:
+        whoami(token=token)
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the Hugging Face Hub rejected the token (HTTP {status}); create a write token at "
+                           "https://huggingface.co/settings/tokens and pass it with HF_TOKEN") from None
+        raise HubError(f"the Hugging Face Hub did not answer ({type(exc).__name__}); check the network and "
+                       "retry, or write the folder only with --dry-run OUT_DIR") from None
 
 
 def _offline() -> bool:
@@ -153,14 +165,12 @@ def _family_refs(recipe: Recipe) -> FamilyRefs:
     """The recipe's family; a hand-written recipe (no `gptailor:` block) gets its layer count from the base."""
     if recipe.metadata.get("n_layers"):
         return recipe.family_refs()
-    from transformers import AutoConfig
-
-    from gptailor_merge.family import resolve_model_path
+    from gptailor_merge.family import load_model_config, resolve_model_path
 
     base = str(recipe.data.get("base_model") or "")
     if not base:
         return recipe.family_refs()  # raises the recipe's own "no base_model" error
-    return recipe.family_refs(int(AutoConfig.from_pretrained(resolve_model_path(base)).num_hidden_layers))
+    return recipe.family_refs(int(load_model_config(resolve_model_path(base)).num_hidden_layers))
 
 
 def base_license(base_ref: str, base_path: Path | None) -> dict:
@@ -206,6 +216,56 @@ def safetensors_param_count(folder: str | os.PathLike) -> int | None:
             header = json.loads(handle.read(size))
         total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     return total
+
+
+# ---- public names (no local paths leave the machine) ------------------------------------------
+def public_names(refs: FamilyRefs | None, names: list[str], model_ids: dict[str, str]) -> dict[str, str]:
+    """Local family references -> what the card and published recipe show: the `--model-id` Hub id
+    given for that member's name, else the name. Hub ids stay as they are unless mapped."""
+    if refs is None:
+        if model_ids:
+            raise HubError("--model-id needs a recipe that names the family; this source has none")
+        return {}
+    members = [refs.base, *refs.candidates]
+    unknown = sorted(set(model_ids) - set(names))
+    if unknown:
+        raise HubError(f"--model-id names {unknown}, which are not family members; use one of {names} "
+                       "(NAME=ORG/REPO)")
+    for value in model_ids.values():
+        check_repo_id(value)
+    out = {}
+    for name, ref in zip(names, members):
+        if name in model_ids:
+            out[ref] = model_ids[name]
+        elif ref not in hub_model_ids(refs):
+            out[ref] = name
+    return out
+
+
+def scrub_paths(data: Any, mapping: dict[str, str]) -> Any:
+    """`data` with mapped references replaced and any other absolute local path cut to its name."""
+    if isinstance(data, dict):
+        return {k: scrub_paths(v, mapping) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [scrub_paths(v, mapping) for v in data]
+    if isinstance(data, str):
+        if data in mapping:
+            return mapping[data]
+        if os.path.isabs(data) or data.startswith("~"):
+            return Path(data).name
+    return data
+
+
+def public_source(source: ShareSource, facts: FamilyFacts, mapping: dict[str, str]) -> tuple[ShareSource, FamilyFacts]:
+    """The source and facts as the card shows them: references through `mapping`, no local paths."""
+    recipe = Recipe(scrub_paths(source.recipe.data, mapping)) if source.recipe is not None else None
+    config = scrub_paths(source.run_config, mapping) if source.run_config else source.run_config
+    refs = facts.refs
+    if refs is not None:
+        refs = FamilyRefs(mapping.get(refs.base, refs.base), tuple(mapping.get(c, c) for c in refs.candidates),
+                          refs.n_layers, refs.names)
+    return (ShareSource(source.kind, source.path, recipe, source.summary, config, source.extra),
+            FamilyFacts(refs, facts.genome, facts.names, facts.params_before, facts.license))
 
 
 # ---- the card -----------------------------------------------------------------------------------
@@ -310,8 +370,8 @@ def build_model_card(repo_id: str, source: ShareSource, facts: FamilyFacts, para
         body += [f"| fine-tune {j} | {names[j + 1]} | `{m}` |" for j, m in enumerate(refs.candidates)]
         body.append("")
         if len(base_models) < 1 + len(refs.candidates):
-            body += ["Some family members were local folders; replace their paths in `mergekit_config.yml` with "
-                     "your copies to re-run the recipe.", ""]
+            body += ["Some family members were local models and appear by their family names; replace those "
+                     "names in `mergekit_config.yml` with your copies to re-run the recipe.", ""]
     if g is not None:
         body += ["## Layer map", "", f"![layer map]({LAYER_MAP_FILE})", "", layer_map_markdown(g, names), ""]
     body += ["## Results", ""]
@@ -349,19 +409,33 @@ def build_model_card(repo_id: str, source: ShareSource, facts: FamilyFacts, para
 
 
 # ---- folder and push ------------------------------------------------------------------------------
+MODEL_FILES = ("config.json", "model.safetensors.index.json", "added_tokens.json", RECIPE_FILE, *TOKENIZER_FILES)
+
+
+def is_model_file(name: str) -> bool:
+    """What push uploads from a model folder: config, weights, tokenizer files, the recipe."""
+    return name in MODEL_FILES or name.endswith(".safetensors")
+
+
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) every non-hidden file of `src` into `dst`: big shards are not duplicated."""
-    for root, dirs, files in os.walk(src):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.startswith("."):
-                continue
-            target = dst / Path(root).relative_to(src) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(Path(root) / name, target)
-            except OSError:
-                shutil.copy2(Path(root) / name, target)
+    """Hard-link (else copy) the model files of `src` (top level only) into `dst`: big shards are
+    not duplicated. Other files are left out; a model file that is a link leaving `src` is an error."""
+    root = src.resolve()
+    skipped = []
+    for path in sorted(src.iterdir()):
+        if not is_model_file(path.name) or not path.is_file():
+            skipped.append(path.name)
+            continue
+        real = path.resolve()
+        if root not in real.parents:
+            raise HubError(f"'{path}' is a link to '{real}', outside the model folder; push uploads only files "
+                           f"inside it. Replace the link by the file (cp -L) or leave it out")
+        try:
+            os.link(real, dst / path.name)
+        except OSError:
+            shutil.copy2(real, dst / path.name)
+    if skipped:
+        logger.info("not uploading %s (not model files)", ", ".join(skipped))
 
 
 def _write_fresh(path: Path, data: str | bytes) -> None:
@@ -371,8 +445,10 @@ def _write_fresh(path: Path, data: str | bytes) -> None:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
-def build_upload_folder(source: ShareSource, repo_id: str, folder: Path, facts: FamilyFacts) -> Path:
-    """Model files (materialized with mergekit unless `source` is a model folder), card and layer map."""
+def build_upload_folder(source: ShareSource, repo_id: str, folder: Path, facts: FamilyFacts,
+                        model_ids: dict[str, str] | None = None) -> Path:
+    """Model files (materialized with mergekit unless `source` is a model folder), card, layer map,
+    and the recipe with local paths replaced by member names or `model_ids` Hub ids."""
     from gptailor_merge.report import plot_layer_map
 
     if source.kind == "model":
@@ -382,6 +458,10 @@ def build_upload_folder(source: ShareSource, repo_id: str, folder: Path, facts: 
         assert source.recipe is not None
         logger.info("materializing %s with mergekit", source.path)
         materialize_with_mergekit(source.recipe, folder)
+    (folder / MARKER).unlink(missing_ok=True)
+    source, facts = public_source(source, facts, public_names(facts.refs, facts.names, model_ids or {}))
+    if source.recipe is not None:
+        _write_fresh(folder / RECIPE_FILE, source.recipe.text)
     if facts.genome is not None:
         png = folder / LAYER_MAP_FILE
         if png.exists():
@@ -402,6 +482,7 @@ def push_to_hub(
     dry_run_dir: str | os.PathLike | None = None,
     api: Any = None,
     overwrite: bool = False,
+    model_ids: dict[str, str] | None = None,
 ) -> Path | str:
     """Build the folder for `source` and upload it to `repo_id`; with `dry_run_dir`, only write it there.
 
@@ -411,20 +492,27 @@ def push_to_hub(
     if revision is not None and (not revision.strip() or any(c.isspace() for c in revision)):
         raise HubError(f"revision {revision!r} is not a branch name; use e.g. --revision pruned-30of40")
     dry_run = dry_run_dir is not None
+    shared = resolve_source(source)
+    facts = family_facts(shared.recipe, require_models=shared.kind != "model")
+    public_names(facts.refs, facts.names, model_ids or {})  # a bad --model-id fails before any work
     if not dry_run:
         token = resolve_token(token)
         if api is None and _offline():
             raise HubError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push, or use "
                               "--dry-run OUT_DIR to write the folder only")
-    shared = resolve_source(source)
-    facts = family_facts(shared.recipe, require_models=shared.kind != "model")
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+        check_hub_access(api, token)
     if dry_run:
-        out = prepare_output(dry_run_dir, overwrite)
+        reads = [shared.path, *local_reads(shared.recipe.data if shared.recipe else None)]
+        out = prepare_output(dry_run_dir, overwrite, reads=reads)
         work = temp_sibling(out)
     else:
         work = Path(tempfile.mkdtemp(prefix="gptailor-push-"))
     try:
-        folder = build_upload_folder(shared, repo_id, work / "upload", facts)
+        folder = build_upload_folder(shared, repo_id, work / "upload", facts, model_ids)
         if dry_run:
             return commit_folder(folder, out)
         return _upload(api, folder, repo_id, private=private, revision=revision, token=token, facts=facts)

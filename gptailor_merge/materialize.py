@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from gptailor_merge.atomic import commit_folder, temp_sibling
-from gptailor_merge.errors import OutputExistsError, RecipeError
+from gptailor_merge.errors import RecipeError
+from gptailor_merge.outputs import commit_folder, local_reads, prepare_output, temp_sibling
 from gptailor_merge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -27,19 +27,6 @@ TOKENIZER_FILES = (
     "generation_config.json",
     "chat_template.jinja",
 )
-
-
-def prepare_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-empty output folder unless `overwrite`; return its path."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OutputExistsError(
-                f"output folder '{out}' exists and is not empty; choose another folder or pass "
-                "--overwrite to replace it"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
@@ -61,7 +48,7 @@ def materialize_with_mergekit(
     from mergekit.merge import MergeOptions, run_merge
 
     config = recipe.merge_config()
-    out = prepare_output(out_dir, overwrite)
+    out = prepare_output(out_dir, overwrite, reads=local_reads(recipe.data))
     tmp = temp_sibling(out)
     try:
         options = MergeOptions(device=device, copy_tokenizer=True, quiet=quiet, write_model_card=True)
@@ -95,6 +82,7 @@ def materialize_recipe(
     quiet: bool = True,
 ) -> Path:
     """Materialize a recipe file with either backend (the CLI's `materialize`)."""
+    from gptailor_merge.config import check_device
     from gptailor_merge.family import Family
     from gptailor_merge.recipe import recipe_to_genome
     from gptailor_merge.stitch import Stitcher
@@ -102,7 +90,8 @@ def materialize_recipe(
     if backend not in ("mergekit", "stitch"):
         raise ValueError(f"unknown backend {backend!r}; use mergekit or stitch")
     recipe = Recipe.load(recipe_path)
-    prepare_output(out_dir, overwrite)
+    check_device(device, "--device")
+    prepare_output(out_dir, overwrite, reads=local_reads(recipe.data))
     # cheap checks before any weight loads: models exist, shapes agree, layer ranges fit
     refs = recipe.family_refs(n_layers=None if recipe.metadata.get("n_layers") else _layers_of(recipe))
     family = Family.load(refs.base, refs.candidates)
@@ -110,14 +99,10 @@ def materialize_recipe(
     if backend == "mergekit":
         return materialize_with_mergekit(recipe, out_dir, device=device, overwrite=overwrite, quiet=quiet)
     stitcher = Stitcher(family, device=device, dtype=recipe.data.get("dtype") or "float32")
-    out = stitcher.save(genome, out_dir, overwrite=overwrite)
-    (out / "mergekit_config.yml").write_text(recipe.text)
-    return out
+    return stitcher.save(genome, out_dir, overwrite=overwrite, recipe_text=recipe.text)
 
 
 def _layers_of(recipe: Recipe) -> int:
-    from transformers import AutoConfig
+    from gptailor_merge.family import load_model_config, resolve_model_path
 
-    from gptailor_merge.family import resolve_model_path
-
-    return int(AutoConfig.from_pretrained(resolve_model_path(str(recipe.data["base_model"]))).num_hidden_layers)
+    return int(load_model_config(resolve_model_path(str(recipe.data["base_model"]))).num_hidden_layers)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from gptailor_merge.config import DEMO, RunConfig
+from gptailor_merge.config import DEMO, RunConfig, check_device
 from gptailor_merge.errors import ConfigError, ResumeError
-from gptailor_merge.family import Family
 from gptailor_merge.genome import Genome, resolve_target
 from gptailor_merge.journal import Trial, write_json_atomic
 from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
@@ -32,31 +30,6 @@ class RunOutcome:
     best_recipe: Path | None
 
 
-def _fingerprint(config: RunConfig, family: Family, n_keep: int) -> dict:
-    return {
-        "base": family.base.model_id if config.family.base != DEMO else f"demo:{config.family.demo_preset}",
-        "candidates": [c.model_id for c in family.candidates] if config.family.base != DEMO else [],
-        "n_layers": family.n_layers,
-        "n_keep": n_keep,
-    }
-
-
-def prepare_run_dir(config: RunConfig, resume: Path | None) -> tuple[RunConfig, Path]:
-    """A fresh run folder, or the resumed one with its own config (checked against `config`)."""
-    if resume is None:
-        out = Path(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"run folder '{out}' is not empty; resume it with --resume {out} or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())
-        return config, out
-    resume = Path(resume)
-    if not (resume / "config.yaml").is_file():
-        raise ResumeError(f"'{resume}' is not a run folder (no config.yaml); pass the folder optimize printed")
-    saved = RunConfig.load(resume / "config.yaml")
-    return saved, resume
-
-
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
              requested: RunConfig | None = None, workers: int | None = None,
              ray_address: str | None = None, heldout: bool = True) -> RunOutcome:
@@ -65,37 +38,43 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
     `heldout=False` stops after the recipes are saved (summary.json holds the search alone): for
     callers that score the best recipe themselves, such as benchmarks/quality.py --lean."""
-    from gptailor_merge.search import build_evaluator
+    from gptailor_merge.run_folder import open_fresh, open_resumed
 
-    start = time.perf_counter()
     if resume is None:  # checked before the run folder is made, so a missing Ray leaves nothing behind
         config = _with_workers(config, workers, ray_address)
         _check_workers(config, None)
-    config, run_dir = prepare_run_dir(config, resume)
-    if resume is not None:
-        config = _with_workers(config, workers, ray_address)
-        _check_workers(config, run_dir)
-    if requested is not None and resume is not None:
-        for part in ("family", "target"):
-            if getattr(requested, part) != getattr(config, part):
-                raise ResumeError(
-                    f"run '{run_dir}' was started with a different {part} "
-                    f"({getattr(config, part)!r}); resume without --config or start a new run"
-                )
+        check_device(config.eval.device)
+        run = open_fresh(config)
+    else:  # locked first, so a second optimize on this folder stops here
+        run = open_resumed(resume, requested)
+    failed = True
+    try:
+        config = run.config
+        if resume is not None:
+            config = _with_workers(config, workers, ray_address)
+            _check_workers(config, run.run_dir)
+            check_device(config.eval.device, f"{run.run_dir / 'config.yaml'}: eval.device")
+        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout)
+        failed = False
+        return outcome
+    finally:
+        run.close(failed)
+
+
+def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: bool,
+                     heldout: bool) -> RunOutcome:
+    """The run itself, in its locked folder."""
+    from gptailor_merge.run_folder import check_fingerprint, clamp_max_examples, fingerprint
+    from gptailor_merge.search import build_evaluator
+
+    start = time.perf_counter()
     non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None
     family, names = resolve_family(config, progress)
     tasks = non_demo_tasks or load_tasks(config)
     n_keep = resolve_target(family.n_layers, layers=config.target.layers,
                             remove_fraction=config.target.remove_fraction)
-    fingerprint = _fingerprint(config, family, n_keep)
-    header = run_dir / "run.json"
-    if resume is not None and header.is_file():
-        import json
-
-        old = json.loads(header.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise ResumeError(f"run '{run_dir}' is for {old.get('fingerprint')}, not {fingerprint}")
-    write_json_atomic(header, {"fingerprint": fingerprint, "started": datetime.now().isoformat()})
+    config, clamped = clamp_max_examples(config, tasks)
+    check_fingerprint(run_dir, fingerprint(config, family, n_keep, tasks), resumed)
 
     s = config.search
     space = SearchSpace(family.n_layers, family.n_candidates, n_keep, methods=s.merge_methods,
@@ -108,6 +87,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     extra = (baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
                                     s.calibration_texts) if s.seeds else [])
     result = _search(config, space, evaluator, run_dir, extra, progress)
+    budgets = {"max_examples": config.search.max_examples, "rungs": config.search.rungs(),
+               "n_trials": config.search.n_trials, "max_examples_clamped_from": clamped and clamped["asked"]}
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
 
@@ -121,7 +102,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
     if not heldout:
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
-                   "best_layer_map": best_genome.describe(), "search": {**result.summary(), "workers": s.workers},
+                   "best_layer_map": best_genome.describe(),
+                   "search": {**result.summary(), "workers": s.workers, "budgets": budgets},
                    "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
                    "wall_seconds": round(time.perf_counter() - start, 1)}
         write_json_atomic(run_dir / "summary.json", summary)
@@ -131,6 +113,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
     summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
     summary["search"]["workers"] = s.workers
+    summary["search"]["budgets"] = budgets
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(run_dir / "summary.json", summary)
     from gptailor_merge.heldout import summary_markdown

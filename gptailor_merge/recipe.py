@@ -97,6 +97,13 @@ class Recipe:
                 f"{source}: a tailoring recipe needs `merge_method:` and `slices:` "
                 f"(found keys: {', '.join(map(str, data)) or 'none'})"
             )
+        for s_i, slice_ in enumerate(data["slices"] or []):
+            for src in (slice_.get("sources") or []) if isinstance(slice_, dict) else []:
+                rng = src.get("layer_range") if isinstance(src, dict) else None
+                if rng is not None and not (isinstance(rng, list) and len(rng) == 2
+                                            and all(type(x) is int for x in rng)):
+                    raise RecipeError(f"{source}: slice {s_i}: layer_range {rng!r} must be two integers, "
+                                      "e.g. [0, 4]; remove the quotes")
         recipe = cls(data)
         recipe.merge_config()
         return recipe

@@ -28,4 +28,23 @@ def resolve_family(config: RunConfig, progress: bool = True) -> tuple[Family, li
 def load_tasks(config: RunConfig):
     from gptailor_merge.scoring import load_task
 
-    return [load_task(spec, seed=config.search.seed) for spec in config.tasks]
+    return [checked_task(load_task, spec, seed=config.search.seed) for spec in config.tasks]
+
+
+def checked_task(load, spec: str, **kwargs):
+    """`load(spec)` with the faults of files and offline datasets as one-line TaskErrors."""
+    from gptailor_merge.errors import GptailorError, TaskError
+
+    try:
+        return load(spec, **kwargs)
+    except GptailorError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task {spec!r}: a task file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "save it as UTF-8") from None
+    except Exception as exc:
+        if str(spec).startswith(("lm_eval:", "hf:", "disk:")):
+            raise TaskError(f"task {spec!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]}); its "
+                            "dataset must be cached here when the Hub is offline (HF_HUB_OFFLINE), or use a "
+                            "local JSONL task") from None
+        raise

@@ -331,8 +331,10 @@ def run_search(
     done = journal.load()
     param = space.parametrization(seed)
     opt = make_optimizer(optimizer, param, n_trials)
-    seeds = (prioritized_seeds(space, extra_seed_removals, max(1, int(seed_fraction * n_trials)))
-             if use_seeds else [])
+    limit = max(1, int(seed_fraction * n_trials))
+    if any(t.extra.get("origin", "seed") != "seed" for t in done):  # the seed phase is over: a run
+        limit = sum(1 for t in done if t.extra.get("origin") == "seed")  # extended by --trials keeps it
+    seeds = prioritized_seeds(space, extra_seed_removals, limit) if use_seeds else []
     for genome in reversed(seeds):  # suggest is LIFO: the first seed is asked first
         opt.suggest(space.encode(genome))
     seeded_ids = {g.genome_id for g in seeds}

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from gptailor_merge.architecture import DecoderLayout, set_config, tailored_config
-from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.errors import GenomeError
 from gptailor_merge.family import Family
 from gptailor_merge.genome import Genome, LayerSpec, layer_key
-from gptailor_merge.materialize import copy_tokenizer, prepare_output
+from gptailor_merge.materialize import copy_tokenizer
 from gptailor_merge.merge_methods import merge_method
+from gptailor_merge.outputs import commit_folder, prepare_output, temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -179,14 +179,18 @@ class Stitcher:
         set_config(self.model, tailored_config(self._base_config, genome.kept))
         return self.model
 
-    def save(self, genome: Genome, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the stitched model as a normal Hugging Face folder (config, safetensors, tokenizer)."""
-        out = prepare_output(out_dir, overwrite)
+    def save(self, genome: Genome, out_dir: str | os.PathLike, *, overwrite: bool = False,
+             recipe_text: str | None = None) -> Path:
+        """Write the stitched model as a normal Hugging Face folder (config, safetensors, tokenizer,
+        and `recipe_text` as mergekit_config.yml)."""
+        out = prepare_output(out_dir, overwrite, reads=[m.path for m in self.family.members])
         tmp = temp_sibling(out)
         try:
             model = self.build(genome)
             model.save_pretrained(tmp, safe_serialization=True)
             copy_tokenizer(self.family.base.path, tmp)
+            if recipe_text is not None:
+                (tmp / "mergekit_config.yml").write_text(recipe_text)
             return commit_folder(tmp, out)
         except BaseException:
             import shutil

@@ -43,8 +43,13 @@ def test_materialize_refuses_a_nonempty_folder_with_the_fix(llama_family, tmp_pa
     assert main(["-q", "materialize", str(recipe), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "OutputExistsError" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert main(["-q", "materialize", str(recipe), str(tmp_path / "out"), "--overwrite"]) == 0
-    assert not (tmp_path / "out" / "x").exists()
+    # --overwrite replaces only a folder gptailor-merge wrote (tests/test_faults.py has the other cases)
+    assert main(["-q", "materialize", str(recipe), str(tmp_path / "out"), "--overwrite"]) == 2
+    assert (tmp_path / "out" / "x").read_text() == "keep"
+    assert main(["-q", "materialize", str(recipe), str(tmp_path / "mine")]) == 0
+    (tmp_path / "mine" / "x").write_text("stale")
+    assert main(["-q", "materialize", str(recipe), str(tmp_path / "mine"), "--overwrite"]) == 0
+    assert not (tmp_path / "mine" / "x").exists() and (tmp_path / "mine" / "config.json").is_file()
 
 
 def test_malformed_or_out_of_range_recipe_is_a_one_line_error(llama_family, tmp_path, capsys):

@@ -22,6 +22,7 @@ from gptailor_merge.hub import (
     build_model_card,
     push_to_hub,
 )
+from gptailor_merge.outputs import MARKER
 
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 TOKEN = "hf_TestSecretToken0123456789"
@@ -117,7 +118,12 @@ def test_push_from_a_run_creates_the_repo_and_uploads_exactly_the_model_card_rec
     assert api.calls[1][2]["branch"] == "pruned" and api.calls[2][2]["revision"] == "pruned"
     assert set(api.files) == UPLOADED
     assert len(count_materializations) == 1
-    assert api.files["mergekit_config.yml"].decode() == (tiny_run / "best.yaml").read_text()
+    # the published recipe is best.yaml with the local family folders replaced by the members' names
+    expected = (tiny_run / "best.yaml").read_text()
+    for name, folder in zip(("base", "cand0", "cand1", "cand2"), ("llama", "chat", "math", "code")):
+        expected = expected.replace(str((tiny_run.parent / "fam" / name).resolve()), folder)
+    assert yaml.safe_load(api.files["mergekit_config.yml"].decode()) == yaml.safe_load(expected)
+    assert str(tiny_run.parent) not in expected
     card = ModelCard(api.files["README.md"].decode())
     assert card.data.library_name == "transformers"
     # the token goes to the API and nowhere else: not in logs, output or any uploaded file
@@ -139,7 +145,7 @@ def test_dry_run_writes_the_upload_folder_calls_no_api_and_the_card_is_valid_hub
     assert main(["-q", "push", str(tiny_run), "someone/tiny-pruned", "--dry-run", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "nothing uploaded" in printed and "model.safetensors" in printed
-    assert {p.name for p in out.iterdir()} == UPLOADED
+    assert {p.name for p in out.iterdir()} == UPLOADED | {MARKER}  # the marker lets --overwrite replace it
     text = (out / "README.md").read_text()
     meta = _front_matter(text)
     ModelCardData(**meta, ignore_metadata_errors=False)  # the front matter is card data the Hub library accepts
@@ -153,7 +159,7 @@ def test_dry_run_writes_the_upload_folder_calls_no_api_and_the_card_is_valid_hub
     assert "**4 of 6 decoder layers kept**" in text
     assert f"{summary['rows'][0]['params']:,} in the dense base → {best['params']:,} here" in text
     assert "![layer map](layer_map.png)" in text and "| layer | position in the pruned model |" in text
-    assert "| **this model** | 4 |" in text and "llama (dense)" in text
+    assert "| **this model** | 4 |" in text and "llama (family member)" in text
     assert "mergekit-yaml mergekit_config.yml out/" in text
     assert "python -m gptailor_merge optimize --config config.yaml" in text
     assert (out / "layer_map.png").read_bytes()[:4] == b"\x89PNG"
@@ -164,7 +170,7 @@ def test_a_model_folder_is_uploaded_as_is_with_a_card_from_its_recipe(tiny_run, 
     readme_before = (model_dir / "README.md").read_text()
     out = push_to_hub(model_dir, "someone/tiny-pruned", dry_run_dir=tmp_path / "dry")
     assert count_materializations == []
-    assert {p.name for p in out.iterdir()} == UPLOADED
+    assert {p.name for p in out.iterdir()} == UPLOADED | {MARKER}  # the marker lets --overwrite replace it
     assert (out / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
     assert "| 1 | " in (out / "README.md").read_text()  # layer map from its mergekit_config.yml
     assert (model_dir / "README.md").read_text() == readme_before  # the source folder is untouched
@@ -217,7 +223,7 @@ def test_a_recipe_is_materialized_and_its_card_reports_the_search_scores_it_carr
                                                                                    count_materializations):
     out = push_to_hub(tiny_run / "best.yaml", "someone/tiny-pruned", dry_run_dir=tmp_path / "dry")
     assert len(count_materializations) == 1
-    assert {p.name for p in out.iterdir()} == UPLOADED
+    assert {p.name for p in out.iterdir()} == UPLOADED | {MARKER}  # the marker lets --overwrite replace it
     text = (out / "README.md").read_text()
-    assert "No held-out evaluation is attached. On the search split this recipe retained" in text
+    assert "No held-out evaluation is attached. On the search split this recipe's symmetric retention" in text
     assert "fine-tune 2 | code |" in text  # family names ride along in the recipe's metadata

@@ -177,7 +177,7 @@ def test_resume_refuses_a_different_family_or_target(search_setup, tmp_path):
     optimize(cfg, progress=False)
     other = cfg.model_dump(mode="json")
     other["target"] = {"layers": 5}
-    with pytest.raises(ResumeError, match="different target"):
+    with pytest.raises(ResumeError, match="cannot change target.layers"):
         optimize(RunConfig.from_dict(other), resume=tmp_path / "run", requested=RunConfig.from_dict(other), progress=False)
     with pytest.raises(ResumeError, match="not a run folder"):
         optimize(cfg, resume=tmp_path / "nothing", progress=False)

@@ -20,11 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gptailor_merge.architecture import DecoderLayout
-from gptailor_merge.atomic import commit_folder, temp_sibling
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
 from gptailor_merge.baselines.hidden import final_hidden_batches, token_cosine
 from gptailor_merge.errors import ConfigError
-from gptailor_merge.materialize import copy_tokenizer, prepare_output
+from gptailor_merge.materialize import copy_tokenizer
+from gptailor_merge.outputs import commit_folder, prepare_output, temp_sibling
 from gptailor_merge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def save_collapsed(calib: Calibration, result: BaselineResult, out_dir: str | os
                    overwrite: bool = False, recipe: Recipe | None = None) -> Path:
     """Write the collapsed model as a Hugging Face folder (config, safetensors, tokenizer), plus
     `recipe` (its removal set) as `laco_removal_recipe.yaml`; atomic (temp folder + rename)."""
-    out = prepare_output(out_dir, overwrite)
+    out = prepare_output(out_dir, overwrite, reads=[m.path for m in calib.family.members])
     tmp = temp_sibling(out)
     try:
         collapsed_model(calib, result).save_pretrained(tmp, safe_serialization=True)

@@ -48,7 +48,7 @@ def _check_output(method: str, out: Path, overwrite: bool) -> None:
                 "layers' deltas) cannot be written as a mergekit recipe; pass a folder: LaCo "
                 "writes the model there, with its removal set as laco_removal_recipe.yaml"
             )
-        from gptailor_merge.materialize import prepare_output
+        from gptailor_merge.outputs import prepare_output
 
         prepare_output(out, overwrite)
         return
@@ -56,6 +56,15 @@ def _check_output(method: str, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out '{out}' is a folder; {method} writes a recipe file, e.g. {out / 'recipe.yaml'}")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"recipe '{out}' exists; choose another --out or pass --overwrite")
+    if out.exists():  # --overwrite replaces a recipe, never another kind of file
+        from gptailor_merge.errors import RecipeError
+        from gptailor_merge.recipe import Recipe
+
+        try:
+            Recipe.load(out)
+        except (RecipeError, UnicodeDecodeError):
+            raise OutputExistsError(f"--overwrite refuses to replace '{out}': it is not a mergekit recipe; "
+                                    "choose another --out") from None
 
 
 def _calibration_tasks(config: RunConfig, specs: Sequence[str] | None) -> list:
