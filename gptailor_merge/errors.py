@@ -65,3 +65,7 @@ class ClusterError(GptailorError, ConnectionError):
 
 class WorkerDiedError(GptailorError, RuntimeError):
     """A trial whose worker process died more often than the pool retries it; the trial fails."""
+
+
+class RepairError(GptailorError, ValueError):
+    """A repair of the cuts that cannot run: unsupported layer, no calibration text, singular fit."""
