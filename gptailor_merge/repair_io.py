@@ -110,6 +110,18 @@ def settings_for(specs: Sequence[str], *, seed: int, **fields: Any) -> RepairSet
     return RepairSettings(tasks=tuple(kept), task_names=tuple(names), seed=seed, **fields)
 
 
+def settings_for_recipe(recipe_path: str | os.PathLike, specs: Sequence[str], **fields: Any) -> RepairSettings:
+    """Settings for repairing a recipe's model: its dtype, and demo task names resolve."""
+    from gptailor_merge.family import resolve_model_path
+    from gptailor_merge.recipe import Recipe
+
+    recipe = Recipe.load(recipe_path)
+    base = recipe.data.get("base_model")
+    if base:
+        register_demo_tasks(resolve_model_path(str(base)))
+    return settings_for(specs, seed=fields.pop("seed", 0), dtype=recipe.data.get("dtype") or "float32", **fields)
+
+
 def calibration_for(settings: RepairSettings) -> list[str]:
     """The settings' calibration texts; checks them against the recorded digest, if any."""
     from gptailor_merge.baselines.core import calibration_texts
@@ -194,6 +206,35 @@ def repair_recipe(recipe_path: str | os.PathLike, out_dir: str | os.PathLike, se
     out, _ = repair_and_save(family, genome, recipe, settings, out_dir, texts=texts, stitcher=stitcher,
                              overwrite=overwrite)
     return out
+
+
+def check_repair_output(repair: str, method: str, out: Path, repair_out: str | os.PathLike | None,
+                        overwrite: bool) -> Path:
+    """`prune --repair`: the method, and the repaired folder (default OUT_repaired), before any weights load."""
+    check_method(repair)
+    if method == "laco":
+        raise ConfigError("--repair is not available for laco: its collapsed layers are not a recipe the "
+                          "repair could be rebuilt from; repair another baseline, or drop --repair")
+    folder = Path(repair_out) if repair_out is not None else out.with_name(f"{out.stem}_repaired")
+    prepare_output(folder, overwrite)
+    return folder
+
+
+def repair_pruned(calib: Any, genome: Any, recipe: Any, specs: Sequence[str], config: Any,
+                  n_calibration: int | None, out_dir: Path, *, ridge: float | None = None,
+                  overwrite: bool = False) -> Path:
+    """`prune --repair linear`: repair the baseline's genome on its own calibration texts."""
+    ev = config.eval
+    settings = settings_for(specs, seed=config.search.seed, n_examples_per_task=n_calibration,
+                            max_length=ev.max_length, batch_size=ev.batch_size, dtype=ev.dtype, device=ev.device,
+                            ridge=DEFAULT_RIDGE if ridge is None else ridge)
+    texts = calibration_for(settings)
+    if texts != list(calib.texts):  # the folder must be rebuildable from its settings alone
+        raise RepairError(f"the repair settings' tasks {settings.tasks} do not give the baseline's calibration "
+                          "texts; pass the calibration tasks as JSONL files (--calibration)")
+    folder, _ = repair_and_save(calib.family, genome, recipe, settings, out_dir, texts=texts,
+                                stitcher=calib.stitcher, tokenizer=calib.tokenizer, overwrite=overwrite)
+    return folder
 
 
 def _layers_of(recipe: Any) -> int:
