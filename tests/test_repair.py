@@ -234,3 +234,37 @@ def test_push_card_of_a_repaired_folder_says_what_was_repaired(cli_setup, tmp_pa
     assert "## Repair of the cuts" in card and "differ from what the recipe alone gives" in card
     assert "txt" in card and "--repair linear" in card
     assert (tmp_path / "up" / "repair.safetensors").is_file()
+
+
+def test_optimize_repair_writes_the_repaired_best_model_and_its_heldout_row(cli_setup, tmp_path):
+    from gptailor_merge.config import RunConfig
+    from gptailor_merge.optimize import optimize
+
+    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
+    data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 4, "max_examples": 6, "seeds": False})
+    outcome = optimize(RunConfig.from_dict(data), progress=False, repair="linear")
+    folder = outcome.run_dir / "best_model_repaired"
+    assert (folder / "repair.safetensors").is_file() and (folder / "model.safetensors").is_file()
+    rows = {r["model"]: r for r in outcome.summary["rows"]}
+    row = rows["gptailor-best+repair"]
+    assert row["kind"] == "tailored+repair" and row["layers"] == 3
+    repaired_runs = json.loads((folder / "repair.json").read_text())["result"]["runs"]
+    same = row["tasks"]["txt"]["ppl"] == rows["gptailor-best"]["tasks"]["txt"]["ppl"]
+    assert same != bool(repaired_runs), "a map changes the held-out score; no map leaves it as it was"
+    assert json.loads((outcome.run_dir / "summary.json").read_text())["rows"][-1]["model"] == "gptailor-best+repair"
+    assert "gptailor-best+repair" in (outcome.run_dir / "summary.md").read_text()
+
+
+def test_optimize_repair_without_a_text_task_fails_before_the_search(cli_setup, tmp_path):
+    from gptailor_merge.config import RunConfig
+    from gptailor_merge.errors import ConfigError
+    from gptailor_merge.optimize import optimize
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"context": "the cat", "choices": ["sat", "ran"], "answer": i % 2}) + "\n"
+                          for i in range(10)))
+    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
+    data.update(out_dir=str(tmp_path / "run"), tasks=[str(mc)], search={"n_trials": 4, "max_examples": 4})
+    with pytest.raises(ConfigError, match="text"):
+        optimize(RunConfig.from_dict(data), progress=False, repair="linear")
+    assert not (tmp_path / "run" / "journal.jsonl").exists()
