@@ -162,7 +162,9 @@ def save_repaired(model: Any, base_path: Path, recipe: Any, info: RepairInfo, se
         note = {"method": settings.method, "note": NOTE, "maps": MAPS_FILE, "settings": SETTINGS_FILE}
         (tmp / RECIPE_FILE).write_text(recipe.with_metadata(repair=note).text)
         maps = {f"layer.{i}": t.contiguous() for i, t in sorted(info.maps.items())}
-        save_file(maps, tmp / MAPS_FILE, metadata={"target": info.target, "method": settings.method})
+        # one metadata key: safetensors writes several in no fixed order, and the file must be bitwise stable
+        meta = json.dumps({"method": settings.method, "target": info.target}, sort_keys=True)
+        save_file(maps, tmp / MAPS_FILE, metadata={"gptailor_repair": meta})
         body = {"settings": settings.model_dump(mode="json"), "result": info.to_json(), "note": NOTE}
         (tmp / SETTINGS_FILE).write_text(json.dumps(body, indent=2) + "\n")
         return commit_folder(tmp, out)

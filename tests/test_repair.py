@@ -201,7 +201,8 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
     down = "model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(ours[down], unrepaired[down])
     assert all(torch.equal(ours[k], unrepaired[k]) for k in ours if k != down)
-    assert torch.equal(load_file(str(again / "repair.safetensors"))["layer.1"], maps["layer.1"])
+    for name in ("model.safetensors", "repair.safetensors", "mergekit_config.yml"):  # the files, byte for byte
+        assert (again / name).read_bytes() == (folder / name).read_bytes(), name
 
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.num_hidden_layers == 3 and torch.isfinite(_logits(model)).all()
@@ -268,3 +269,14 @@ def test_optimize_repair_without_a_text_task_fails_before_the_search(cli_setup, 
     with pytest.raises(ConfigError, match="text"):
         optimize(RunConfig.from_dict(data), progress=False, repair="linear")
     assert not (tmp_path / "run" / "journal.jsonl").exists()
+
+
+def test_optimize_repair_without_heldout_still_writes_the_repaired_folder(cli_setup, tmp_path):
+    from gptailor_merge.config import RunConfig
+    from gptailor_merge.optimize import optimize
+
+    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
+    data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 3, "max_examples": 4, "seeds": False})
+    outcome = optimize(RunConfig.from_dict(data), progress=False, repair="linear", heldout=False)
+    assert (outcome.run_dir / "best_model_repaired" / "repair.json").is_file()
+    assert outcome.summary["rows"] == []
