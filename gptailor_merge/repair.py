@@ -313,9 +313,12 @@ def repair_model(
     """The tailored model of `genome` with every removed run (not starting at layer 0) repaired.
 
     Runs are fitted in order, each on the model with the earlier ones already repaired. Pass a
-    `stitcher` (gptailor_merge.stitch.Stitcher) to reuse its loaded base; the returned model is
-    then the stitcher's model object, valid until its next `build`. A genome without removals
-    returns the stitched model unchanged.
+    `stitcher` (gptailor_merge.stitch.Stitcher) to reuse its loaded base (then `device` and
+    `dtype` are the stitcher's, not these) and its `tokenizer`. The returned model is the
+    stitcher's model object, valid until its next `build`: score it with
+    `scoring.evaluate_model`, never through `Evaluator.score(genome)` or a `PrefixReuse` keyed by
+    the genome, which would give (or replay cached states of) the unrepaired layers. A genome
+    without removals returns the stitched model unchanged.
     """
     from transformers import AutoTokenizer
 
