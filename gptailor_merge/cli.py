@@ -39,6 +39,9 @@ def _materialize_args(p: argparse.ArgumentParser) -> None:
                    help="mergekit: stock run_merge (reference); stitch: in-memory stitcher, then save")
     p.add_argument("--device", default="cpu", help="where tensors are merged: cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    from gptailor_merge.cli_repair import add_materialize_repair_args
+
+    add_materialize_repair_args(p)
 
 
 @command("materialize", "write the model a recipe describes, as a loadable Hugging Face folder",
@@ -47,6 +50,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from gptailor_merge.materialize import materialize_recipe
 
     start = time.perf_counter()
+    if args.repair:
+        from gptailor_merge.cli_repair import materialize_repair
+
+        out = materialize_repair(args)
+        print(f"wrote {out} (stitch backend, repaired: {args.repair}; {time.perf_counter() - start:.1f}s)")
+        return 0
     out = materialize_recipe(args.recipe, args.out_dir, backend=args.backend, device=args.device,
                              overwrite=args.overwrite, quiet=args.quiet)
     print(f"wrote {out} ({args.backend} backend, {time.perf_counter() - start:.1f}s)")

@@ -28,6 +28,10 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="trials evaluated at once on Ray actors (search.workers; "
                                                  "needs pip install \"gptailor-merge[ray]\" when > 1)")
     p.add_argument("--ray-address", help="join this Ray cluster (search.ray_address); default: a local Ray instance")
+    p.add_argument("--repair", choices=("linear",),
+                   help="also write the best recipe repaired without training (best_model_repaired/, "
+                        "its held-out row in summary.json): per removed run a fitted linear map fused "
+                        "into the layer before it")
 
 
 def config_from_args(args: argparse.Namespace, default=None):
@@ -79,9 +83,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     outcome = optimize(config, resume=args.resume, progress=not args.quiet,
                        requested=config if args.resume else None,
                        workers=args.workers if args.resume else None,
-                       ray_address=args.ray_address if args.resume else None)
+                       ray_address=args.ray_address if args.resume else None, repair=args.repair)
     print((outcome.run_dir / "summary.md").read_text())
     print(f"results in {outcome.run_dir}: best recipe {outcome.best_recipe}, summary.md, journal.jsonl, pareto/")
+    if args.repair:
+        print(f"repaired best model: {outcome.run_dir / 'best_model_repaired'}")
     return 0
 
 

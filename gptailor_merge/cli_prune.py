@@ -50,6 +50,12 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
                    help="laco: rear layers merged per collapse (the paper's C - 1)")
     p.add_argument("--laco-interval", type=int, default=2, help="laco: step down after a collapse (I)")
     p.add_argument("--laco-lowest", type=int, default=1, help="laco: lowest layer that absorbs others (H)")
+    from gptailor_merge.cli_repair import add_repair_flag
+
+    add_repair_flag(p)
+    p.add_argument("--repair-out", type=Path, metavar="DIR",
+                   help="repair: the repaired model folder (default: OUT without suffix + '_repaired'); "
+                        "fitted on the same calibration texts as the baseline")
 
 
 def _config(args: argparse.Namespace):
@@ -90,10 +96,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     method = canonical_name(args.method)
     outcome = prune(_config(args), method, args.out, calibration=args.calibration,
                     n_calibration=args.n_calibration, options=_options(args, method),
-                    overwrite=args.overwrite, progress=not args.quiet)
+                    overwrite=args.overwrite, progress=not args.quiet, repair=args.repair,
+                    repair_out=args.repair_out, ridge=args.ridge)
     removed = outcome.result.removed
     kind = "model folder" if outcome.result.collapsed is not None else "recipe"
     print(f"{method}: removed layers {removed} of {outcome.n_layers} "
           f"(calibrated on {outcome.n_texts} texts of {', '.join(outcome.calibration_tasks)}, search split)")
     print(f"wrote {kind} {outcome.out}")
+    if outcome.repaired is not None:
+        print(f"wrote repaired model folder {outcome.repaired} ({args.repair} repair, same calibration texts)")
     return 0

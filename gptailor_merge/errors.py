@@ -81,3 +81,7 @@ class RunLockedError(GptailorError, RuntimeError):
 
 class ModelFileError(GptailorError, ValueError):
     """A model file (config.json, *.safetensors) that exists but cannot be read: truncated or corrupt."""
+
+
+class RepairError(GptailorError, ValueError):
+    """A repair of the cuts that cannot run: unsupported layer, no calibration text, singular fit."""

@@ -374,6 +374,10 @@ def build_model_card(repo_id: str, source: ShareSource, facts: FamilyFacts, para
                      "names in `mergekit_config.yml` with your copies to re-run the recipe.", ""]
     if g is not None:
         body += ["## Layer map", "", f"![layer map]({LAYER_MAP_FILE})", "", layer_map_markdown(g, names), ""]
+    from gptailor_merge.repair_io import card_section
+
+    repair_lines = card_section(source.path) if source.kind == "model" else []
+    body += repair_lines
     body += ["## Results", ""]
     if source.summary and results_table(source.summary):
         n = source.summary.get("heldout_examples")
@@ -398,7 +402,8 @@ def build_model_card(repo_id: str, source: ShareSource, facts: FamilyFacts, para
              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
     if source.recipe is not None:
         body += ["## Reproduce", "",
-                 f"The recipe is `{RECIPE_FILE}` in this repository; stock mergekit rebuilds the weights:", "",
+                 f"The recipe is `{RECIPE_FILE}` in this repository; stock mergekit rebuilds the "
+                 f"{'unrepaired weights (the repair above is not part of it)' if repair_lines else 'weights'}:", "",
                  "```bash", "pip install mergekit==0.1.5", f"mergekit-yaml {RECIPE_FILE} out/", "```", "",
                  "The search that found it (gptailor-merge), with the config below saved as `config.yaml`:", "",
                  "```bash", "python -m gptailor_merge optimize --config config.yaml", "```", "",

@@ -32,12 +32,14 @@ class RunOutcome:
 
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
              requested: RunConfig | None = None, workers: int | None = None,
-             ray_address: str | None = None, heldout: bool = True) -> RunOutcome:
+             ray_address: str | None = None, heldout: bool = True, repair: str | None = None) -> RunOutcome:
     """The main job. `requested` is a config given alongside --resume: it must match the run's.
     `workers` / `ray_address` override the (saved) config's: they change where trials run, not
     what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
     `heldout=False` stops after the recipes are saved (summary.json holds the search alone): for
-    callers that score the best recipe themselves, such as benchmarks/quality.py --lean."""
+    callers that score the best recipe themselves, such as benchmarks/quality.py --lean.
+    `repair="linear"` also writes best_model_repaired/ (gptailor_merge.repair_run) and, with the
+    held-out summary, its row."""
     from gptailor_merge.run_folder import open_fresh, open_resumed
 
     if resume is None:  # checked before the run folder is made, so a missing Ray leaves nothing behind
@@ -54,7 +56,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
             config = _with_workers(config, workers, ray_address)
             _check_workers(config, run.run_dir)
             check_device(config.eval.device, f"{run.run_dir / 'config.yaml'}: eval.device")
-        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout)
+        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout, repair)
         failed = False
         return outcome
     finally:
@@ -62,7 +64,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
 
 def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: bool,
-                     heldout: bool) -> RunOutcome:
+                     heldout: bool, repair: str | None) -> RunOutcome:
     """The run itself, in its locked folder."""
     from gptailor_merge.run_folder import check_fingerprint, clamp_max_examples, fingerprint
     from gptailor_merge.search import build_evaluator
@@ -71,6 +73,10 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None
     family, names = resolve_family(config, progress)
     tasks = non_demo_tasks or load_tasks(config)
+    if repair is not None:  # before the search, not after it
+        from gptailor_merge.repair_run import check_repair
+
+        check_repair(repair, tasks)
     n_keep = resolve_target(family.n_layers, layers=config.target.layers,
                             remove_fraction=config.target.remove_fraction)
     config, clamped = clamp_max_examples(config, tasks)
@@ -101,6 +107,10 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
         _save_recipe(Genome.from_dict(trial.genome), refs, trial, pareto_dir / f"{trial.genome_id}.yaml", ev.dtype)
 
     if not heldout:
+        if repair is not None:
+            from gptailor_merge.repair_run import repair_best
+
+            repair_best(run_dir, evaluator, best_genome, config, None)
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
                    "best_layer_map": best_genome.describe(),
                    "search": {**result.summary(), "workers": s.workers, "budgets": budgets},
@@ -114,6 +124,10 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
     summary["search"]["workers"] = s.workers
     summary["search"]["budgets"] = budgets
+    if repair is not None:
+        from gptailor_merge.repair_run import repair_best
+
+        repair_best(run_dir, evaluator, best_genome, config, summary)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(run_dir / "summary.json", summary)
     from gptailor_merge.heldout import summary_markdown

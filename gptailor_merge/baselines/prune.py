@@ -38,6 +38,7 @@ class PruneOutcome:
     n_layers: int
     calibration_tasks: tuple[str, ...]
     n_texts: int
+    repaired: Path | None = None  # the repaired model folder (--repair)
 
 
 def _check_output(method: str, out: Path, overwrite: bool) -> None:
@@ -86,8 +87,10 @@ def _calibration_tasks(config: RunConfig, specs: Sequence[str] | None) -> list:
 def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
           calibration: Sequence[str] | None = None, n_calibration: int | None = 32,
           options: dict[str, Any] | None = None, overwrite: bool = False,
-          progress: bool = True) -> PruneOutcome:
-    """Prune `config`'s family to `config.target` with baseline `method`; write `out`."""
+          progress: bool = True, repair: str | None = None, repair_out: str | os.PathLike | None = None,
+          ridge: float | None = None) -> PruneOutcome:
+    """Prune `config`'s family to `config.target` with baseline `method`; write `out`. With `repair`
+    ("linear"), also the repaired model folder `repair_out`, fitted on the same calibration texts."""
     from transformers import AutoTokenizer
 
     from gptailor_merge.resolve import resolve_family
@@ -99,6 +102,10 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
     if n_calibration is not None and n_calibration < 1:
         raise ConfigError(f"--n-calibration must be at least 1, got {n_calibration}")
     _check_output(method, out, overwrite)
+    if repair is not None:
+        from gptailor_merge.repair_io import check_repair_output
+
+        repair_out = check_repair_output(repair, method, out, repair_out, overwrite)
     is_demo = config.family.base == DEMO
     tasks = None if is_demo else _calibration_tasks(config, calibration)
     family, _ = resolve_family(config, progress)
@@ -122,4 +129,10 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
         path = save_collapsed(calib, result, out, overwrite=overwrite, recipe=recipe)
     else:
         path = recipe.save(out)
-    return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts))
+    repaired = None
+    if repair is not None:
+        from gptailor_merge.repair_io import repair_pruned
+
+        repaired = repair_pruned(calib, result.genome, recipe, calibration or config.tasks, config,
+                                 n_calibration, repair_out, ridge=ridge, overwrite=overwrite)
+    return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts), repaired)
