@@ -1,9 +1,20 @@
-"""Quality: held-out scores of GPTailor against the dense family and single-model pruning baselines.
+"""Quality: held-out scores of GPTailor against the family, single-model pruning and its own ablations.
 
-Rows: the dense base, each fine-tune, the baselines (reverse, ShortGPT, angular, greedy perplexity,
-LaCo; calibrated on the search split), GPTailor removal-only search and full search (`optimize`),
-all scored on the same held-out examples. Prints a markdown table and writes JSON (git SHA,
-hardware, seed, one row per model).
+Rows, all scored on the same held-out examples with one yardstick (`retention_sym`: exp(mean log
+ratio) against the dense base, `scoring.objectives`) and paired bootstrap intervals:
+- `member-<name>`: the real family members, loaded from their own folders;
+- baselines per removal fraction: reverse, ShortGPT, angular, greedy perplexity, LaCo (calibrated
+  on the search split with the same texts as the search's own baseline seeds);
+- ablations: `uniform-merge` (the best baseline's removal set, every kept layer a task-arithmetic
+  merge of all fine-tunes, lambda picked among the seed scales on the search split),
+  `gptailor-seeds-only` (the best seed, every seed scored at full fidelity, no optimizer trial),
+  `gptailor-no-seeds`, `gptailor-random` (random proposals, no seeds, no local moves),
+  `gptailor-removal-only`, and `gptailor` (the full search), each with the same trial budget;
+- `+repair` rows: the linear repair of the cuts (`gptailor_merge.repair`) on ShortGPT, greedy-ppl
+  and GPTailor's winner.
+Every row is also scored on transfer texts that no family member and no search saw
+(`benchmarks/transfer.py`). Prints the tables and writes JSON (git SHA, hardware, settings, rows
+with per-example values, so intervals can be recomputed and a run resumed).
 
     python benchmarks/quality.py --family demo|smollm2 [--remove 0.25 ...] [--trials 60] [--json PATH]
 """
@@ -13,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -33,9 +43,18 @@ from speed import git_sha, hardware, setup_torch, write_result  # noqa: E402
 DEMO_FRACTIONS = (0.125, 0.25, 0.375)
 SMOLLM2_FRACTIONS = (0.25,)
 BASELINE_METHODS = ("reverse", "shortgpt", "angular", "greedy-ppl", "laco")
+REPAIRED_BASELINES = ("shortgpt", "greedy-ppl")
+# (row, search settings): ablations first, the full search last
+SEARCH_ROWS = (
+    ("gptailor-removal-only", {"use_candidates": False}),
+    ("gptailor-no-seeds", {"seeds": False}),
+    ("gptailor-random", {"seeds": False, "optimizer": "RandomSearch", "local_fraction": 0.0}),
+    ("gptailor", {}),
+)
 SMOLLM2_DIR = "smollm2-family"
 SMOLLM2_MEMBERS = ("base", "prose", "code", "math")
 SMOLLM2_BUILDER = "benchmarks/smollm2_family.py"
+N_BOOT = 2000
 
 
 # ---- family and tasks -------------------------------------------------------------------------
@@ -79,7 +98,7 @@ def run_config(base: dict, args: argparse.Namespace, *, remove_fraction: float =
         **base,
         "target": {"remove_fraction": remove_fraction},
         "search": {"n_trials": args.trials, "max_examples": args.max_examples, "seed": args.seed,
-                   **(search or {})},
+                   "calibration_texts": args.calibration_texts, **(search or {})},
         "eval": {"batch_size": args.batch_size, "max_length": args.max_length,
                  "device": args.device, "dtype": args.dtype,
                  "heldout_examples": args.heldout_examples},
@@ -88,255 +107,467 @@ def run_config(base: dict, args: argparse.Namespace, *, remove_fraction: float =
     return RunConfig.from_dict(data, source="benchmarks/quality.py")
 
 
-# ---- rows -------------------------------------------------------------------------------------
-def _finite(values: dict[str, float]) -> dict[str, float | None]:
-    """Per-task values for JSON: undefined ones (reference at zero or at chance) as null."""
-    return {k: round(v, 6) if math.isfinite(v) else None for k, v in values.items()}
+# ---- scores <-> rows --------------------------------------------------------------------------
+def _compact(per_example: dict) -> dict:
+    return {k: [round(v, 6) if k == "nll_sum" else int(v) for v in values]
+            for k, values in per_example.items()}
 
 
-def _mean(values) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return round(sum(finite) / len(finite), 6) if finite else None
+def score_json(score) -> tuple[dict, dict]:
+    """(metrics by task, per-example values by task) of a Score, for a row."""
+    metrics = {k: {m: round(v, 6) for m, v in ts.metrics.items()} for k, ts in score.tasks.items()}
+    return metrics, {k: _compact(ts.per_example) for k, ts in score.tasks.items()}
 
 
-class Rows:
-    """Scores -> rows against one dense reference; prints a progress line per row."""
+def score_of(metrics: dict, per_example: dict, n: int | None):
+    """The Score a row holds (metrics and per-example values), for intervals and --resume."""
+    from gptailor_merge.scoring import Score, TaskScore
 
-    def __init__(self, family, tasks, metric: str, total: int) -> None:
-        self.family, self.tasks, self.metric, self.total = family, tasks, metric, total
-        self.kinds = {t.name: t.kind for t in tasks}
-        self.base = None  # the dense base's held-out Score
-        self.best_dense = None
+    return Score("heldout", n, {k: TaskScore(k, dict(m), {p: tuple(map(float, v)) for p, v in
+                                                          per_example.get(k, {}).items()})
+                                for k, m in metrics.items()})
+
+
+class Bench:
+    """The benchmark's state: the family, both task sets, the dense base's scores, the rows."""
+
+    def __init__(self, family, tasks, transfer, metric: str, n: int | None, total: int) -> None:
+        self.family, self.tasks, self.transfer, self.metric, self.n = family, tasks, transfer, metric, n
+        self.total = total
+        self.base = None  # (held-out Score, transfer Score) of the dense base
+        self.counted: list[str] = []
         self.rows: list[dict] = []
-        self.previous: dict[tuple[str, float], dict] = {}  # --resume: finished rows by (method, fraction)
+        self.previous: dict[tuple[str, float], dict] = {}
+        self.git = git_sha()
 
-    def reuse(self, method: str, fraction: float) -> bool:
-        """--resume: take the finished row of an earlier run of the same benchmark, if any."""
+    def reuse(self, method: str, fraction: float) -> dict | None:
         row = self.previous.get((method, fraction))
-        if row is None:
-            return False
-        self.rows.append(row)
-        self._progress(row)
-        return True
+        if row is not None:
+            self.rows.append(row)
+            self._progress(row)
+        return row
 
-    def add(self, method: str, remove_fraction: float, kept: Sequence[int], score, *,
-            seconds: float | None, heldout_seconds: float, trials: int | None = None,
-            **extra) -> dict:
-        from gptailor_merge.scoring import retention, retention_above_chance
+    def add(self, method: str, fraction: float, kept: Sequence[int], score, transfer, *,
+            seconds: float | None, heldout_seconds: float, **extra) -> dict:
+        from gptailor_merge.heldout import yardstick_row
+        from gptailor_merge.scoring import symmetric_retention
 
-        base = self.base or score
-        plain = retention(score, base, self.tasks, metric=self.metric)
-        above = retention_above_chance(score, base, self.tasks, metric=self.metric)
+        base, base_transfer = self.base or (score, transfer)
+        metrics, per_example = score_json(score)
+        t_metrics, t_per_example = score_json(transfer)
+        t_ret = symmetric_retention(transfer, base_transfer, self.transfer, metric=self.metric)
         row = {
-            "method": method,
-            "remove_fraction": remove_fraction,
-            "layers": len(kept),
+            "method": method, "remove_fraction": fraction, "layers": len(kept),
             "params": self.family.params_with_layers(kept),
-            "tasks": {k: {m: round(v, 6) for m, v in ts.metrics.items()} for k, ts in score.tasks.items()},
-            "retention": _mean(plain.values()),
-            "retention_above_chance": _mean(above.values()),
-            "retention_text": _mean(v for t, v in plain.items() if self.kinds[t] == "perplexity"),
-            "retention_per_task": _finite(plain),
-            "retention_above_chance_per_task": _finite(above),
-            "retention_vs_best_dense": None,
-            "trials": trials,
+            "tasks": metrics,
+            **yardstick_row(score, base, self.tasks, self.counted or None, self.metric),
+            "transfer": {"tasks": t_metrics, "retention_sym": round(t_ret.retention_sym, 6),
+                         "log_ratios": {k: round(v, 6) for k, v in t_ret.log_ratios.items()}},
             "seconds": None if seconds is None else round(seconds, 2),
             "heldout_seconds": round(heldout_seconds, 2),
+            "git_sha": self.git,
             **extra,
+            "per_example": per_example, "transfer_per_example": t_per_example,
         }
-        if self.best_dense is not None:
-            row["retention_vs_best_dense"] = _mean(
-                retention(score, self.best_dense, self.tasks, metric=self.metric).values())
         self.rows.append(row)
         self._progress(row)
         return row
 
-    def failed(self, method: str, remove_fraction: float, n_keep: int, error: str,
-               seconds: float) -> dict:
-        row = {"method": method, "remove_fraction": remove_fraction, "layers": n_keep,
-               "params": None, "tasks": {}, "retention": None, "retention_above_chance": None,
-               "retention_text": None,
-               "retention_per_task": {}, "retention_above_chance_per_task": {},
-               "retention_vs_best_dense": None, "trials": None, "seconds": round(seconds, 2),
-               "heldout_seconds": 0.0, "error": error}
+    def failed(self, method: str, fraction: float, n_keep: int, error: str, seconds: float) -> dict:
+        row = {"method": method, "remove_fraction": fraction, "layers": n_keep, "params": None,
+               "tasks": {}, "retention_sym": None, "retention_sym_text": None, "worst_task": None,
+               "transfer": None, "seconds": round(seconds, 2), "heldout_seconds": 0.0,
+               "git_sha": self.git, "error": error}
         self.rows.append(row)
         self._progress(row)
         return row
+
+    def scores(self, row: dict):
+        return (score_of(row["tasks"], row["per_example"], self.n),
+                score_of(row["transfer"]["tasks"], row["transfer_per_example"], None))
 
     def _progress(self, row: dict) -> None:
         where = f"remove {row['remove_fraction']:g}" if row["remove_fraction"] else "dense"
         if row.get("error"):
             what = f"FAILED: {row['error']}"
         else:
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            what = (f"{row['layers']} layers, retention {fmt(row['retention'])}, above chance "
-                    f"{fmt(row['retention_above_chance'])}")
+            what = (f"{row['layers']} layers, retention_sym {_f(row['retention_sym'])}, text "
+                    f"{_f(row['retention_sym_text'])}, transfer {_f(row['transfer']['retention_sym'])}")
         took = row["seconds"] if row["seconds"] is not None else row["heldout_seconds"]
-        print(f"[{len(self.rows):>2}/{self.total}] {row['method']:<22} {where:<13} {what} "
+        print(f"[{len(self.rows):>2}/{self.total}] {row['method']:<24} {where:<13} {what} "
               f"({took:.1f}s)", flush=True)
 
 
-def score_heldout(evaluator, genome, n: int | None):
+def _f(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+# ---- scoring a model -------------------------------------------------------------------------
+def score_stitched(bench: Bench, evaluator, transfer_ev, genome):
     t0 = time.perf_counter()
-    return evaluator.score(genome, "heldout", n), time.perf_counter() - t0
+    score = evaluator.score(genome, "heldout", bench.n)
+    transfer = transfer_ev.score(genome, "heldout", None)
+    return score, transfer, time.perf_counter() - t0
 
 
-def score_of(row: dict, n: int | None):
-    """The held-out Score a finished row holds (its metrics), for --resume."""
-    from gptailor_merge.scoring import Score, TaskScore
-
-    return Score("heldout", n, {k: TaskScore(k, dict(m)) for k, m in row["tasks"].items()})
-
-
-def dense_rows(rows: Rows, evaluator, names: Sequence[str], n: int | None) -> None:
-    from gptailor_merge.heldout import dense_genomes
-    from gptailor_merge.scoring import retention
-
-    fam = rows.family
-    scored = []
-    for i, (name, genome) in enumerate(dense_genomes(fam.n_layers, fam.n_candidates, list(names))):
-        method = "dense-base" if i == 0 else f"ft-{name}"
-        if (method, 0.0) in rows.previous:
-            old = rows.previous[(method, 0.0)]
-            scored.append((method, genome, score_of(old, n), old["heldout_seconds"]))
-            continue
-        score, seconds = score_heldout(evaluator, genome, n)
-        scored.append((method, genome, score, seconds))
-    rows.base = scored[0][2]
-    rows.best_dense = max((s for _, _, s, _ in scored), key=lambda s: _mean(
-        retention(s, rows.base, rows.tasks, metric=rows.metric).values()) or 0.0)
-    for method, genome, score, seconds in scored:
-        rows.add(method, 0.0, genome.kept, score, seconds=None, heldout_seconds=seconds)
-
-
-def baseline_rows(rows: Rows, calib, evaluator, tokenizer, fraction: float, n_remove: int,
-                  n: int | None, args: argparse.Namespace) -> None:
-    from gptailor_merge.baselines import canonical_name, collapsed_model, run_baseline
-    from gptailor_merge.errors import GptailorError
+def score_loaded(bench: Bench, evaluator, model, tokenizer):
     from gptailor_merge.scoring import evaluate_model
 
+    t0 = time.perf_counter()
+    kw = dict(split="heldout", batch_size=evaluator.batch_size, max_length=evaluator.max_length)
+    score = evaluate_model(model, tokenizer, bench.tasks, n_examples=bench.n, **kw)
+    transfer = evaluate_model(model, tokenizer, bench.transfer, **kw)
+    return score, transfer, time.perf_counter() - t0
+
+
+# ---- rows --------------------------------------------------------------------------------------
+def member_rows(bench: Bench, evaluator, names: Sequence[str]) -> None:
+    from gptailor_merge.scoring import counted_tasks, load_model_folder
+
+    fam = bench.family
+    full = list(range(fam.n_layers))
+    for name, member in zip(names, [fam.base, *fam.candidates], strict=True):
+        method = f"member-{name}"
+        row = bench.reuse(method, 0.0)
+        if row is None:
+            model, tokenizer = load_model_folder(member.path, device=evaluator.stitcher.device,
+                                                 dtype=evaluator.stitcher.dtype)
+            score, transfer, seconds = score_loaded(bench, evaluator, model, tokenizer)
+            del model
+            if bench.base is None:
+                bench.base = (score, transfer)
+                bench.counted = counted_tasks(score, bench.tasks, metric=bench.metric)
+            row = bench.add(method, 0.0, full, score, transfer, seconds=None, heldout_seconds=seconds,
+                            model_path=member.path.name)
+        elif bench.base is None:
+            bench.base = bench.scores(row)
+            bench.counted = row["counted_tasks"]
+
+
+def baseline_rows(bench: Bench, calib, evaluator, transfer_ev, tokenizer, fraction: float,
+                  n_remove: int, args: argparse.Namespace) -> dict:
+    """The baselines of one fraction; returns their genomes (by method) for repair and ablations."""
+    from gptailor_merge.baselines import canonical_name, collapsed_model, run_baseline
+    from gptailor_merge.errors import GptailorError
+    from gptailor_merge.genome import Genome
+
+    genomes = {}
     options = {"laco": {"threshold": args.laco_threshold}}
     for method in BASELINE_METHODS:
-        if rows.reuse(method, fraction):
+        row = bench.reuse(method, fraction)
+        if row is not None:
+            if row.get("removed") is not None and not row.get("collapsed_layers"):
+                genomes[method] = Genome.base_only(bench.family.n_layers, bench.family.n_candidates,
+                                                   row["removed"])
             continue
         t0 = time.perf_counter()
         try:
-            result = run_baseline(canonical_name(method), calib, n_remove,
-                                  **options.get(method, {}))
+            result = run_baseline(canonical_name(method), calib, n_remove, **options.get(method, {}))
         except GptailorError as exc:  # LaCo above its threshold: the table says so
-            rows.failed(method, fraction, rows.family.n_layers - n_remove,
-                        f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+            bench.failed(method, fraction, bench.family.n_layers - n_remove,
+                         f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
             continue
         seconds = time.perf_counter() - t0
         if result.collapsed:  # LaCo's collapsed layers exist only in this model: score it directly
-            t1 = time.perf_counter()
             model = collapsed_model(calib, result)
-            score = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout", n_examples=n,
-                                   batch_size=evaluator.batch_size, max_length=evaluator.max_length)
+            score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
             calib.stitcher.build(calib.full_genome())  # the stitcher's model back to plain layers
-            heldout_seconds = time.perf_counter() - t1
         else:
-            score, heldout_seconds = score_heldout(evaluator, result.genome, n)
-        rows.add(method, fraction, result.genome.kept, score, seconds=seconds,
-                 heldout_seconds=heldout_seconds, removed=result.removed,
-                 collapsed_layers=sorted(result.collapsed) if result.collapsed else None)
+            genomes[method] = result.genome
+            score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev,
+                                                              result.genome)
+        bench.add(method, fraction, result.genome.kept, score, transfer, seconds=seconds,
+                  heldout_seconds=heldout_seconds, removed=result.removed,
+                  collapsed_layers=sorted(result.collapsed) if result.collapsed else None,
+                  details=result.details if method == "laco" else None)
+    return genomes
 
 
-def gptailor_rows(rows: Rows, evaluator, family_part: dict, fraction: float, n: int | None,
-                  runs_dir: Path, args: argparse.Namespace) -> None:
+def best_baseline(bench: Bench, fraction: float) -> dict | None:
+    rows = [r for r in bench.rows if r["method"] in BASELINE_METHODS
+            and r["remove_fraction"] == fraction and r.get("retention_sym") is not None]
+    return max(rows, key=lambda r: r["retention_sym"]) if rows else None
+
+
+def search_best(evaluator, genomes, top: int) -> tuple[object, float, list]:
+    """The genome of `genomes` with the best search-split retention at the top rung, with all."""
+    scored = [(g, evaluator.rung_result(g, "search", top).retention) for g in genomes]
+    best = max(scored, key=lambda item: item[1])
+    return best[0], best[1], scored
+
+
+def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, baseline_genomes,
+                      fraction: float) -> None:
+    """The best baseline (on the search split) with every kept layer a task-arithmetic merge of
+    all fine-tunes, lambda the best of the seed scales on the search split: no search."""
+    from gptailor_merge.genome import Genome
+
+    if bench.reuse("uniform-merge", fraction) is not None or bench.family.n_candidates < 2:
+        return
+    t0 = time.perf_counter()
+    top = max(config.search.rungs())
+    removal_genome, _, _ = search_best(evaluator, list(baseline_genomes.values()), top)
+    lo, hi = space.lambda_range
+    every = tuple(range(bench.family.n_candidates))
+    candidates = [Genome.from_choices(space.n_layers, space.n_candidates, removal_genome.removed,
+                                      [every] * space.n_layers, lams=[lam] * space.n_layers)
+                  for lam in sorted({lo, round((lo + hi) / 2, 4), hi})]
+    genome, ret, scored = search_best(evaluator, candidates, top)
+    seconds = time.perf_counter() - t0
+    score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
+    bench.add("uniform-merge", fraction, genome.kept, score, transfer, seconds=seconds,
+              heldout_seconds=heldout_seconds, removed=list(genome.removed),
+              layer_map=genome.describe(), search_split_retention=round(ret, 6),
+              lambda_scan={f"{g.layers[0].lam:g}": round(r, 6) for g, r in scored})
+
+
+def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction: float,
+                   n_remove: int, calib_stitcher, tokenizer) -> None:
+    """The seeds the full search starts from (the same list), each scored at full fidelity on
+    the search split; the best, with no optimizer trial."""
+    from gptailor_merge.optimize import baseline_seed_removals
+    from gptailor_merge.search import prioritized_seeds
+
+    if bench.reuse("gptailor-seeds-only", fraction) is not None:
+        return
+    s = config.search
+    t0 = time.perf_counter()
+    extra = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks, n_remove, config.eval,
+                                   s.calibration_texts)
+    seeds = prioritized_seeds(space, extra, max(1, int(s.seed_fraction * s.n_trials)))
+    genome, ret, _ = search_best(evaluator, seeds, max(s.rungs()))
+    seconds = time.perf_counter() - t0
+    score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
+    bench.add("gptailor-seeds-only", fraction, genome.kept, score, transfer, seconds=seconds,
+              heldout_seconds=heldout_seconds, trials=len(seeds), optimizer_trials=0,
+              removed=list(genome.removed), layer_map=genome.describe(),
+              search_split_retention=round(ret, 6), winner_from_seed=True)
+
+
+def mergekit_check(run_dir: Path, evaluator, score) -> float:
+    """The best recipe through stock mergekit, scored on the same held-out examples: max |diff|
+    of the task metrics against the stitched model's."""
+    from gptailor_merge.materialize import materialize_with_mergekit
+    from gptailor_merge.recipe import Recipe
+    from gptailor_merge.scoring import evaluate_model, load_model_folder
+
+    out = materialize_with_mergekit(Recipe.load(run_dir / "best.yaml"), run_dir / "best_model",
+                                    device=evaluator.stitcher.device.type, overwrite=True)
+    model, tokenizer = load_model_folder(out, device=evaluator.stitcher.device)
+    merged = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
+                            n_examples=score.n_examples, batch_size=evaluator.batch_size,
+                            max_length=evaluator.max_length)
+    return round(max((abs(merged.tasks[t].metrics[m] - ts.metrics[m]) for t, ts in score.tasks.items()
+                      for m in ("acc", "nll") if m in ts.metrics), default=0.0), 9)
+
+
+def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -> dict:
+    """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time."""
+    from gptailor_merge.genome import Genome
+    from gptailor_merge.journal import Journal
+    from gptailor_merge.scoring import symmetric_retention
+
+    trials = Journal(run_dir / "journal.jsonl").load()
+    top = max(t.fidelity for t in trials)
+    points, best, elapsed, cache = [], None, 0.0, {}
+    for t in trials:
+        elapsed += t.seconds
+        if t.status == "ok" and t.fidelity == top and (best is None or t.loss < best.loss):
+            best = t
+            if t.genome_id not in cache:
+                score = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
+                cache[t.genome_id] = symmetric_retention(score, bench.base[0], bench.tasks,
+                                                         metric=bench.metric,
+                                                         counted=bench.counted).retention_sym
+            points.append({"trial": t.index, "seconds": round(elapsed, 2),
+                           "origin": t.extra.get("origin", "seed" if t.seeded else "optimizer"),
+                           "search_retention": round(t.retention, 6),
+                           "retention_sym": round(cache[t.genome_id], 6)})
+    data = {"points": points, "trials": len(trials), "trial_seconds": round(elapsed, 2),
+            "baselines": [{"method": r["method"], "seconds": r["seconds"],
+                           "retention_sym": r["retention_sym"]} for r in baselines
+                          if r.get("retention_sym") is not None]}
+    from gptailor_merge.atomic import write_json_atomic
+
+    write_json_atomic(run_dir / "anytime.json", data)
+    return data
+
+
+def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fraction: float,
+                  runs_dir: Path, args: argparse.Namespace, baselines: Sequence[dict]) -> dict:
+    """The searches of one fraction; returns the full search's best genome (for repair)."""
     from gptailor_merge.genome import Genome
     from gptailor_merge.optimize import optimize
 
-    for method, use_candidates in (("gptailor-removal-only", False), ("gptailor", True)):
-        if rows.reuse(method, fraction):
+    best_genome = None
+    for method, settings in SEARCH_ROWS:
+        if method != "gptailor" and args.skip_ablations:
+            continue
+        row = bench.reuse(method, fraction)
+        if row is not None:
+            if method == "gptailor":
+                best_genome = Genome.from_dict(row["genome"])
             continue
         out = runs_dir / f"remove{fraction:g}-{method}"
-        config = run_config(family_part, args, remove_fraction=fraction,
-                            search={"use_candidates": use_candidates}, out_dir=str(out))
-        resume = out if args.resume and (out / "journal.jsonl").is_file() else None
+        config = run_config(family_part, args, remove_fraction=fraction, search=settings,
+                            out_dir=str(out))
+        resume = out if (out / "journal.jsonl").is_file() else None
         t0 = time.perf_counter()
-        outcome = optimize(config, progress=False, resume=resume, requested=config,
-                           heldout=not args.lean)
+        outcome = optimize(config, progress=False, resume=resume, heldout=False)
+        wall = time.perf_counter() - t0
+        s = outcome.summary["search"]
+        genome = Genome.from_dict(outcome.summary["best_genome"])
+        score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
+        extra = {
+            "trials": s["trials"], "optimizer_trials": s["optimizer_trials"],
+            "origins": s["origins"], "winner_trial": s["best_trial"],
+            "winner_from_seed": s["winner_from_seed"], "winner_origin": s["winner_origin"],
+            "search_trial_seconds": s["trial_seconds"], "resumed": resume is not None,
+            "removed": list(genome.removed), "layer_map": genome.describe(), "genome": genome.to_dict(),
+            "search": {k: s[k] for k in ("optimizer", "rungs", "evaluated", "full_fidelity_evaluations",
+                                         "best_search_retention", "search_seconds")},
+            "settings": settings, "recipe": str(out / "best.yaml"),
+            "mergekit_vs_stitch_max_abs_diff": mergekit_check(out, evaluator, score),
+        }
+        # the search's own cost: its trials' time (as first run, not a resumed replay) plus the
+        # baseline seeds' calibration, i.e. optimize's wall time when it was not resumed
+        seconds = s["trial_seconds"] if resume is not None else wall
+        row = bench.add(method, fraction, genome.kept, score, transfer, seconds=seconds,
+                        heldout_seconds=heldout_seconds, **extra)
+        if method == "gptailor":
+            best_genome = genome
+            row["anytime"] = anytime(bench, evaluator, out, baselines)
+    return {"gptailor": best_genome} if best_genome is not None else {}
+
+
+def repair_rows(bench: Bench, evaluator, calib, tokenizer, fraction: float, genomes: dict,
+                args: argparse.Namespace) -> None:
+    """`<method>+repair`: the same genome with the linear repair of its cuts, fitted on the
+    calibration texts (the search split), scored like every other row."""
+    from gptailor_merge.repair import repair_model
+
+    for method, genome in genomes.items():
+        name = f"{method}+repair"
+        if bench.reuse(name, fraction) is not None:
+            continue
+        t0 = time.perf_counter()
+        model, info = repair_model(bench.family, genome, calib.texts, max_length=args.max_length,
+                                   batch_size=args.batch_size, device=evaluator.stitcher.device,
+                                   dtype=args.dtype, stitcher=calib.stitcher, tokenizer=tokenizer)
         seconds = time.perf_counter() - t0
-        summary = outcome.summary
-        genome = Genome.from_dict(summary["best_genome"])
-        score, heldout_seconds = score_heldout(evaluator, genome, n)
-        # optimize scored the same recipe on the same held-out examples: the two must agree
-        own = next((r["tasks"] for r in summary["rows"] if r["model"] == "gptailor-best"), None)
-        diff = None if own is None else round(max(
-            (abs(own[t][m] - ts.metrics[m]) for t, ts in score.tasks.items()
-             for m in ("acc", "nll") if m in ts.metrics), default=0.0), 9)
-        s = summary["search"]
-        rows.add(method, fraction, genome.kept, score, seconds=seconds,
-                 heldout_seconds=heldout_seconds, trials=args.trials,
-                 removed=list(genome.removed), layer_map=genome.describe(),
-                 search={"evaluated": s["evaluated"], "full_fidelity_evaluations":
-                         s["full_fidelity_evaluations"], "search_seconds": s["search_seconds"],
-                         "best_search_retention": s["best_search_retention"],
-                         "optimizer": s["optimizer"], "rungs": s["rungs"]},
-                 optimize_heldout_max_abs_diff=diff,
-                 mergekit_vs_stitch_max_abs_diff=summary["mergekit_vs_stitch_max_abs_diff"],
-                 resumed=resume is not None,
-                 run_dir=str(outcome.run_dir) if args.runs_dir else None)
+        score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
+        calib.stitcher.build(calib.full_genome())  # the stitcher's model back to plain layers
+        bench.add(name, fraction, genome.kept, score, transfer, seconds=seconds,
+                  heldout_seconds=heldout_seconds, removed=list(genome.removed),
+                  repair=info.to_json())
 
 
-SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
-                 "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype")
+# ---- comparisons ---------------------------------------------------------------------------------
+def comparisons(bench: Bench) -> None:
+    """Paired bootstrap intervals, added to the rows: every pruned row against the best baseline
+    of its fraction; search rows against the seeds-only row; repaired rows against unrepaired."""
+    from gptailor_merge.scoring.intervals import paired_bootstrap
 
+    base, base_transfer = bench.base
+    by_key = {(r["method"], r["remove_fraction"]): r for r in bench.rows}
+    transfer_names = [t.name for t in bench.transfer]
 
-def previous_rows(path: Path, result: dict) -> dict[tuple[str, float], dict]:
-    """Finished rows of an earlier run written to `path` with the same settings (else an error)."""
-    old = json.loads(path.read_text())
-    differ = [k for k in SAME_SETTINGS if old.get("args", {}).get(k) != result["args"].get(k)]
-    if differ:
-        raise SystemExit(f"--resume: {path} was written with other settings ({', '.join(differ)}); "
-                         "rerun with those or give another --json")
-    return {(r["method"], r["remove_fraction"]): r for r in old.get("rows", [])}
+    def diff(a: dict, b: dict, seed: int) -> tuple[dict, dict]:
+        (sa, ta), (sb, tb) = bench.scores(a), bench.scores(b)
+        return (paired_bootstrap(sa, sb, base, bench.tasks, bench.counted, metric=bench.metric,
+                                 n_boot=N_BOOT, seed=seed),
+                paired_bootstrap(ta, tb, base_transfer, bench.transfer, transfer_names,
+                                 n_boot=N_BOOT, seed=seed))
+
+    for i, row in enumerate(bench.rows):
+        fraction = row["remove_fraction"]
+        if not fraction or row.get("retention_sym") is None or "per_example" not in row:
+            continue
+        best = best_baseline(bench, fraction)
+        if best is not None and best is not row:
+            row["vs_best_baseline"], row["transfer_vs_best_baseline"] = diff(row, best, i)
+            row["vs_best_baseline"]["baseline"] = best["method"]
+        seeds = by_key.get(("gptailor-seeds-only", fraction))
+        if row["method"].startswith("gptailor") and seeds is not None and seeds is not row:
+            row["vs_seeds_only"], row["transfer_vs_seeds_only"] = diff(row, seeds, i)
+        if row["method"].endswith("+repair"):
+            plain = by_key.get((row["method"].removesuffix("+repair"), fraction))
+            if plain is not None:
+                row["vs_unrepaired"], row["transfer_vs_unrepaired"] = diff(row, plain, i)
 
 
 # ---- report -----------------------------------------------------------------------------------
-def table(rows: Sequence[dict], tasks) -> str:
+def table(rows: Sequence[dict], tasks, transfer) -> str:
+    from gptailor_merge.scoring.intervals import interval_text
+
     def cell(metrics: dict) -> str:
         if not metrics:
             return "-"
         return f"{metrics['acc']:.3f}" if "acc" in metrics else f"{metrics['ppl']:.2f}"
 
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    head = ["method", "remove", "layers", "params", *(t.name for t in tasks), "retention",
-            "above chance", "text", "trials", "seconds"]
+    head = ["method", "remove", "layers", *(t.name for t in tasks), *(t.name for t in transfer),
+            "retention_sym", "text", "worst task", "transfer", "vs best baseline", "vs seeds-only",
+            "transfer vs best baseline", "trials (opt.)", "winner", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        t_tasks = (r.get("transfer") or {}).get("tasks", {})
+        worst = r.get("worst_task")
+        trials = "-" if r.get("trials") is None else f"{r['trials']} ({r.get('optimizer_trials', 0)})"
+        winner = "-"
+        if r.get("winner_origin"):
+            winner = f"#{r['winner_trial']} {r['winner_origin']}"
         lines.append("| " + " | ".join([
-            r["method"], f"{r['remove_fraction']:g}", str(r["layers"]), fmt(r["params"], ","),
-            *(cell(r["tasks"].get(t.name, {})) for t in tasks), fmt(r["retention"], ".3f"),
-            fmt(r["retention_above_chance"], ".3f"), fmt(r.get("retention_text"), ".3f"),
-            fmt(r["trials"], "d"),
-            fmt(r["seconds"], ".1f")]) + " |")
+            r["method"], f"{r['remove_fraction']:g}", str(r["layers"]),
+            *(cell(r["tasks"].get(t.name, {})) for t in tasks),
+            *(cell(t_tasks.get(t.name, {})) for t in transfer),
+            _f(r.get("retention_sym")), _f(r.get("retention_sym_text")),
+            f"{worst['task']} {worst['ratio']:.3f}" if worst else "-",
+            _f((r.get("transfer") or {}).get("retention_sym")),
+            interval_text(r.get("vs_best_baseline")), interval_text(r.get("vs_seeds_only")),
+            interval_text(r.get("transfer_vs_best_baseline")), trials, winner,
+            _f(r.get("seconds"), ".1f")]) + " |")
     return "\n".join(lines)
 
 
-def undefined_above_chance(rows: Rows) -> list[str]:
-    """Multiple-choice tasks where the dense base is at or below chance (no above-chance ratio)."""
-    return [t.name for t in rows.tasks if t.kind == "multiple_choice"
-            and rows.base.tasks[t.name].metrics[rows.metric] <= t.chance]
+def footnote(bench: Bench, args: argparse.Namespace) -> str:
+    used = ", ".join(f"{t.name} n={len(t.examples('heldout', args.heldout_examples))}"
+                     + ("" if t.name in bench.counted else " (not counted: base at chance)")
+                     for t in bench.tasks)
+    t_used = ", ".join(f"{t.name} n={len(t.heldout)}" for t in bench.transfer)
+    return "\n".join([
+        f"Held-out examples, the same for every row: {used}. Transfer texts (never seen by any "
+        f"member's training or any search): {t_used}. Task columns: accuracy (multiple choice) or "
+        f"perplexity (`ppl_*`, `transfer_*`).",
+        "retention_sym: exp(mean log ratio) against the dense base over the counted tasks "
+        "(perplexity: log(ppl_base / ppl); multiple choice: log((acc - chance) / (acc_base - "
+        "chance)), floored); text: the same over the perplexity tasks; transfer: over the transfer "
+        "texts. Intervals: difference in mean log ratio, paired bootstrap 95% over held-out "
+        f"examples ({N_BOOT} resamples); > 0 means the row is better. Trials (opt.): all trials "
+        "(those not seeds); winner: the winning trial and where it came from. Seconds: the "
+        "method's own compute (baselines: calibration + selection; searches: optimize's wall time, "
+        "or the trials' own time when resumed).",
+    ])
 
 
-def footnote(rows: Rows, args: argparse.Namespace) -> str:
-    used = ", ".join(f"{t.name} {len(t.examples('heldout', args.heldout_examples))}" for t in rows.tasks)
-    lines = [
-        f"Task columns: accuracy (multiple choice), perplexity (`ppl_*`), on the same held-out "
-        f"examples for every row ({used}). Retention: mean over tasks of score / dense base "
-        f"(ppl_base / ppl for perplexity); above chance: mean of (acc - chance) / "
-        f"(acc_base - chance) over multiple-choice tasks; text: mean of ppl_base / ppl over the "
-        f"perplexity tasks alone (small models' multiple-choice scores are noisy). Seconds: the method's own wall time "
-        f"(baselines: calibration + selection; GPTailor: the whole `optimize` run, {args.trials} "
-        f"trials, its search loop alone under `search.search_seconds` in the JSON).",
-    ]
-    undefined = undefined_above_chance(rows)
-    if undefined:
-        lines.append(f"Above-chance retention leaves out {', '.join(undefined)}: the dense base "
-                     f"scores at or below chance there.")
-    return "\n".join(lines)
+# ---- main -------------------------------------------------------------------------------------
+SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
+                 "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype",
+                 "skip_ablations")
+
+
+def previous_rows(path: Path, result: dict) -> dict[tuple[str, float], dict]:
+    """Finished rows of an earlier run written to `path` with the same settings and code version."""
+    old = json.loads(path.read_text())
+    differ = [k for k in SAME_SETTINGS if old.get("args", {}).get(k) != result["args"].get(k)]
+    if differ:
+        raise SystemExit(f"--resume: {path} was written with other settings ({', '.join(differ)}); "
+                         "rerun with those or give another --json")
+    versions = {(r.get("git_sha") or {}).get("sha") for r in old.get("rows", [])}
+    if versions - {result["git"]["sha"]}:
+        raise SystemExit(f"--resume: {path} holds rows of another code version ({', '.join(sorted(map(str, versions)))}, "
+                         f"this is {result['git']['sha']}); a table mixes no versions. Rerun without "
+                         "--resume or give another --json")
+    return {(r["method"], r["remove_fraction"]): r for r in old.get("rows", [])}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -354,25 +585,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="search examples per task at the top rung")
     p.add_argument("--heldout-examples", type=int, default=None,
                    help="held-out examples per task, the same for every row (default: all)")
+    p.add_argument("--transfer-texts", type=int, default=64,
+                   help="transfer texts per source (benchmarks/transfer.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration-texts", type=int, default=32,
-                   help="search-split texts per perplexity task that the baselines calibrate on "
-                        "(default 32, as `prune`)")
+                   help="search-split texts per perplexity task that calibrate the baselines, the "
+                        "search's baseline seeds and the repair (one setting for all)")
     p.add_argument("--laco-threshold", type=float, default=0.65)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
     p.add_argument("--runs-dir", type=Path, default=None,
-                   help="keep the GPTailor run folders (recipes, models, reports) here; "
+                   help="keep the GPTailor run folders (journals, recipes, mergekit models) here; "
                         "default: a temporary folder, deleted")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: keep the finished rows of --json (same "
-                        "settings) and resume GPTailor searches from their journals in --runs-dir")
-    p.add_argument("--lean", action="store_true",
-                   help="GPTailor runs skip optimize's own held-out summary (dense and Pareto rows, "
-                        "mergekit check, report): this benchmark scores the best recipe itself")
+                        "settings and code version) and resume searches from their journals")
+    p.add_argument("--skip-ablations", action="store_true",
+                   help="only the full search and the baselines (no uniform-merge, seeds-only, "
+                        "no-seeds, random, removal-only rows)")
+    p.add_argument("--skip-repair", action="store_true", help="no +repair rows")
     args = p.parse_args(argv)
     args.remove = args.remove or list(DEMO_FRACTIONS if args.family == "demo" else SMOLLM2_FRACTIONS)
     bad = [f for f in args.remove if not 0.0 < f < 1.0]
@@ -380,9 +614,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--remove {bad[0]}: a fraction of layers in (0, 1), e.g. 0.25")
     if args.resume and args.runs_dir is None:
         p.error("--resume needs --runs-dir (the GPTailor journals to resume)")
-    if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1) < 1:
-        p.error("--trials, --max-examples, --heldout-examples and --calibration-texts must be at "
-                "least 1")
+    if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1,
+           args.transfer_texts) < 1:
+        p.error("--trials, --max-examples, --heldout-examples, --transfer-texts and "
+                "--calibration-texts must be at least 1")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.json = args.json or Path(f"benchmarks/results/quality-{args.family}.json")
     return args
@@ -391,12 +626,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     setup_torch(args.threads)
-    # an undefined above-chance ratio warns on every score; the footnote says it once
     logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
+    from transfer import transfer_tasks
     from transformers import AutoTokenizer
 
     from gptailor_merge.baselines import Calibration, calibration_texts
     from gptailor_merge.genome import resolve_target
+    from gptailor_merge.optimize import search_space
     from gptailor_merge.resolve import load_tasks, resolve_family
     from gptailor_merge.search import Evaluator
     from gptailor_merge.stitch import Stitcher
@@ -406,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = run_config(family_part, args)
     family, names = resolve_family(config, progress=True)
     tasks = load_tasks(config)
+    transfer, transfer_info = transfer_tasks(args.transfer_texts)
     n_removes = {}
     for fraction in args.remove:
         n_removes[fraction] = family.n_layers - resolve_target(family.n_layers, remove_fraction=fraction)
@@ -415,21 +652,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     text_tasks = [t for t in tasks if t.kind == "perplexity"]
     if not text_tasks:
         raise SystemExit("the baselines calibrate on text (perplexity) tasks; this family has none")
-    ev, n = config.eval, config.eval.heldout_examples
+    ev, n, s = config.eval, config.eval.heldout_examples, config.search
     stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
-                          max_length=ev.max_length, metric=config.search.metric)
+                          max_length=ev.max_length, metric=s.metric, rungs=tuple(s.rungs()),
+                          chance_z=s.chance_z)
+    transfer_ev = Evaluator(stitcher, tokenizer, transfer, batch_size=ev.batch_size,
+                            max_length=ev.max_length, prefix_cache_bytes=0)
     calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, args.calibration_texts)),
                         batch_size=ev.batch_size, max_length=ev.max_length)
-    total = len(names) + len(args.remove) * (len(BASELINE_METHODS) + 2)
-    rows = Rows(family, tasks, config.search.metric, total)
+    per_fraction = len(BASELINE_METHODS) + 1 + (0 if args.skip_ablations else len(SEARCH_ROWS) + 1)
+    per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
+    bench = Bench(family, tasks, transfer, s.metric, n, len(names) + len(args.remove) * per_fraction)
     print(f"quality: {args.family} family ({', '.join(names)}), {family.n_layers} layers, removing "
           f"{', '.join(f'{f:g} ({k} layers)' for f, k in n_removes.items())}; held-out examples "
           f"per task: {n or 'all'}", flush=True)
 
     result = {
-        "benchmark": "quality", "git": git_sha(), "hardware": hardware(), "seed": args.seed,
+        "benchmark": "quality", "git": bench.git, "hardware": hardware(), "seed": args.seed,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "family": {"name": args.family, "members": names, "n_layers": family.n_layers,
                    "total_params": family.total_params,
@@ -437,33 +678,52 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "heldout_examples": n,
         "tasks": [{"name": t.name, "kind": t.kind, "chance": round(t.chance, 6),
                    "heldout_used": len(t.examples("heldout", n))} for t in tasks],
+        "transfer": transfer_info,
         "calibration": {"split": "search", "tasks": [t.name for t in text_tasks],
-                        "n_examples_per_task": args.calibration_texts, "n_texts": len(calib.texts)},
-        "complete": False, "rows": rows.rows,
+                        "n_examples_per_task": args.calibration_texts, "n_texts": len(calib.texts),
+                        "used_by": ["baselines", "search baseline seeds", "repair"]},
+        "complete": False, "rows": bench.rows,
     }
-
     if args.resume and args.json.is_file():
-        rows.previous = previous_rows(args.json, result)
+        bench.previous = previous_rows(args.json, result)
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="gptailor-quality-"))
     try:
-        dense_rows(rows, evaluator, names, n)
-        result["above_chance_undefined"] = undefined_above_chance(rows)
+        member_rows(bench, evaluator, names)
+        result["counted_tasks"] = bench.counted
         write_result(args.json, result)
         for fraction, n_remove in n_removes.items():
-            baseline_rows(rows, calib, evaluator, tokenizer, fraction, n_remove, n, args)
+            genomes = baseline_rows(bench, calib, evaluator, transfer_ev, tokenizer, fraction,
+                                    n_remove, args)
             write_result(args.json, result)
-            gptailor_rows(rows, evaluator, family_part, fraction, n, runs_dir, args)
+            fraction_config = run_config(family_part, args, remove_fraction=fraction)
+            space = search_space(fraction_config, family, family.n_layers - n_remove)
+            if not args.skip_ablations and genomes:
+                uniform_merge_row(bench, evaluator, transfer_ev, space, fraction_config, genomes,
+                                  fraction)
+                seeds_only_row(bench, evaluator, transfer_ev, space, fraction_config, fraction,
+                               n_remove, stitcher, tokenizer)
+                write_result(args.json, result)
+            baselines = [r for r in bench.rows if r["remove_fraction"] == fraction
+                         and r["method"] in BASELINE_METHODS]
+            searched = gptailor_rows(bench, evaluator, transfer_ev, family_part, fraction, runs_dir,
+                                     args, baselines)
+            write_result(args.json, result)
+            if not args.skip_repair:
+                to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
+                repair_rows(bench, evaluator, calib, tokenizer, fraction, {**to_repair, **searched}, args)
+            comparisons(bench)
             write_result(args.json, result)  # partial results survive an interrupted run
     finally:
         if args.runs_dir is None:
             shutil.rmtree(runs_dir, ignore_errors=True)
 
+    comparisons(bench)
     result["complete"] = True
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     print()
-    print(table(rows.rows, tasks))
+    print(table(bench.rows, tasks, transfer))
     print()
-    print(footnote(rows, args))
+    print(footnote(bench, args))
     write_result(args.json, result)
     print(f"wrote {args.json}")
     return result
@@ -471,3 +731,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+

@@ -83,9 +83,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     check_fingerprint(run_dir, fingerprint(config, family, n_keep, tasks), resumed)
 
     s = config.search
-    space = SearchSpace(family.n_layers, family.n_candidates, n_keep, methods=s.merge_methods,
-                        lambda_range=s.lambda_range, density_range=s.density_range,
-                        max_sources=s.max_sources, allow_candidates=s.use_candidates)
+    space = search_space(config, family, n_keep)
     logger.info("%s; keeping %d of %d layers", family.summary().splitlines()[0], n_keep, family.n_layers)
     ev = config.eval
     evaluator = build_evaluator(config, family, tasks)
@@ -140,6 +138,14 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     except Exception as exc:  # a figure must never cost a finished run its results
         logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
     return RunOutcome(run_dir, summary, best_recipe)
+
+
+def search_space(config: RunConfig, family, n_keep: int) -> SearchSpace:
+    """The run's search space from its config (benchmarks rebuild the same one for its seeds)."""
+    s = config.search
+    return SearchSpace(family.n_layers, family.n_candidates, n_keep, methods=s.merge_methods,
+                       lambda_range=s.lambda_range, density_range=s.density_range,
+                       max_sources=s.max_sources, allow_candidates=s.use_candidates)
 
 
 def _with_workers(config: RunConfig, workers: int | None, ray_address: str | None) -> RunConfig:

@@ -27,6 +27,8 @@ FIGURES_DIR = "figures"
 LAYER_MAP_PNG = "layer_map.png"
 PARETO_PNG = "pareto_front.png"
 TRACE_PNG = "search_trace.png"
+ANYTIME_PNG = "anytime.png"
+ANYTIME_JSON = "anytime.json"
 
 BASE_COLOR = "#8c8c8c"
 REMOVED_COLOR = "#ffffff"
@@ -302,6 +304,38 @@ def plot_search_trace(trials: Sequence[Trial], top: int, path: str | os.PathLike
     return _save(fig, path)
 
 
+def plot_anytime(data: dict, path: str | os.PathLike) -> Path:
+    """Held-out retention_sym of the best-so-far recipe against the search's own time, each
+    baseline a marker at its own compute time: what more search time buys."""
+    fig = _new_figure(8.0, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    points = data.get("points", [])
+    if points:
+        xs = [p["seconds"] for p in points] + [data.get("trial_seconds", points[-1]["seconds"])]
+        ys = [p["retention_sym"] for p in points] + [points[-1]["retention_sym"]]
+        ax.step(xs, ys, where="post", color=FRONT_COLOR, linewidth=2, label="search: best so far (held-out)")
+        for p in points:
+            ax.scatter([p["seconds"]], [p["retention_sym"]], s=28, zorder=3,
+                       color="#f2b600" if p["origin"] == "seed" else FRONT_COLOR, edgecolor="black",
+                       linewidth=0.5)
+            ax.annotate(f"#{p['trial']}", (p["seconds"], p["retention_sym"]), fontsize=7,
+                        xytext=(3, -9), textcoords="offset points")
+    for b in data.get("baselines", []):
+        ax.scatter([max(b["seconds"] or 0.0, 1e-2)], [b["retention_sym"]], marker="D", s=30, color="#777777",
+                   zorder=3)
+        ax.annotate(b["method"], (max(b["seconds"] or 0.0, 1e-2), b["retention_sym"]), fontsize=8,
+                    xytext=(4, 3), textcoords="offset points", color="#444444")
+    ax.set_xscale("log")
+    ax.set_xlabel("compute seconds (search: its trials' own time; baselines: calibration + selection)")
+    ax.set_ylabel("retention_sym vs dense base (held-out)")
+    ax.grid(alpha=0.25)
+    ax.set_title(f"Anytime: {data.get('trials', '?')} trials; yellow = a seed was the best so far",
+                 fontsize=11, loc="left")
+    if points:
+        ax.legend(fontsize=8.5, loc="lower right", frameon=False)
+    return _save(fig, path)
+
+
 # ---- report.md ------------------------------------------------------------------------------
 @dataclass
 class RunRecord:
@@ -401,6 +435,12 @@ def write_report(run_dir: str | os.PathLike) -> Path:
               "Each marker is a trial at the largest example budget it reached (successive halving stops weak "
               "trials early); the line is the best full-fidelity retention so far.", "",
               f"![search trace]({FIGURES_DIR}/{TRACE_PNG})", ""]
+    if (run_dir / ANYTIME_JSON).is_file():  # written by benchmarks/quality.py, which scores it
+        plot_anytime(json.loads((run_dir / ANYTIME_JSON).read_text()), figures / ANYTIME_PNG)
+        lines += ["## Anytime", "",
+                  "Held-out retention of the best recipe so far against the search's own compute time, with "
+                  "the single-model baselines at their compute time.", "",
+                  f"![anytime]({FIGURES_DIR}/{ANYTIME_PNG})", ""]
     summary_md = run_dir / "summary.md"
     if summary_md.is_file():
         lines += ["## Held-out results", "", _demote_headings(summary_md.read_text()).strip(), ""]

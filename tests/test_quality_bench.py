@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["dense-base", "ft-prose", "ft-code", "ft-math", "reverse", "shortgpt", "angular",
-           "greedy-ppl", "laco", "gptailor-removal-only", "gptailor"]
+MEMBERS = ["member-base", "member-prose", "member-code", "member-math"]
+METHODS = [*MEMBERS, "reverse", "shortgpt", "angular", "greedy-ppl", "laco", "uniform-merge",
+           "gptailor-seeds-only", "gptailor-removal-only", "gptailor-no-seeds", "gptailor-random",
+           "gptailor", "shortgpt+repair", "greedy-ppl+repair", "gptailor+repair"]
+SEARCHES = ["gptailor-removal-only", "gptailor-no-seeds", "gptailor-random", "gptailor"]
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +41,32 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     counts = {t["name"]: t["heldout_used"] for t in saved["tasks"]}
     for r in rows:
         assert {k: v["n"] for k, v in r["tasks"].items()} == counts, r["method"]
-        pruned = r["method"] not in METHODS[:4]
+        assert {k: len(next(iter(v.values()))) for k, v in r["per_example"].items()} == counts
+        pruned = r["method"] not in MEMBERS
         assert r["layers"] == (n_layers - 1 if pruned else n_layers)
         assert (r["params"] < total) if pruned else (r["params"] == total)
-        assert r["trials"] == (4 if r["method"].startswith("gptailor") else None)
-    assert rows[0]["retention"] == 1.0
-    tailored = [r for r in rows if r["method"].startswith("gptailor")]
-    assert all(r["optimize_heldout_max_abs_diff"] <= 1e-4 for r in tailored)
-    assert all(Path(r["run_dir"], "best.yaml").is_file() for r in tailored)
-    assert all(s == "base" or s == "removed" for s in tailored[0]["layer_map"])  # removal only
+        assert r["git_sha"] == saved["git"]
+        ratios = [r["log_ratios"][t] for t in r["counted_tasks"]]
+        assert r["retention_sym"] == pytest.approx(math.exp(sum(ratios) / len(ratios)), abs=2e-6)
+        if pruned and r["method"] not in ("angular", "greedy-ppl"):  # one of those is the best
+            lo, hi = r["vs_best_baseline"]["ci95"]
+            assert lo <= r["vs_best_baseline"]["diff"] <= hi
+    by = {r["method"]: r for r in rows}
+    assert by["member-base"]["retention_sym"] == 1.0
+    # the members are the real fine-tunes: each is best on its own domain's perplexity
+    assert by["member-math"]["tasks"]["ppl_math"]["ppl"] < by["member-base"]["tasks"]["ppl_math"]["ppl"]
+    for name in SEARCHES:
+        r = by[name]
+        assert r["trials"] == 4 and r["mergekit_vs_stitch_max_abs_diff"] <= 1e-4
+        assert Path(r["recipe"]).is_file() and "vs_seeds_only" in r
+        assert r["winner_from_seed"] == (r["winner_origin"] == "seed")
+    assert by["gptailor-no-seeds"]["optimizer_trials"] == 4  # no seed at all
+    assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
+    assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
+    assert "vs_unrepaired" in by["shortgpt+repair"]
     printed = capsys.readouterr().out
-    assert "| method | remove | layers | params |" in printed
-    assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == 11
+    assert "| method | remove | layers |" in printed
+    assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == len(METHODS)
 
 
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
@@ -57,21 +75,29 @@ def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
     out = tmp_path_factory.mktemp("resume")
     argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
             "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
-            "--runs-dir", str(out / "runs"), "--lean"]
+            "--runs-dir", str(out / "runs"), "--skip-ablations", "--skip-repair"]
     first = quality.main(argv)
-    assert first["rows"][-1]["mergekit_vs_stitch_max_abs_diff"] is None  # lean: no own summary
     # an interrupted run: the last row never written, its search's summary gone
     cut = {**first, "complete": False, "rows": first["rows"][:-1]}
     (out / "q.json").write_text(json.dumps(cut))
     (out / "runs" / "remove0.25-gptailor" / "summary.json").unlink()
     again = quality.main([*argv, "--resume"])
-    assert [r["method"] for r in again["rows"]] == METHODS and again["complete"] is True
-    assert again["rows"][:-1] == json.loads(json.dumps(first["rows"][:-1]))  # kept as they were
+    assert again["complete"] is True and [r["method"] for r in again["rows"]] == [
+        r["method"] for r in first["rows"]]
+    keep = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("vs_", "transfer_vs"))}  # noqa: E731
+                         for r in rows]
+    assert keep(again["rows"][:-1]) == keep(json.loads(json.dumps(first["rows"][:-1])))
     last, was = again["rows"][-1], first["rows"][-1]
     assert last["resumed"] is True and last["removed"] == was["removed"]
     assert last["tasks"] == was["tasks"]  # the journal replayed: the same best recipe and scores
+    assert last["search_trial_seconds"] == was["search_trial_seconds"]  # the trials' own time
     with pytest.raises(SystemExit, match="other settings"):
         quality.main([a if a != "3" else "4" for a in argv] + ["--resume"])  # --trials 4
+    stale = json.loads((out / "q.json").read_text())
+    stale["rows"][0]["git_sha"] = {"sha": "0" * 40, "dirty": False}
+    (out / "q.json").write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match="another code version"):
+        quality.main([*argv, "--resume"])
 
 
 def test_quality_benchmark_smollm2_without_a_built_family_names_the_builder(
