@@ -64,6 +64,17 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
     assert "vs_unrepaired" in by["shortgpt+repair"]
+    # a member row is `evaluate` on that member's own folder, on the same held-out examples
+    from gptailor_merge.cli import main as cli
+    from gptailor_merge.demo.layout import default_family_dir
+
+    folder = default_family_dir("tiny", 0) / by["member-math"]["model_path"]
+    assert cli(["-q", "evaluate", str(folder), "--tasks", *counts, "--limit", "6",
+                "--json", str(out / "math.json")]) == 0
+    evaluated = json.loads((out / "math.json").read_text())["tasks"]
+    assert evaluated.keys() == by["member-math"]["tasks"].keys()
+    for task, metrics in by["member-math"]["tasks"].items():
+        assert evaluated[task] == pytest.approx(metrics, abs=1e-6), task
     printed = capsys.readouterr().out
     assert "| method | remove | layers |" in printed
     assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == len(METHODS)
