@@ -91,7 +91,7 @@ class Baseline(Protocol):
 
 
 BASELINES: Registry[Baseline] = Registry("baseline")
-DEFAULT_SEED_METHODS = ("reverse", "shortgpt", "angular")
+DEFAULT_SEED_METHODS = ("reverse", "shortgpt", "angular", "greedy-ppl")  # greedy-ppl: the costliest (prefix-reusing)
 
 
 def canonical_name(method: str) -> str:
