@@ -7,7 +7,6 @@ Nothing touches the network: a recording stand-in replaces `HfApi`, and HF_HUB_O
 
 import json
 import logging
-import random
 
 import pytest
 import yaml
@@ -23,39 +22,9 @@ from gptailor_merge.hub import (
     push_to_hub,
 )
 
-WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 TOKEN = "hf_TestSecretToken0123456789"
 UPLOADED = {"README.md", "config.json", "generation_config.json", "layer_map.png", "mergekit_config.yml",
             "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished 6-trial run on a 6-layer synthetic family, two tasks (~3 s)."""
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.synthetic import make_synthetic_family
-
-    root = tmp_path_factory.mktemp("hub")
-    base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=5)
-    rng = random.Random(1)
-    with open(root / "mc.jsonl", "w") as f:
-        for _ in range(24):
-            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
-            f.write(json.dumps({"context": " ".join(rng.choice(WORDS) for _ in range(6)), "choices": choices,
-                                "answer": rng.randrange(4)}) + "\n")
-    with open(root / "txt.jsonl", "w") as f:
-        for _ in range(24):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n")
-    config = RunConfig.from_dict({
-        "family": {"base": str(base), "candidates": [str(c) for c in cands], "names": ["llama", "chat", "math", "code"]},
-        "target": {"layers": 4},
-        "tasks": [str(root / "mc.jsonl"), str(root / "txt.jsonl")],
-        "search": {"n_trials": 6, "max_examples": 6},
-        "eval": {"batch_size": 8, "max_length": 64, "heldout_examples": 6},
-        "out_dir": str(root / "run"),
-    })
-    return optimize(config, progress=False).run_dir
 
 
 class RecordingApi:
