@@ -5,6 +5,7 @@ Nothing touches the network: a recording stand-in replaces `HfApi`, and HF_HUB_O
 `card.data` fields instead.
 """
 
+import inspect
 import json
 import logging
 
@@ -28,30 +29,55 @@ UPLOADED = {"README.md", "config.json", "generation_config.json", "layer_map.png
 
 
 class RecordingApi:
-    """Stands in for `HfApi`: records every call and what the folder held when it was uploaded."""
+    """Stands in for `HfApi`: each method binds its arguments to the real `HfApi` method's signature
+    (a call the library would reject raises TypeError here too), records them by name, and returns
+    what the real method returns (`RepoUrl`, None, `CommitInfo`). The upload records what the folder
+    held when it was uploaded."""
 
     def __init__(self):
         self.calls = []
         self.files = {}
 
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return None
+    def _record(self, name, *args, **kwargs) -> dict:
+        from huggingface_hub import HfApi
 
-    def create_branch(self, repo_id, **kwargs):
-        self.calls.append(("create_branch", repo_id, kwargs))
+        arguments = inspect.signature(getattr(HfApi, name)).bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        self.calls.append((name, arguments["repo_id"], arguments))
+        return arguments
 
-    def upload_folder(self, **kwargs):
+    def create_repo(self, *args, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        return RepoUrl(f"https://huggingface.co/{self._record('create_repo', *args, **kwargs)['repo_id']}")
+
+    def create_branch(self, *args, **kwargs):
+        self._record("create_branch", *args, **kwargs)
+
+    def upload_folder(self, *args, **kwargs):
         from pathlib import Path
 
-        folder = Path(kwargs["folder_path"])
+        from huggingface_hub import CommitInfo
+
+        arguments = self._record("upload_folder", *args, **kwargs)
+        folder, repo_id = Path(arguments["folder_path"]), arguments["repo_id"]
         self.files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc123",
+                          commit_message=arguments.get("commit_message") or "", commit_description="",
+                          oid="abc123")
 
-        class Commit:
-            commit_url = f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
 
-        return Commit()
+def test_the_hub_stand_in_rejects_what_the_real_hfapi_signatures_reject(tmp_path):
+    api = RecordingApi()
+    with pytest.raises(TypeError):
+        api.upload_folder("someone/x", str(tmp_path))  # keyword-only in HfApi
+    with pytest.raises(TypeError):
+        api.upload_folder(repo_id="someone/x", folder=str(tmp_path))  # the parameter is folder_path
+    with pytest.raises(TypeError):
+        api.create_repo("someone/x", True)  # private is keyword-only
+    with pytest.raises(TypeError):
+        api.create_branch("someone/x", "pruned")  # branch is keyword-only
+    assert api.calls == []
 
 
 @pytest.fixture
