@@ -107,10 +107,10 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_demo_cache(tmp_path_factory):
-    """A $GPTAILOR_CACHE holding the tiny demo family (seed 0, seconds to build), built once per
-    run for the tests that run the demo config on it (they `monkeypatch.setenv("GPTAILOR_CACHE", ...)`).
-    Its sources/ is the real cache's, so the Wikipedia sample is fetched at most once."""
+def tiny_demo_family(tmp_path_factory):
+    """The tiny demo family (seed 0, seconds to build) in a cache folder of its own, built once per
+    run. Tests that run the demo config on it point $GPTAILOR_CACHE at `root.parent`. That cache's
+    sources/ is the real one, so the Wikipedia sample is fetched at most once."""
     from gptailor_merge.demo import build_demo_family, default_cache_dir
 
     sources = default_cache_dir() / "sources"
@@ -119,8 +119,7 @@ def tiny_demo_cache(tmp_path_factory):
     (cache / "sources").symlink_to(sources, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTAILOR_CACHE", str(cache))
-        build_demo_family(preset="tiny", seed=0, progress=False)
-    return cache
+        return build_demo_family(preset="tiny", seed=0, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +135,21 @@ def default_demo_family():
         return build_demo_family(preset="default", seed=0, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def task_retention(row: dict, reference: dict, metric: str = "acc") -> dict[str, float]:
+    """Retention's definition written out again, to check the numbers the tools report: per task
+    of a summary row's own held-out scores, acc / acc_ref (multiple choice) or ppl_ref / ppl
+    (perplexity); a task whose ratio is undefined (reference at zero) is left out."""
+    out = {}
+    for task, scores in row["tasks"].items():
+        ref = reference["tasks"][task]
+        numerator, denominator = (ref["ppl"], scores["ppl"]) if "ppl" in scores else (scores[metric], ref[metric])
+        if denominator > 0:
+            out[task] = numerator / denominator
+    return out
+
+
+def mean_task_retention(row: dict, reference: dict, metric: str = "acc") -> float:
+    values = list(task_retention(row, reference, metric).values())
+    return sum(values) / len(values)

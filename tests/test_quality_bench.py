@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import mean_task_retention, task_retention
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["dense-base", "ft-prose", "ft-code", "ft-math", "reverse", "shortgpt", "angular",
@@ -22,8 +23,8 @@ def quality():
 
 
 def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_examples(
-        quality, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch, capsys):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("quality")
     result = quality.main(["--demo-preset", "tiny", "--remove", "0.25", "--trials", "4",
                            "--max-examples", "8", "--heldout-examples", "6", "--threads", "1",
@@ -41,7 +42,13 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         assert r["layers"] == (n_layers - 1 if pruned else n_layers)
         assert (r["params"] < total) if pruned else (r["params"] == total)
         assert r["trials"] == (4 if r["method"].startswith("gptailor") else None)
-    assert rows[0]["retention"] == 1.0
+    # every row against the dense base's held-out scores, and against the best fine-tune's
+    best_dense = max(rows[1:4], key=lambda r: r["retention"])
+    for r in rows:
+        per_task = task_retention(r, rows[0])
+        assert r["retention_per_task"] == pytest.approx(per_task, abs=1e-5), r["method"]
+        assert r["retention"] == pytest.approx(mean_task_retention(r, rows[0]), abs=1e-5)
+        assert r["retention_vs_best_dense"] == pytest.approx(mean_task_retention(r, best_dense), abs=1e-5)
     tailored = [r for r in rows if r["method"].startswith("gptailor")]
     assert all(r["optimize_heldout_max_abs_diff"] <= 1e-4 for r in tailored)
     assert all(Path(r["run_dir"], "best.yaml").is_file() for r in tailored)
@@ -52,8 +59,8 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
 
 
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
-        quality, tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("resume")
     argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
             "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
