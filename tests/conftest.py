@@ -14,6 +14,17 @@ torch.set_num_threads(1)  # tiny models: threads only add contention
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the subprocesses tests start
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The fast loop, `pytest -m "not integration"`, must never start the default demo build
+    (minutes): a test that uses `default_demo_family` without the integration mark is an error."""
+    unmarked = [item.nodeid for item in items
+                if "default_demo_family" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these @pytest.mark.integration (they use default_demo_family): {unmarked}")
+
+
 @pytest.fixture(scope="session")
 def tiny_family_paths(tmp_path_factory):
     """arch -> (base path, candidate paths) for tiny 4-layer Llama / Mistral / Qwen2 families."""
