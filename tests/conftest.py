@@ -136,16 +136,11 @@ def tiny_demo_family(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_demo_family():
     """The default (12-layer) demo family under $GPTAILOR_CACHE: built once per run, or reused from
-    the cache. It trains on every core: a test run is serial, so nothing else runs meanwhile, and
-    the one-thread setting above is for the tiny models."""
+    the cache. It trains on the one thread set above: on 2 shared cores a second thread made each
+    training step slower, not faster (spin-waits under contention)."""
     from gptailor_merge.demo import build_demo_family
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        return build_demo_family(preset="default", seed=0, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    return build_demo_family(preset="default", seed=0, progress=False)
 
 
 def task_retention(row: dict, reference: dict, metric: str = "acc") -> dict[str, float]:
