@@ -14,6 +14,17 @@ torch.set_num_threads(1)  # tiny models: threads only add contention
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the subprocesses tests start
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The fast loop, `pytest -m "not integration"`, must never start the default demo build
+    (minutes): a test that uses `default_demo_family` without the integration mark is an error."""
+    unmarked = [item.nodeid for item in items
+                if "default_demo_family" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these @pytest.mark.integration (they use default_demo_family): {unmarked}")
+
+
 @pytest.fixture(scope="session")
 def tiny_family_paths(tmp_path_factory):
     """arch -> (base path, candidate paths) for tiny 4-layer Llama / Mistral / Qwen2 families."""
@@ -59,3 +70,91 @@ def write_word_tasks(root) -> None:
     with open(root / "txt.jsonl", "w") as f:
         for _ in range(30):
             f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
+
+
+def write_mc_task(path, n_rows: int, seed: int) -> None:
+    """A seeded four-way multiple-choice JSONL task of random words at `path`."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n_rows):
+            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
+            f.write(json.dumps({"context": " ".join(rng.choice(WORDS) for _ in range(6)),
+                                "choices": choices, "answer": rng.randrange(4)}) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished 12-trial run (held-out rows, best_model, report) on a 6-layer synthetic family
+    with named members and three tasks, shared by the report and hub tests, which only read it
+    (a report is rewritten in place; nothing else in the folder changes)."""
+    import json
+    import random
+
+    from gptailor_merge.config import RunConfig
+    from gptailor_merge.optimize import optimize
+    from gptailor_merge.synthetic import make_synthetic_family
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)
+    write_mc_task(root / "mc_a.jsonl", 30, seed=0)
+    write_mc_task(root / "mc_b.jsonl", 30, seed=1)
+    rng = random.Random(2)
+    with open(root / "txt.jsonl", "w") as f:
+        for _ in range(24):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
+    config = RunConfig.from_dict({
+        "family": {"base": str(base), "candidates": [str(c) for c in cands],
+                   "names": ["llama", "chat", "math", "code"]},
+        "target": {"layers": 4},
+        "tasks": [str(root / "mc_a.jsonl"), str(root / "txt.jsonl"), str(root / "mc_b.jsonl")],
+        "search": {"n_trials": 12, "max_examples": 9},
+        "eval": {"batch_size": 8, "max_length": 64, "heldout_examples": 6},
+        "out_dir": str(root / "run"),
+    })
+    return optimize(config, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_family(tmp_path_factory):
+    """The tiny demo family (seed 0, seconds to build) in a cache folder of its own, built once per
+    run. Tests that run the demo config on it point $GPTAILOR_CACHE at `root.parent`. That cache's
+    sources/ is the real one, so the Wikipedia sample is fetched at most once."""
+    from gptailor_merge.demo import build_demo_family, default_cache_dir
+
+    sources = default_cache_dir() / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "sources").symlink_to(sources, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTAILOR_CACHE", str(cache))
+        return build_demo_family(preset="tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_demo_family():
+    """The default (12-layer) demo family under $GPTAILOR_CACHE: built once per run, or reused from
+    the cache. It trains on the one thread set above: on 2 shared cores a second thread made each
+    training step slower, not faster (spin-waits under contention)."""
+    from gptailor_merge.demo import build_demo_family
+
+    return build_demo_family(preset="default", seed=0, progress=False)
+
+
+def yardstick_from_metrics(row: dict, reference: dict, counted, chance: float = 0.25,
+                           metric: str = "acc") -> float:
+    """retention_sym's definition written out again from a row's own held-out metrics, to check the
+    number the tools report: exp(mean over counted tasks of nll_ref - nll (perplexity) or
+    log(max(acc - c, 0.01) / (acc_ref - c)) (multiple choice))."""
+    import math
+
+    logs = []
+    for task in counted:
+        scores, ref = row["tasks"][task], reference["tasks"][task]
+        if "nll" in scores:
+            logs.append(ref["nll"] - scores["nll"])
+        else:
+            logs.append(math.log(max(scores[metric] - chance, 0.01) / (ref[metric] - chance)))
+    return math.exp(sum(logs) / len(logs))

@@ -164,8 +164,8 @@ def test_unknown_preset_suggests_the_close_one(tmp_path) -> None:
 
 
 @pytest.mark.integration
-def test_default_family_specialises() -> None:
-    family = build_demo_family(preset="default", seed=0, progress=False)
+def test_default_family_specialises(default_demo_family: DemoFamily) -> None:
+    family = default_demo_family
     assert family.root == default_cache_dir() / "demo-default-seed0"
     assert AutoModelForCausalLM.from_pretrained(family.base).config.num_hidden_layers >= 12
     for task in family.task_names:

@@ -5,9 +5,9 @@ Nothing touches the network: a recording stand-in replaces `HfApi`, and HF_HUB_O
 `card.data` fields instead.
 """
 
+import inspect
 import json
 import logging
-import random
 
 import pytest
 import yaml
@@ -24,66 +24,61 @@ from gptailor_merge.hub import (
 )
 from gptailor_merge.outputs import MARKER
 
-WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 TOKEN = "hf_TestSecretToken0123456789"
 UPLOADED = {"README.md", "config.json", "generation_config.json", "layer_map.png", "mergekit_config.yml",
             "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished 6-trial run on a 6-layer synthetic family, two tasks (~3 s)."""
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.synthetic import make_synthetic_family
-
-    root = tmp_path_factory.mktemp("hub")
-    base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=5)
-    rng = random.Random(1)
-    with open(root / "mc.jsonl", "w") as f:
-        for _ in range(24):
-            choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
-            f.write(json.dumps({"context": " ".join(rng.choice(WORDS) for _ in range(6)), "choices": choices,
-                                "answer": rng.randrange(4)}) + "\n")
-    with open(root / "txt.jsonl", "w") as f:
-        for _ in range(24):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n")
-    config = RunConfig.from_dict({
-        "family": {"base": str(base), "candidates": [str(c) for c in cands], "names": ["llama", "chat", "math", "code"]},
-        "target": {"layers": 4},
-        "tasks": [str(root / "mc.jsonl"), str(root / "txt.jsonl")],
-        "search": {"n_trials": 6, "max_examples": 6},
-        "eval": {"batch_size": 8, "max_length": 64, "heldout_examples": 6},
-        "out_dir": str(root / "run"),
-    })
-    return optimize(config, progress=False).run_dir
-
-
 class RecordingApi:
-    """Stands in for `HfApi`: records every call and what the folder held when it was uploaded."""
+    """Stands in for `HfApi`: each method binds its arguments to the real `HfApi` method's signature
+    (a call the library would reject raises TypeError here too), records them by name, and returns
+    what the real method returns (`RepoUrl`, None, `CommitInfo`). The upload records what the folder
+    held when it was uploaded."""
 
     def __init__(self):
         self.calls = []
         self.files = {}
 
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return None
+    def _record(self, name, *args, **kwargs) -> dict:
+        from huggingface_hub import HfApi
 
-    def create_branch(self, repo_id, **kwargs):
-        self.calls.append(("create_branch", repo_id, kwargs))
+        arguments = inspect.signature(getattr(HfApi, name)).bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        self.calls.append((name, arguments["repo_id"], arguments))
+        return arguments
 
-    def upload_folder(self, **kwargs):
+    def create_repo(self, *args, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        return RepoUrl(f"https://huggingface.co/{self._record('create_repo', *args, **kwargs)['repo_id']}")
+
+    def create_branch(self, *args, **kwargs):
+        self._record("create_branch", *args, **kwargs)
+
+    def upload_folder(self, *args, **kwargs):
         from pathlib import Path
 
-        folder = Path(kwargs["folder_path"])
+        from huggingface_hub import CommitInfo
+
+        arguments = self._record("upload_folder", *args, **kwargs)
+        folder, repo_id = Path(arguments["folder_path"]), arguments["repo_id"]
         self.files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc123",
+                          commit_message=arguments.get("commit_message") or "", commit_description="",
+                          oid="abc123")
 
-        class Commit:
-            commit_url = f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
 
-        return Commit()
+def test_the_hub_stand_in_rejects_what_the_real_hfapi_signatures_reject(tmp_path):
+    api = RecordingApi()
+    with pytest.raises(TypeError):
+        api.upload_folder("someone/x", str(tmp_path))  # keyword-only in HfApi
+    with pytest.raises(TypeError):
+        api.upload_folder(repo_id="someone/x", folder=str(tmp_path))  # the parameter is folder_path
+    with pytest.raises(TypeError):
+        api.create_repo("someone/x", True)  # private is keyword-only
+    with pytest.raises(TypeError):
+        api.create_branch("someone/x", "pruned")  # branch is keyword-only
+    assert api.calls == []
 
 
 @pytest.fixture

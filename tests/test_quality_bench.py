@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pytest
+from conftest import yardstick_from_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = ["member-base", "member-prose", "member-code", "member-math"]
@@ -26,8 +26,8 @@ def quality():
 
 
 def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_examples(
-        quality, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch, capsys):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("quality")
     result = quality.main(["--demo-preset", "tiny", "--remove", "0.25", "--trials", "4",
                            "--max-examples", "8", "--heldout-examples", "6", "--threads", "1",
@@ -46,8 +46,10 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         assert r["layers"] == (n_layers - 1 if pruned else n_layers)
         assert (r["params"] < total) if pruned else (r["params"] == total)
         assert r["git_sha"] == saved["git"]
-        ratios = [r["log_ratios"][t] for t in r["counted_tasks"]]
-        assert r["retention_sym"] == pytest.approx(math.exp(sum(ratios) / len(ratios)), abs=2e-6)
+        chance = {t["name"]: t["chance"] for t in saved["tasks"]}
+        assert all(chance[t] == 0.25 for t in r["counted_tasks"] if "acc" in r["tasks"][t])
+        assert r["retention_sym"] == pytest.approx(
+            yardstick_from_metrics(r, rows[0], r["counted_tasks"]), rel=1e-4), r["method"]
         if pruned and r["method"] not in ("angular", "greedy-ppl"):  # one of those is the best
             lo, hi = r["vs_best_baseline"]["ci95"]
             assert lo <= r["vs_best_baseline"]["diff"] <= hi
@@ -81,8 +83,8 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
 
 
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
-        quality, tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("resume")
     argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
             "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),

@@ -36,3 +36,13 @@ def test_example_config_validates():
 
     config = RunConfig.load(REPO / "examples" / "llama2-13b-gptailor.yaml")
     assert config.target.layers == 30 and config.search.rungs() == [111, 333, 1000]
+
+
+def test_development_names_the_ci_command_and_a_fast_loop_without_the_default_demo_family():
+    dev = (REPO / "README.md").read_text().split("## Development", 1)[1]
+    full = "python -m pytest -q"
+    assert f"`{full}`" in dev and (REPO / ".ci" / "run").read_text().rstrip().endswith(full)
+    fast = re.search(r'`(python -m pytest -q -m "not (\w+)")`', dev)
+    assert fast, "the Development section names no fast loop"
+    marker = fast.group(2)  # registered, so a typo in it cannot select everything silently
+    assert re.search(rf'^\s*"{marker}: ', (REPO / "pyproject.toml").read_text(), re.M)

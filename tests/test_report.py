@@ -1,6 +1,5 @@
 """Report: report.md and its three figures from a tiny run; layer-map rows; every Pareto layout."""
 
-import json
 import random
 
 import pytest
@@ -20,38 +19,7 @@ from gptailor_merge.report import (
     write_report,
 )
 
-WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished 12-trial run on a 6-layer synthetic family with three tasks (~3 s)."""
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.synthetic import make_synthetic_family
-
-    root = tmp_path_factory.mktemp("report")
-    base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)
-    rng = random.Random(0)
-    for name in ("mc_a", "mc_b"):
-        with open(root / f"{name}.jsonl", "w") as f:
-            for _ in range(30):
-                choices = [" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(4)]
-                f.write(json.dumps({"context": " ".join(rng.choice(WORDS) for _ in range(6)), "choices": choices,
-                                    "answer": rng.randrange(4)}) + "\n")
-    with open(root / "txt.jsonl", "w") as f:
-        for _ in range(24):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(16))}) + "\n")
-    config = RunConfig.from_dict({
-        "family": {"base": str(base), "candidates": [str(c) for c in cands]},
-        "target": {"layers": 4},
-        "tasks": [str(root / "mc_a.jsonl"), str(root / "txt.jsonl"), str(root / "mc_b.jsonl")],
-        "search": {"n_trials": 12, "max_examples": 9},
-        "eval": {"batch_size": 8, "max_length": 64, "heldout_examples": 6},
-        "out_dir": str(root / "run"),
-    })
-    return optimize(config, progress=False).run_dir
 
 
 def _is_png(path) -> bool:

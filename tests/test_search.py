@@ -132,8 +132,14 @@ def test_optimize_writes_run_folder_and_mergekit_matches_stitch(search_setup, tm
     assert summary["mergekit_vs_stitch_max_abs_diff"] <= 1e-4
     models = [r["model"] for r in summary["rows"]]
     assert models[:4] == ["base", "cand0", "cand1", "cand2"] and "gptailor-best" in models
-    s = summary["search"]
-    assert s["full_fidelity_evaluations"] + s["full_fidelity_evaluations_saved"] == s["evaluated"]
+    # successive halving, counted from the journal: an evaluated trial climbs rungs upwards and either
+    # reaches the top one or stops below it, which saves one full-fidelity evaluation
+    s, top = summary["search"], summary["search"]["rungs"][-1]
+    climbs = [[r["n_examples"] for r in t["rungs"]] for t in trials if t["status"] == "ok"]
+    assert all(c == sorted(set(c)) and set(c) <= set(s["rungs"]) for c in climbs)
+    assert s["evaluated"] == len(climbs)
+    assert s["full_fidelity_evaluations"] == sum(c[-1] == top for c in climbs) > 0
+    assert s["full_fidelity_evaluations_saved"] == sum(c[-1] < top for c in climbs) > 0
 
 
 def test_killed_run_resumes_without_lost_or_duplicated_trials(search_setup, tmp_path):
