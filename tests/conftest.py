@@ -136,11 +136,17 @@ def tiny_demo_family(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_demo_family():
     """The default (12-layer) demo family under $GPTAILOR_CACHE: built once per run, or reused from
-    the cache. It trains on the one thread set above: on 2 shared cores a second thread made each
-    training step slower, not faster (spin-waits under contention)."""
+    the cache. It trains on every core: a test run is serial, so nothing else runs meanwhile (on a
+    machine shared with other jobs a second thread can slow each step instead: set
+    GPTAILOR_BUILD_THREADS=1 there)."""
     from gptailor_merge.demo import build_demo_family
 
-    return build_demo_family(preset="default", seed=0, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("GPTAILOR_BUILD_THREADS", os.cpu_count() or 1)))
+    try:
+        return build_demo_family(preset="default", seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def yardstick_from_metrics(row: dict, reference: dict, counted, chance: float = 0.25,
