@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -65,16 +66,18 @@ def format_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def task_accuracy_table(family: DemoFamily, split: str = "heldout", *, max_length: int = 128
-                        ) -> AccTable:
-    """Accuracy (sum of log-likelihood, as the search scores it) of base and each candidate on
-    each multiple-choice task's `split`, with n and the chance level."""
+def task_accuracy_table(family: DemoFamily, split: str = "heldout", *, max_length: int = 128,
+                        members: Sequence[str] | None = None) -> AccTable:
+    """Accuracy (sum of log-likelihood, as the search scores it) of base and each candidate (or
+    of `members`) on each multiple-choice task's `split`, with n and the chance level."""
     from gptailor_merge.scoring import load_task
     from gptailor_merge.scoring.multiple_choice import multiple_choice
 
     tasks = {t: load_task(family.task_file(t, split)) for t in family.task_names}
     table: AccTable = {}
     for name, path in family.members.items():
+        if members is not None and name not in members:
+            continue
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         table[name] = {}
