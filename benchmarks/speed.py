@@ -539,7 +539,7 @@ def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[
         per_rung[n] = {
             "calls": len(idx), "mergekit_calls": len(timed), "mergekit_materialized": len(fresh),
             "median_s": med,
-            "materialize_s": {"mergekit": _median(fresh),
+            "materialize_s": {"mergekit": _median(fresh) if fresh else None,
                               "stitch": _median([materialize["stitch"][i] for i in idx])},
             "layers_built_mean": statistics.fmean([built[i] for i in idx]) if idx else float("nan"),
             "mergekit_over_stitch": med["mergekit"] / med["stitch"],
@@ -578,6 +578,10 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}s"
+
+
 def print_table(per_rung: dict, totals: dict, skip_fraction: float, n_calls: int) -> None:
     s = totals["seconds"]
     mk = "n/a (not on every call)" if s["mergekit"] is None else f"{s['mergekit']:.1f} s"
@@ -599,7 +603,7 @@ def print_table(per_rung: dict, totals: dict, skip_fraction: float, n_calls: int
               f"{r['mergekit_over_stitch_prefix']:>5.1f} {r['stitch_over_floor']:>7.3f} "
               f"{r['stitch_prefix_over_floor']:>7.3f} {r['prefix_skip_fraction']:>5.2f} "
               f"{r['layers_built_mean']:>5.1f} {r['mergekit_materialized']:>6} "
-              f"{r['materialize_s']['mergekit']:>6.3f}s {r['materialize_s']['stitch']:>6.4f}s")
+              f"{_seconds(r['materialize_s']['mergekit']):>7} {r['materialize_s']['stitch']:>6.4f}s")
     print(f"floor: the bare forward passes, score fl: the scorer on the already-built candidate; "
           f"layer passes skipped by prefix reuse over the whole trace: {skip_fraction:.3f}; built: "
           f"mean layers merged or selected anew per call; mk new: calls where (a) materialized (a "

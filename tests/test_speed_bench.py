@@ -44,7 +44,7 @@ def test_per_rung_detail_counts_mergekit_materializations_only_where_it_merged(s
     assert one["median_s"]["mergekit"] == pytest.approx(4.5) and one["materialize_s"]["mergekit"] == pytest.approx(2.5)
     assert one["mergekit_over_stitch"] == pytest.approx(4.5 / 2.0)
     assert one["layers_built_mean"] == pytest.approx(7 / 3) and one["prefix_skip_fraction"] == pytest.approx(0.5)
-    assert three["mergekit_materialized"] == 0  # a promoted rung reuses the trial's model
+    assert three["mergekit_materialized"] == 0 and three["materialize_s"]["mergekit"] is None  # reused
     assert "overhead_ratio" not in one, "no ratio over a near-zero difference"
 
 
