@@ -106,9 +106,11 @@ def test_reverse_drops_the_layers_just_below_the_final_one():
     assert run_baseline("reverse", stub, 0).removed == []
 
 
-@pytest.mark.parametrize("method", ["shortgpt", "angular", "greedy-ppl", "laco"])
+@pytest.mark.parametrize("method", ["shortgpt", "angular", "greedy-ppl"])
 def test_exact_identity_layer_is_removed_first(calib, method):
-    assert run_baseline(method, calib, 1, **({"threshold": 1.0} if method == "laco" else {})).removed == [IDENTITY]
+    # (not LaCo: its collapse gives the prior layer the rear one's projections under its own
+    # norms, so no collapse is exactly lossless, identity layer or not)
+    assert run_baseline(method, calib, 1).removed == [IDENTITY]
 
 
 def test_shortgpt_removes_the_lowest_block_influence_layers(calib):
@@ -150,33 +152,96 @@ def test_greedy_ppl_prefix_reuse_skips_layers_and_changes_nothing(calib):
     assert calibration_nll(calib, [4]) == calibration_nll(plain, [4])
 
 
-def test_laco_threshold_one_accepts_only_exact_identity_collapses(calib):
-    result = run_baseline("laco", calib, 1, threshold=1.0)
-    trials = result.details["trials"]
-    assert [t["layers"] for t in trials if t["accepted"]] == [[IDENTITY, IDENTITY + 1]]
-    assert all(t["similarity"] < 1.0 for t in trials if not t["accepted"])
+LLAMA_PROJECTIONS = sorted(f"{part}.{name}_proj.weight" for part, names in
+                           (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down")))
+                           for name in names)
+
+
+def test_laco_finds_the_projections_by_module_type_not_the_norms(calib):
+    from gptailor_merge.baselines.laco import projection_names
+
+    layer = calib.stitcher.build(calib.full_genome()).model.layers[0]
+    assert projection_names(layer) == LLAMA_PROJECTIONS
+    with pytest.raises(Exception, match="no linear projection"):
+        projection_names(torch.nn.LayerNorm(4))
+
+
+def test_laco_threshold_one_without_sweep_misses_the_target_and_says_so(calib):
     with pytest.raises(ConfigError, match=r"LaCo removed only 0 of 2 layers at threshold 1.0"):
-        run_baseline("laco", calib, 2, threshold=1.0)
+        run_baseline("laco", calib, 2, threshold=1.0, sweep=False)
 
 
-def test_laco_low_threshold_collapses_rear_layers_into_a_prior_one(calib, tmp_path):
+def test_laco_sweeps_the_threshold_down_until_the_target_is_met_and_reports_it(calib):
+    result = run_baseline("laco", calib, 2, threshold=1.0)
+    d = result.details
+    assert d["swept"] and d["requested"]["threshold"] == 1.0 and d["threshold"] < 1.0
+    first, last = d["sweep"][0], d["sweep"][-1]
+    assert first["threshold"] == 1.0 and not first["reached"] and last["reached"]
+    assert [a["threshold"] for a in d["sweep"]] == sorted((a["threshold"] for a in d["sweep"]), reverse=True)
+    # each step lowers T to just below the previous pass's best rejected similarity
+    for before, after in zip(d["sweep"], d["sweep"][1:], strict=False):
+        if after["merge_layers"] == before["merge_layers"] and after["interval"] == before["interval"]:
+            assert before["best_rejected"] - 2e-6 <= after["threshold"] < before["best_rejected"]
+    assert all(t["accepted"] == (t["similarity"] > d["threshold"]) for t in d["trials"])
+    assert len(result.removed) == 2
+
+
+def test_laco_collapses_rear_projections_into_the_prior_layer_and_keeps_its_norms(calib, tmp_path):
     before = _logits(calib.stitcher.build(calib.full_genome()))
-    result = run_baseline("laco", calib, 2, threshold=0.0, merge_layers=3)
-    assert result.removed == [3, 4] and list(result.collapsed) == [5]
+    result = run_baseline("laco", calib, 2, threshold=-1.0, merge_layers=3)
+    # the top collapse is layers 3..5 into 3 (C - 1 = 2 to hit the target): 4 and 5 are removed
+    assert result.removed == [4, 5] and list(result.collapsed) == [3]
+    assert result.details["merged_tensors"] == LLAMA_PROJECTIONS and not result.details["swept"]
     base = calib.family.base
-    name = "self_attn.q_proj.weight"
-    theta = {i: base.tensor(f"model.layers.{i}.{name}") for i in (3, 4, 5)}
-    expected = theta[3] + (theta[4] - theta[3]) + (theta[5] - theta[3])
-    assert torch.allclose(result.collapsed[5][name], expected, atol=1e-6)
-    collapsed = _logits(collapsed_model(calib, result))
+    collapsed = result.collapsed[3]
+    for name in LLAMA_PROJECTIONS:
+        theta = {i: base.tensor(f"model.layers.{i}.{name}") for i in (3, 4, 5)}
+        expected = theta[3] + (theta[4] - theta[3]) + (theta[5] - theta[3])
+        assert torch.allclose(collapsed[name], expected, atol=1e-6), name
+    norms = [k for k in collapsed if k not in LLAMA_PROJECTIONS]
+    assert norms == ["input_layernorm.weight", "post_attention_layernorm.weight"]
+    for name in norms:
+        assert torch.equal(collapsed[name], base.tensor(f"model.layers.3.{name}")), name
+        assert not torch.equal(collapsed[name], base.tensor(f"model.layers.5.{name}")), "trained norms differ"
+    logits = _logits(collapsed_model(calib, result))
     passthrough = _logits(calib.stitcher.build(result.genome))
-    assert (collapsed - passthrough).abs().max() > 1e-3, "the collapsed layer is not the base's"
+    assert (logits - passthrough).abs().max() > 1e-3, "the collapsed layer is not the base's"
     out = save_collapsed(calib, result, tmp_path / "laco", recipe=baseline_recipe(result, calib.family))
     saved = AutoModelForCausalLM.from_pretrained(out).eval()
     assert saved.config.num_hidden_layers == N_LAYERS - 2
-    assert (_logits(saved) - collapsed).abs().max() <= 1e-5
+    assert (_logits(saved) - logits).abs().max() <= 1e-5
     assert "LaCo" in yaml.safe_load((out / "laco_removal_recipe.yaml").read_text())["gptailor"]["note"]
     assert torch.equal(_logits(calib.stitcher.build(calib.full_genome())), before), "base left untouched"
+
+
+def test_laco_similarity_is_the_mean_sentence_cosine_of_flattened_final_states(calib):
+    """Hand-computed as the paper does it: one sentence at a time, unpadded, the final layer's
+    (normed) hidden states flattened, cosine against the original model's, averaged."""
+    from gptailor_merge.baselines.laco import _Collapser, _Slot
+    from gptailor_merge.scoring.perplexity import encode_text
+
+    result = run_baseline("laco", calib, 2, threshold=-1.0, merge_layers=3)
+    collapser = _Collapser(calib)
+    slots = [_Slot(r, None) for r in result.genome.kept]
+    module = collapser.collapse([_Slot(3), _Slot(4), _Slot(5)])
+    slots = [module if s.rep == 3 else s for s in slots]
+    sim = collapser.similarity(slots)
+
+    def final_states(model, ids):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        return out.hidden_states[-1][0].double().flatten()
+
+    full = calib.stitcher.build(calib.full_genome())
+    refs = [final_states(full, encode_text(calib.tokenizer, t, calib.max_length)) for t in calib.texts]
+    model = collapser.build(slots)
+    cosines = [torch.nn.functional.cosine_similarity(
+        final_states(model, encode_text(calib.tokenizer, t, calib.max_length)), ref, dim=0)
+        for t, ref in zip(calib.texts, refs, strict=True)]
+    assert len({len(encode_text(calib.tokenizer, t, 64)) for t in calib.texts}) > 1, "padding is exercised"
+    assert sim == pytest.approx(float(torch.stack(cosines).mean()), abs=1e-6)
+    assert 0.0 < sim < 1.0
+    calib.stitcher.build(calib.full_genome())
 
 
 def test_every_baseline_recipe_is_valid_mergekit_and_round_trips(calib, tmp_path):
@@ -203,7 +268,7 @@ def test_baseline_removals_are_search_seeds_of_the_target_size(calib):
     from gptailor_merge.space import SearchSpace, paper_seeds
 
     removals = baseline_removals(calib, 2, methods=("reverse", "shortgpt", "angular", "greedy-ppl", "laco"),
-                                 options={"laco": {"threshold": 1.0}})
+                                 options={"laco": {"threshold": 1.0, "sweep": False}})
     assert set(removals) == {"reverse", "shortgpt", "angular", "greedy_ppl"}, "laco misses the target: skipped"
     assert removals["reverse"] == [3, 4] and all(len(r) == 2 for r in removals.values())
     seeds = paper_seeds(SearchSpace(N_LAYERS, 3, N_LAYERS - 2), extra_removals=removals.values())

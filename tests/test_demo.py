@@ -173,3 +173,98 @@ def test_default_family_specialises(default_demo_family: DemoFamily) -> None:
             assert len(_rows(family.task_file(task, split))) >= 200
     table = specialisation_table(family, "heldout")
     assert specialisation_failures(table) == [], table
+
+
+class _AlwaysFits:
+    def __call__(self, *texts: str) -> bool:
+        return True
+
+
+PROSE_DOCS = [
+    "Rivers carry water to the sea. The old bridge crossed the river near the town hall. "
+    "Its stone arches were built by local masons in the last century.",
+    "Mountains rise above the plain. Snow covers the highest peaks for most of the year. "
+    "Hikers climb the northern ridge when the weather is calm and dry.",
+    "The library opened in spring. Readers borrowed books about history and science every week. "
+    "Its reading room stays open late on most weekday evenings.",
+]
+
+
+def test_prose_distractors_are_word_shuffles_of_the_truth_and_another_documents_sentence() -> None:
+    import random
+
+    from gptailor_merge.demo.tasks import _sentences, prose_cloze
+
+    rows = list(prose_cloze(PROSE_DOCS, random.Random(0), _AlwaysFits()))
+    assert rows
+    sentences = {s: k for k, doc in enumerate(PROSE_DOCS) for s, _ in _sentences(doc)}
+    for row in rows:
+        true = row["choices"][row["answer"]].strip()
+        doc = sentences[true]
+        assert row["context"] in PROSE_DOCS[doc]
+        others = [c.strip() for i, c in enumerate(row["choices"]) if i != row["answer"]]
+        words = true.split(" ")
+        shuffles = [c for c in others if sorted(c.split(" ")) == sorted(words)]
+        assert len(shuffles) == 2 and len(set(row["choices"])) == 4
+        for c in shuffles:  # same words, same length, first and last word in place: only the order differs
+            assert c != true and len(c) == len(true)
+            assert c.split(" ")[0] == words[0] and c.split(" ")[-1] == words[-1]
+        (other,) = [c for c in others if c not in shuffles]
+        assert sentences[other] != doc, "the fourth choice comes from another document"
+
+
+def test_code_distractors_are_token_shuffles_of_the_truth_and_another_files_line() -> None:
+    import random
+
+    from gptailor_merge.demo.tasks import code_next_line, shuffled_code
+
+    files = ["def area(width, height):\n    total = width * height\n    return total + offset_value\n"
+             "    print(total, width)\n",
+             "class Box:\n    def size(self):\n        return len(self.items) + 1\n"
+             "        values = sorted(self.items)\n",
+             "import os\nimport sys\nresult = os.path.join(base, name)\nprint(result, file=sys.stderr)\n"]
+    rows = list(code_next_line(files, random.Random(1), _AlwaysFits()))
+    assert rows
+    for row in rows:
+        true = row["choices"][row["answer"]]
+        (source,) = [f for f in files if row["context"] + true in f]
+        others = [c for i, c in enumerate(row["choices"]) if i != row["answer"]]
+        indent = len(true) - len(true.lstrip())
+        shuffles = [c for c in others if sorted(c) == sorted(true)]
+        assert len(shuffles) == 2, row
+        for c in shuffles:  # same characters and indentation, tokens in another order
+            assert c != true and len(c) - len(c.lstrip()) == indent
+        (other,) = [c for c in others if c not in shuffles]
+        assert other[1:] not in source.split("\n"), "the fourth choice is another file's line"
+    assert shuffled_code("x = 1", random.Random(0)) is None  # too few tokens to shuffle
+    assert shuffled_code("    return a + b", random.Random(0))[0].startswith("    ")
+
+
+def test_math_distractors_are_the_questions_numbers_and_wrong_operations() -> None:
+    import random
+
+    from gptailor_merge.demo.tasks import math_answer, wrong_results
+
+    for seed in range(20):
+        wrong = wrong_results("A box holds 7 eggs. How many eggs are in 8 boxes?", 56, random.Random(seed))
+        assert len(set(wrong)) == 3 and 56 not in wrong and all(w >= 0 for w in wrong)
+        assert len(set(wrong) & {7, 8}) == 1, "one of the question's own numbers"
+        assert set(wrong) - {7, 8} <= {15, 1}, "the wrong operations: 7 + 8, 8 - 7"
+    # too few numbers for three wrong operations: near misses fill up
+    wrong = wrong_results("Solve for x: x + 2 = 2.", 0, random.Random(0))
+    assert 0 not in wrong and 2 in wrong and len(set(wrong)) == 3
+    rows = list(math_answer(["Q: What is 12 * 3? A: 36"], random.Random(0), _AlwaysFits()))
+    choices = set(rows[0]["choices"])
+    assert rows[0]["choices"][rows[0]["answer"]] == " 36"
+    assert len(choices & {" 12", " 3"}) == 1 and choices - {" 12", " 3"} == {" 36", " 15", " 9"}
+
+
+@pytest.mark.integration
+def test_default_family_base_beats_chance_by_three_standard_errors_on_every_task() -> None:
+    from gptailor_merge.demo.evaluate import above_chance_failures, task_accuracy_table
+
+    family = build_demo_family(preset="default", seed=0, progress=False)
+    table = task_accuracy_table(family, "heldout", members=["base"])
+    assert all(r["n"] >= 200 for r in table["base"].values()), table
+    assert above_chance_failures(table, z=3.0) == [], table
+    assert family.manifest()["task_heldout_acc"]["base"] == table["base"], "the build records it"

@@ -1,4 +1,4 @@
-"""benchmarks/speed.py: which calls (a) times, how overheads are computed, and a tiny full run."""
+"""benchmarks/speed.py: which calls (a) times, the trace totals, the lean recipes, and a tiny full run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptailor_merge.genome import Genome
 
@@ -30,26 +31,58 @@ def test_mergekit_calls_are_spread_over_the_trace_not_its_first_seeds(speed):
     assert speed.spread(calls, 0) == calls and speed.spread(calls, 50) == calls
 
 
-def test_overheads_are_medians_of_per_call_differences_on_the_timed_calls(speed):
+def test_per_rung_detail_counts_mergekit_materializations_only_where_it_merged(speed):
     genome = Genome.base_only(4, 1)
     calls = [speed.Call(genome, "search", n) for n in (1, 1, 1, 3)]
     times = {"stitch": [1.0, 2.0, 3.0, 9.0], "stitch_prefix": [0.5, 1.0, 1.5, 4.0],
              "floor": [0.9, 1.9, 2.5, 8.0], "score_floor": [0.95, 1.8, 2.9, 8.5],
              "mergekit": [4.0, 5.0, 12.0]}
-    materialize = {"mergekit": [2.0, 3.0, 3.5], "stitch": [0.01, 0.02, 0.5, 0.04]}
+    materialize = {"mergekit": [2.0, 3.0, 0.0], "stitch": [0.01, 0.02, 0.5, 0.04]}
     per = speed.summarize(calls, [1, 3], times, [0, 2, 3], [0.0, 0.5, 1.0, 0.25], materialize, [2, 0, 5, 1])
-    one = per[1]
-    assert one["mergekit_calls"] == 2 and one["calls"] == 3
-    assert one["overhead_s"]["mergekit"] == pytest.approx(2.5)  # median of 2.0, 3.0
-    assert one["overhead_s"]["stitch"] == pytest.approx((0.05 + 0.1) / 2)  # calls 0 and 2 only
-    assert one["overhead_s"]["stitch_minus_forward_floor"] == pytest.approx((0.1 + 0.5) / 2)
-    assert one["overhead_ratio"] == pytest.approx(2.5 / 0.075)
-    assert one["materialize_ratio"] == pytest.approx(2.5 / 0.255)
+    one, three = per[1], per[3]
+    assert one["mergekit_calls"] == 2 and one["calls"] == 3 and one["mergekit_materialized"] == 2
+    assert one["median_s"]["mergekit"] == pytest.approx(4.5) and one["materialize_s"]["mergekit"] == pytest.approx(2.5)
+    assert one["mergekit_over_stitch"] == pytest.approx(4.5 / 2.0)
     assert one["layers_built_mean"] == pytest.approx(7 / 3) and one["prefix_skip_fraction"] == pytest.approx(0.5)
-    three = per[3]
-    assert three["overhead_s"]["stitch"] == pytest.approx(0.5) and three["materialize_ratio"] == pytest.approx(3.5 / 0.04)
-    times["score_floor"][3] = 9.5  # (b) below its floor: noise, not a ratio
-    assert speed.summarize(calls, [3], times, [0, 2, 3], [0] * 4, materialize, [0] * 4)[3]["overhead_ratio"] is None
+    assert three["mergekit_materialized"] == 0 and three["materialize_s"]["mergekit"] is None  # reused
+    assert "overhead_ratio" not in one, "no ratio over a near-zero difference"
+
+
+def test_trace_ratios_are_whole_trace_totals_and_need_mergekit_on_every_call(speed):
+    times = {"stitch": [1.0, 2.0, 3.0], "stitch_prefix": [0.5, 1.0, 1.5], "floor": [1, 1, 1],
+             "score_floor": [1, 1, 1], "mergekit": [4.0, 3.0, 5.0]}
+    totals = speed.trace_totals(times, 3, [0, 1, 2])
+    assert totals["seconds"]["mergekit"] == 12.0 and totals["seconds"]["stitch"] == 6.0
+    assert totals["trace_ratio_mergekit_over_stitch"] == pytest.approx(2.0)
+    assert totals["trace_ratio_mergekit_over_stitch_prefix"] == pytest.approx(4.0)
+    partial = speed.trace_totals({**times, "mergekit": [4.0]}, 3, [1])
+    assert partial["trace_ratio_mergekit_over_stitch"] is None and partial["seconds"]["mergekit"] is None
+
+
+def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(speed, tmp_path):
+    from safetensors.torch import load_file
+
+    from gptailor_merge.family import Family
+    from gptailor_merge.genome import LayerSpec
+    from gptailor_merge.materialize import materialize_with_mergekit
+    from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.synthetic import make_synthetic_family
+
+    base, cands = make_synthetic_family(tmp_path / "fam", n_layers=4, n_candidates=3, seed=1)
+    refs = FamilyRefs.of(Family.load(base, cands))
+    # merges at the first and the last kept layer: the LM-head case of DESIGN.md
+    genome = Genome(4, 3, (LayerSpec(0, (0, 2), lam=0.7), LayerSpec(1, ()), LayerSpec(3, (1,))))
+    full = genome_to_recipe(genome, refs)
+    lean = speed.lean_recipe(full, refs.base)
+    lean.merge_config()
+    for s in lean.data["slices"]:
+        weights = [(src.get("parameters") or {}).get("weight", 1.0) for src in s["sources"][1:]]
+        assert all(w != 0.0 for w in weights) and s["sources"][0]["model"] == refs.base
+    assert sum(len(s["sources"]) for s in lean.data["slices"]) < sum(len(s["sources"]) for s in full.data["slices"])
+    models = [materialize_with_mergekit(r, tmp_path / name) for name, r in (("full", full), ("lean", lean))]
+    a, b = (load_file(m / "model.safetensors") for m in models)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.equal(b["lm_head.weight"], load_file(base / "model.safetensors")["lm_head.weight"])
 
 
 def test_tiny_synthetic_run_writes_every_target_and_counts_each_new_layer_once(speed, tmp_path, capsys):
@@ -57,12 +90,19 @@ def test_tiny_synthetic_run_writes_every_target_and_counts_each_new_layer_once(s
     result = speed.main(["--family", "synthetic", "--trials", "5", "--max-examples", "3",
                          "--max-length", "32", "--threads", "1", "--json", str(out)])
     assert json.loads(out.read_text())["score_calls"] == result["score_calls"] > 0
-    for key in ("overhead_ratio_mergekit_over_stitch", "stitch_over_floor", "materialize_ratio_mergekit_over_stitch"):
+    for key in ("time_ratio_mergekit_over_stitch", "stitch_over_floor"):
         assert set(result[key]) == {str(n) for n in result["rungs"]}
     assert 0.0 <= result["prefix_skip_fraction"] <= 1.0
     n = result["score_calls"]
     assert all(len(v) == n for v in result["times_s"].values() if v is not result["times_s"]["mergekit"])
     assert len(result["times_s"]["mergekit"]) == len(result["mergekit_calls"]) == n  # (a) on every call
+    totals = result["trace_seconds"]
+    assert result["trace_ratio_mergekit_over_stitch"] == pytest.approx(totals["mergekit"] / totals["stitch"])
+    assert result["trace_ratio_mergekit_over_stitch_prefix"] == pytest.approx(totals["mergekit"] / totals["stitch_prefix"])
+    assert "overhead_ratio_mergekit_over_stitch" not in result
+    # (a) materializes once per trial (and the dense reference once), not once per call
+    assert result["mergekit_materializations"] == result["expected_materializations"] < n
+    assert result["lean_recipe_check"]["genomes"] and result["lean_recipe_check"]["max_abs_diff"] == 0.0
     # with a cache larger than the trace, (b) builds each distinct merged or selected layer once
     assert sum(result["layers_built"]) == result["distinct_layers"] > 0
-    assert "ovh a/b" in capsys.readouterr().out
+    assert "a/b =" in capsys.readouterr().out

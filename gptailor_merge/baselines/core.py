@@ -132,7 +132,7 @@ def baseline_removals(calib: Calibration, n_remove: int,
                       options: dict[str, dict] | None = None) -> dict[str, list[int]]:
     """Removal sets by baseline, for `space.paper_seeds(space, extra_removals=...values())`.
 
-    A baseline that cannot reach the target (LaCo above its threshold) is skipped with a warning,
+    A baseline that cannot reach the target (LaCo with its sweep off) is skipped with a warning,
     so the search still starts.
     """
     out: dict[str, list[int]] = {}
@@ -168,8 +168,8 @@ def baseline_recipe(result: BaselineResult, family: Family, *, dtype: str = "flo
     if result.collapsed:
         meta["note"] = (
             "LaCo's removal set only: this recipe keeps the base's own layers where LaCo keeps "
-            "collapsed ones (theta_l + sum_k (theta_{l+k} - theta_l)), which mergekit cannot "
-            "express; it equals LaCo's model only when merge_layers=1"
+            "collapsed ones (projections theta_l + sum_k (theta_{l+k} - theta_l), norms of layer "
+            "l), which mergekit cannot express; it is not LaCo's model"
         )
     return genome_to_recipe(result.genome, FamilyRefs.of(family), dtype=dtype,
                             metadata={**meta, **(metadata or {})})

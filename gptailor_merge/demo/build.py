@@ -24,9 +24,12 @@ from transformers import PreTrainedTokenizerFast
 from gptailor_merge.atomic import atomic_folder
 from gptailor_merge.demo.corpora import SPLITS, load_corpora
 from gptailor_merge.demo.evaluate import (
+    above_chance_failures,
+    format_acc_table,
     format_table,
     specialisation_failures,
     specialisation_table,
+    task_accuracy_table,
 )
 from gptailor_merge.demo.layout import (
     MARKER,
@@ -36,13 +39,13 @@ from gptailor_merge.demo.layout import (
     is_complete,
 )
 from gptailor_merge.demo.presets import DemoPreset, get_preset
-from gptailor_merge.demo.tasks import write_eval_files
+from gptailor_merge.demo.tasks import N_CHOICES, write_eval_files
 from gptailor_merge.demo.tokenizer import train_tokenizer
 from gptailor_merge.demo.train import finetune, pretrain_base, token_stream
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump whenever a change alters what a build writes
+BUILD_VERSION = 2  # bump whenever a change alters what a build writes (2: learnable tasks)
 SOURCES = {
     "prose": "English Wikipedia sample shipped in the gensim 4.4.0 wheel (CC BY-SA)",
     "code": "Python standard library sources of the building interpreter (PSF License)",
@@ -125,6 +128,10 @@ def _build_into(tmp: Path, spec: DemoPreset, seed: int, bar: tqdm) -> dict[str, 
     stage("specialisation")
     table = specialisation_table(DemoFamily.at(tmp), "heldout")
     bar.update(1)
+
+    stage("task accuracy")
+    accuracy = task_accuracy_table(DemoFamily.at(tmp), "heldout", max_length=spec.seq_len)
+    bar.update(1)
     return {
         "preset": spec.name,
         "seed": seed,
@@ -136,6 +143,7 @@ def _build_into(tmp: Path, spec: DemoPreset, seed: int, bar: tqdm) -> dict[str, 
         "eval_rows": counts,
         "train_tokens": {d: len(s) for d, s in streams.items()},
         "specialisation_heldout_ppl": table,
+        "task_heldout_acc": accuracy,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
@@ -157,12 +165,17 @@ def build_demo_family(out_dir: Path | None = None, *, preset: str = "default", s
         return DemoFamily.at(root)
 
     manifest = build_atomically(root, lambda folder, bar: _build_into(folder, spec, seed, bar),
-                                marker=MARKER, total=4 + spec.pretrain_steps + 3 * spec.finetune_steps,
+                                marker=MARKER, total=5 + spec.pretrain_steps + 3 * spec.finetune_steps,
                                 progress=progress)
 
     table = manifest["specialisation_heldout_ppl"]
     logger.info("demo family %s built in %.0f s at %s; held-out perplexity:\n%s",
                 preset, manifest["build_seconds"], root, format_table(table))
+    accuracy = manifest["task_heldout_acc"]
+    logger.info("held-out task accuracy (chance %.2f):\n%s", 1 / N_CHOICES, format_acc_table(accuracy))
+    if spec.name == "default" and above_chance_failures(accuracy):
+        logger.warning("demo family %s: the base does not beat chance on every task: %s", preset,
+                       "; ".join(above_chance_failures(accuracy)))
     failures = specialisation_failures(table)
     if failures:
         logger.warning("demo family %s does not fully specialise: %s", preset,

@@ -1,12 +1,16 @@
-"""The specialisation table of a demo family: held-out perplexity of every member per domain.
+"""The specialisation tables of a demo family: held-out perplexity and task accuracy of every
+member per domain.
 
 In: a `DemoFamily` on disk (members loaded with `from_pretrained`, as users will). Out: plain
-dicts and a text table for the log. The check that each fine-tune specialises lives here too.
+dicts and text tables for the log. The checks that each fine-tune specialises and that the base
+beats chance on every task live here too.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +20,7 @@ from gptailor_merge.demo.layout import DemoFamily
 from gptailor_merge.demo.train import perplexity
 
 Table = dict[str, dict[str, float]]  # member -> domain -> perplexity
+AccTable = dict[str, dict[str, dict[str, float]]]  # member -> task -> {"acc", "n", "chance"}
 
 
 def read_texts(path: Path) -> list[str]:
@@ -58,4 +63,49 @@ def format_table(table: Table) -> str:
     domains = list(next(iter(table.values())))
     lines = ["member  " + "".join(f"{d:>10}" for d in domains)]
     lines += [f"{m:<8}" + "".join(f"{row[d]:>10.2f}" for d in domains) for m, row in table.items()]
+    return "\n".join(lines)
+
+
+def task_accuracy_table(family: DemoFamily, split: str = "heldout", *, max_length: int = 128,
+                        members: Sequence[str] | None = None) -> AccTable:
+    """Accuracy (sum of log-likelihood, as the search scores it) of base and each candidate (or
+    of `members`) on each multiple-choice task's `split`, with n and the chance level."""
+    from gptailor_merge.scoring import load_task
+    from gptailor_merge.scoring.multiple_choice import multiple_choice
+
+    tasks = {t: load_task(family.task_file(t, split)) for t in family.task_names}
+    table: AccTable = {}
+    for name, path in family.members.items():
+        if members is not None and name not in members:
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        table[name] = {}
+        for task_name, task in tasks.items():
+            result = multiple_choice(model, tokenizer, task.examples(split), batch_size=32,
+                                     max_length=max_length)
+            table[name][task_name] = {"acc": result["acc"], "n": result["n"],
+                                      "chance": task.chance}
+        del model
+    return table
+
+
+def chance_margin(acc: float, n: int, chance: float) -> float:
+    """How many binomial standard errors at chance, sqrt(c (1 - c) / n), `acc` is above `chance`."""
+    return (acc - chance) / math.sqrt(chance * (1.0 - chance) / n)
+
+
+def above_chance_failures(table: AccTable, z: float = 3.0) -> list[str]:
+    """Tasks on which the base is not `z` standard errors above chance (empty when it is on all)."""
+    return [f"base {task}: acc {r['acc']:.3f} (n={r['n']}) is {chance_margin(r['acc'], r['n'], r['chance']):.1f}"
+            f" SE above chance {r['chance']:.2f}, not {z}"
+            for task, r in table["base"].items()
+            if chance_margin(r["acc"], r["n"], r["chance"]) < z]
+
+
+def format_acc_table(table: AccTable) -> str:
+    tasks = list(next(iter(table.values())))
+    lines = ["member  " + "".join(f"{t:>16}" for t in tasks)]
+    lines += [f"{m:<8}" + "".join(f"{row[t]['acc']:>11.3f} n={row[t]['n']:<3}" for t in tasks)
+              for m, row in table.items()]
     return "\n".join(lines)

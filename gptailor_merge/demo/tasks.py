@@ -79,12 +79,14 @@ def text_samples(docs: Sequence[str], domain: str, n: int, target_chars: int, fi
     return samples
 
 
-def _pick_distractors(true: str, pool: Sequence[str], rng: random.Random) -> list[str] | None:
-    if len(pool) < N_CHOICES:
+def _pick_distractors(true: str, pool: Sequence[str], rng: random.Random, k: int = N_CHOICES - 1
+                      ) -> list[str] | None:
+    """`k` distinct lines of `pool` other than `true` (None when the pool has too few)."""
+    if len(pool) < k + 1:
         return None
-    choices = [c for c in rng.sample(pool, min(len(pool), 12)) if c != true]
-    unique = list(dict.fromkeys(choices))[: N_CHOICES - 1]
-    return unique if len(unique) == N_CHOICES - 1 else None
+    choices = [c for c in rng.sample(pool, min(len(pool), 4 * k)) if c != true]
+    unique = list(dict.fromkeys(choices))[:k]
+    return unique if len(unique) == k else None
 
 
 def _example(context: str, true: str, distractors: list[str], rng: random.Random) -> Example:
@@ -94,9 +96,56 @@ def _example(context: str, true: str, distractors: list[str], rng: random.Random
     return {"context": context, "choices": choices, "answer": answer}
 
 
+N_SHUFFLED = 2  # distractors that are the true continuation with its order destroyed
+_CODE_TOKEN = re.compile(r"\w+|[^\w\s]|\s+")
+
+
+def shuffled_words(sentence: str, rng: random.Random, k: int = N_SHUFFLED) -> list[str] | None:
+    """`k` distinct reorderings of the sentence's inner words (first and last word stay, so the
+    capital and the full stop stay where prose has them): the same words, characters and length
+    as the true sentence, wrong only in order. None when the sentence has too few words."""
+    words = sentence.split(" ")
+    if len(words) < 6:
+        return None
+    inner, out = words[1:-1], []
+    for _ in range(20 * k):
+        perm = inner[:]
+        rng.shuffle(perm)
+        text = " ".join([words[0], *perm, words[-1]])
+        if text != sentence and text not in out:
+            out.append(text)
+            if len(out) == k:
+                return out
+    return None
+
+
+def shuffled_code(line: str, rng: random.Random, k: int = N_SHUFFLED) -> list[str] | None:
+    """`k` distinct versions of a code line with its tokens (names, numbers, operators,
+    brackets) permuted over the same slots, indentation and spacing kept: same characters and
+    length, broken syntax. None when the line has fewer than 4 tokens."""
+    indent = line[: len(line) - len(line.lstrip())]
+    parts = _CODE_TOKEN.findall(line[len(indent):])
+    slots = [i for i, p in enumerate(parts) if not p.isspace()]
+    if len(slots) < 4:
+        return None
+    out = []
+    for _ in range(20 * k):
+        tokens = [parts[i] for i in slots]
+        rng.shuffle(tokens)
+        new = list(parts)
+        for i, t in zip(slots, tokens, strict=True):
+            new[i] = t
+        text = indent + "".join(new)
+        if text != line and text not in out:
+            out.append(text)
+            if len(out) == k:
+                return out
+    return None
+
+
 def prose_cloze(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
-    """Context: up to three sentences of a paragraph; choices: its next sentence vs sentences
-    of similar length from the split's other documents."""
+    """Context: up to three sentences of a paragraph; choices: its next sentence vs two
+    word-order shuffles of it and one sentence of similar length from another document."""
     per_doc = [_sentences(d) for d in docs]
     items = [(k, i) for k, sents in enumerate(per_doc) for i in range(1, len(sents))
              if not sents[i][1] and 30 <= len(sents[i][0]) <= 200]
@@ -106,12 +155,13 @@ def prose_cloze(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterabl
         first = i - 1  # the context stays inside the paragraph
         while first > 0 and not sents[first][1] and i - first < 3:
             first -= 1
+        shuffles = shuffled_words(true, rng)
         pool = [s for j, other in enumerate(per_doc) if j != k for s, _ in other
-                if 0.6 * len(true) <= len(s) <= 1.6 * len(true)]
-        distractors = _pick_distractors(true, pool, rng)
-        if distractors is None:
+                if 0.8 * len(true) <= len(s) <= 1.25 * len(true)]
+        other = _pick_distractors(true, pool, rng, 1)
+        if shuffles is None or other is None:
             continue
-        choices = [" " + c for c in (true, *distractors)]
+        choices = [" " + c for c in (true, *shuffles, *other)]
         for start in range(first, i):  # longest context that fits
             context = " ".join(s for s, _ in sents[start:i])
             if all(fits(context, c) for c in choices):
@@ -125,8 +175,9 @@ def _code_line_ok(line: str) -> bool:
 
 
 def code_next_line(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
-    """Context: up to 8 preceding lines; choices: the true next line vs same-indent lines of the
-    split's other files (each choice starts with the newline that ends the context)."""
+    """Context: up to 8 preceding lines; choices: the true next line vs two token shuffles of it
+    and one same-indent line of another file (each choice starts with the newline that ends
+    the context)."""
     per_doc = [d.split("\n") for d in docs]
     indent = {}  # (doc, indent width) -> candidate lines
     for k, lines in enumerate(per_doc):
@@ -141,10 +192,11 @@ def code_next_line(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iter
         pool = [line for j, line in indent.get(len(true) - len(true.lstrip()), []) if j != k]
         if len(pool) < 3 * N_CHOICES:  # rare indent: any other file's line will do
             pool = [line for group in indent.values() for j, line in group if j != k]
-        distractors = _pick_distractors(true, pool, rng)
-        if distractors is None:
+        shuffles = shuffled_code(true, rng)
+        other = _pick_distractors(true, pool, rng, 1)
+        if shuffles is None or other is None:
             continue
-        choices = ["\n" + c for c in (true, *distractors)]
+        choices = ["\n" + c for c in (true, *shuffles, *other)]
         for start in range(max(0, i - 8), i - 2):  # longest context that fits
             context_lines = lines[start:i]
             context = "\n".join(context_lines)
@@ -155,20 +207,42 @@ def code_next_line(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iter
                 break
 
 
-def _near_misses(answer: int, rng: random.Random) -> list[int]:
-    offsets = [-10, -2, -1, 1, 2, 10, answer] if answer > 3 else [1, 2, 3, 4, 10]
-    misses = sorted({answer + o for o in offsets if answer + o >= 0 and o != 0})
-    return rng.sample(misses, N_CHOICES - 1)
+_NUMBER = re.compile(r"\d+")
+
+
+def wrong_results(question: str, answer: int, rng: random.Random, k: int = N_CHOICES - 1
+                  ) -> list[int]:
+    """`k` wrong answers that look like answers: one of the question's own numbers, then the
+    results of the wrong operation on its numbers (a + b where the problem asks a * b, a * b
+    where it asks a + b, a - b, the sum of all), then near misses (+-1, +-2, +-10) if those run
+    short. A model that has learnt which operation the words call for rejects them; one that
+    copies numbers, or only knows that answers are numbers, does not. (Distractors of the true
+    answer's digit count, which need exact arithmetic, leave the demo's models at chance.)"""
+    numbers = [int(x) for x in _NUMBER.findall(question)]
+    wrong = set()
+    for i, x in enumerate(numbers):
+        for y in numbers[i + 1:]:
+            wrong |= {x + y, abs(x - y), x * y}
+    wrong.add(sum(numbers))
+    operands = sorted(set(numbers) - {answer})
+    picked = rng.sample(operands, min(1, len(operands), k))
+    wrong = sorted(wrong - {answer} - set(numbers))
+    picked += rng.sample(wrong, min(k - len(picked), len(wrong)))
+    misses = sorted({answer + o for o in (-10, -2, -1, 1, 2, 10) if answer + o >= 0}
+                    - {answer} - set(picked))
+    picked += rng.sample(misses, k - len(picked))
+    return picked
 
 
 def math_answer(docs: Sequence[str], rng: random.Random, fits: _Fits) -> Iterable[Example]:
-    """Context: `Q: ... A:`; choices: the answer vs near misses (+-1, +-2, +-10, double)."""
+    """Context: `Q: ... A:`; choices: the answer vs one of the question's numbers and two results
+    of the wrong operation on them (`wrong_results`)."""
     problems = [line for d in docs for line in d.split("\n") if " A: " in line]
     rng.shuffle(problems)
     for line in problems:
         question, _, answer = line.rpartition(" A: ")
         context = question + " A:"
-        distractors = [f" {m}" for m in _near_misses(int(answer), rng)]
+        distractors = [f" {m}" for m in wrong_results(question, int(answer), rng)]
         if all(fits(context, c) for c in (f" {answer}", *distractors)):
             yield _example(context, f" {answer}", distractors, rng)
 
