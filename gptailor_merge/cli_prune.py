@@ -14,10 +14,11 @@ _EPILOG = """methods (calibrated on the base model, search split of the calibrat
   angular     drop the contiguous block whose input and output are closest in angle
               (arccos(cos)/pi at each text's last token, or --angular-tokens all)
   greedy-ppl  remove one layer at a time, the one that raises calibration perplexity least
-  laco        LaCo layer collapse: merge rear layers into a prior one (theta_l + sum_k
-              (theta_{l+k} - theta_l)) while the final hidden states keep cosine similarity
-              >= --laco-threshold. mergekit recipes cannot express a layer plus other layers'
-              deltas, so LaCo runs in memory and --out is a MODEL FOLDER (config, safetensors,
+  laco        LaCo layer collapse: merge rear layers' projection weights into a prior one
+              (theta_l + sum_k (theta_{l+k} - theta_l), its norms kept) while the final hidden
+              states keep a cosine similarity above --laco-threshold; where that threshold cannot
+              reach the target it is swept down (then I, then C), as the row's details say.
+              mergekit recipes cannot express a layer plus other layers' deltas, so LaCo runs in memory and --out is a MODEL FOLDER (config, safetensors,
               tokenizer) holding also laco_removal_recipe.yaml: its removal set as a passthrough
               recipe, which keeps the base's own layers and so only approximates LaCo's model.
 Every other method writes --out as a recipe YAML that stock `mergekit-yaml` runs."""
