@@ -6,14 +6,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.prefix import PrefixCache, PrefixCachedLM, PrefixReuse, layer_keys
+from gptailor_merge.core.errors import ConfigError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.materialize.prefix import PrefixCache, PrefixCachedLM, PrefixReuse, layer_keys
+from gptailor_merge.materialize.stitch import Stitcher
 from gptailor_merge.scoring.batching import pad_right
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample
 from gptailor_merge.scoring.tasks import make_task
-from gptailor_merge.search import Evaluator
-from gptailor_merge.stitch import Stitcher
+from gptailor_merge.search.search import Evaluator
 
 L, K = 4, 3
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()

@@ -98,7 +98,7 @@ def test_paired_bootstrap_is_centred_on_the_difference_and_excludes_zero_for_a_c
 
 
 def test_paired_bootstrap_needs_per_example_values():
-    from gptailor_merge.errors import TaskError
+    from gptailor_merge.core.errors import TaskError
 
     tasks = [make_task("prose", TEXT, TEXT, "t")]
     with pytest.raises(TaskError, match="per-example"):

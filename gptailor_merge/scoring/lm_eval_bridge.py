@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 
 logger = logging.getLogger(__name__)
 

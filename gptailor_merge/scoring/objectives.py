@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
 from gptailor_merge.scoring.tasks import Task
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptailor_merge.errors import TaskError
-from gptailor_merge.registry import Registry, did_you_mean
+from gptailor_merge.core.errors import TaskError
+from gptailor_merge.core.registry import Registry, did_you_mean
 from gptailor_merge.scoring.examples import ChoiceExample, Example, Kind, example_kind, read_jsonl
 
 logger = logging.getLogger(__name__)
