@@ -27,7 +27,7 @@ def planted(tmp_path_factory):
 
     from gptailor_merge.family.family import Family
     from gptailor_merge.scoring.examples import TextExample
-    from gptailor_merge.scoring.tasks import make_task
+    from gptailor_merge.scoring.task import make_task
     root = tmp_path_factory.mktemp("planted")
     tokenizer = _word_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,

@@ -12,7 +12,7 @@ from gptailor_merge.materialize.prefix import PrefixCache, PrefixCachedLM, Prefi
 from gptailor_merge.materialize.stitch import Stitcher
 from gptailor_merge.scoring.batching import pad_right
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample
-from gptailor_merge.scoring.tasks import make_task
+from gptailor_merge.scoring.task import make_task
 from gptailor_merge.search.search import Evaluator
 
 L, K = 4, 3

@@ -28,7 +28,7 @@ from gptailor_merge.baselines.hidden import final_hidden_batches
 from gptailor_merge.core.errors import ConfigError, GenomeError
 from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
 from gptailor_merge.family.architecture import DecoderLayout
-from gptailor_merge.materialize.materialize import copy_tokenizer
+from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.materialize.recipe import Recipe
 
 logger = logging.getLogger(__name__)

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gptailor_merge.core.registry import Registry
 
-if TYPE_CHECKING:  # genome.py imports this module; a LayerSpec is only read here
-    from gptailor_merge.core.genome import LayerSpec
+
+class LayerParams(Protocol):
+    """What a method reads of a merged layer: `genome.LayerSpec` has these fields. A protocol,
+    not the class, because genome.py builds on this registry (its ranges, its method names)."""
+
+    sources: tuple[int, ...]
+    lam: float
+    density: float
+    weights: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class MergeMethod:
     base_is_input: bool = False  # from mergekit: the base is one more weighted input (linear)
     scopes: Mapping[str, str] = field(default_factory=dict)  # mergekit parameter -> scope
 
-    def parameters(self, spec: LayerSpec | None, n_candidates: int) -> SliceParameters:
+    def parameters(self, spec: LayerParams | None, n_candidates: int) -> SliceParameters:
         """The one definition of a merged slice's parameters. `spec` None: a boundary slice that
         takes everything from the base (all candidate weights 0)."""
         selected = {} if spec is None else dict(zip(spec.sources, spec.weights))
@@ -109,7 +116,7 @@ class MergeMethod:
                 candidates[j][name] = per_candidate(j)
         return SliceParameters(shared, (base, *candidates))
 
-    def describe(self, spec: LayerSpec, parts: Sequence[str]) -> str:
+    def describe(self, spec: LayerParams, parts: Sequence[str]) -> str:
         """Report text of a merged layer: `ties: chat + math (λ=0.7, density=0.5)`."""
         params = [f"{GENOME_PARAMS[p].symbol}={getattr(spec, p):.3g}"
                   for p in self.genome_params if p != "weights"]

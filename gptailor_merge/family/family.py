@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +25,26 @@ from gptailor_merge.core.errors import FamilyMismatchError, ModelFileError, Mode
 logger = logging.getLogger(__name__)
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+
+# a model folder's tokenizer files: every writer of a model folder (both backends, LaCo, repair)
+# copies them from the base
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the base's tokenizer files that are not already in `dst`."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def resolve_model_path(model_id: str) -> Path:

@@ -13,28 +13,10 @@ from pathlib import Path
 
 from gptailor_merge.core.errors import RecipeError
 from gptailor_merge.core.outputs import commit_folder, local_reads, prepare_output, temp_sibling
+from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.materialize.recipe import Recipe
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-    "chat_template.jinja",
-)
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Copy the base's tokenizer files that are not already in `dst`."""
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
-
 
 def materialize_with_mergekit(
     recipe: Recipe,

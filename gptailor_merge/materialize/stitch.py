@@ -25,8 +25,7 @@ from gptailor_merge.core.genome import Genome, LayerSpec, layer_key
 from gptailor_merge.core.merge_methods import merge_method
 from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
 from gptailor_merge.family.architecture import DecoderLayout, set_config, tailored_config
-from gptailor_merge.family.family import Family
-from gptailor_merge.materialize.materialize import copy_tokenizer
+from gptailor_merge.family.family import Family, copy_tokenizer
 
 logger = logging.getLogger(__name__)
 

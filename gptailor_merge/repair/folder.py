@@ -19,12 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptailor_merge.core.errors import ConfigError, RepairError
-from gptailor_merge.materialize.materialize import (
-    commit_folder,
-    copy_tokenizer,
-    prepare_output,
-    temp_sibling,
-)
+from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.repair.fit import DEFAULT_RIDGE, TARGET, RepairInfo, repair_model
 
 logger = logging.getLogger(__name__)

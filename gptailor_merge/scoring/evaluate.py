@@ -21,7 +21,7 @@ from gptailor_merge.core.errors import ModelNotFoundError, TaskError
 from gptailor_merge.scoring.examples import ChoiceExample, Kind, TextExample
 from gptailor_merge.scoring.multiple_choice import multiple_choice_details
 from gptailor_merge.scoring.perplexity import perplexity_details
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
 from gptailor_merge.scoring.objectives import ABOVE_CHANCE_FLOOR
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 DEFAULT_BOOTSTRAP = 2000
 

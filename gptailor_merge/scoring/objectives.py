@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from gptailor_merge.core.outputs import (
     prepare_output,
     temp_sibling,
 )
-from gptailor_merge.materialize.materialize import TOKENIZER_FILES, materialize_with_mergekit
+from gptailor_merge.family.family import TOKENIZER_FILES
+from gptailor_merge.materialize.materialize import materialize_with_mergekit
 from gptailor_merge.materialize.recipe import FamilyRefs, Recipe, recipe_to_genome
 
 logger = logging.getLogger(__name__)
