@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES  # noqa: E402
 from gptailor_merge.core.genome import Genome  # noqa: E402
-from gptailor_merge.materialize.prefix import DEFAULT_PREFIX_CACHE_BYTES, layer_keys  # noqa: E402
+from gptailor_merge.materialize.prefix import layer_keys  # noqa: E402
 from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
 from gptailor_merge.search.search import Evaluator, run_search  # noqa: E402

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
 from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.core.registry import Registry
-from gptailor_merge.materialize.prefix import DEFAULT_PREFIX_CACHE_BYTES, PrefixReuse
+from gptailor_merge.materialize.prefix import PrefixReuse
 from gptailor_merge.materialize.recipe import FamilyRefs, Recipe, genome_to_recipe
 
 if TYPE_CHECKING:

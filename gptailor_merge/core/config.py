@@ -132,6 +132,11 @@ class SearchConfig(_Strict):
         return out
 
 
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+"""Prefix reuse's memory (1 GiB): `EvalConfig.prefix_cache_bytes`' default, and that of every
+`PrefixReuse`, `Evaluator` and `Calibration` built outside a RunConfig."""
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(256, ge=8, description="tokens per sequence")
@@ -139,6 +144,9 @@ class EvalConfig(_Strict):
     dtype: str = Field("float32", description="dtype of the stitched model and of merges: float32, "
                                               "float16 or bfloat16")
     heldout_examples: int | None = Field(None, ge=1, description="held-out examples per task (None: all)")
+    prefix_cache_bytes: int = Field(DEFAULT_PREFIX_CACHE_BYTES, ge=0,
+                                    description="memory for hidden states of shared leading layers, "
+                                    "reused across trials (scores stay bitwise the same); 0: off")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
 from gptailor_merge.core.errors import ConfigError
 from gptailor_merge.core.genome import Genome, LayerKey, layer_keys
 from gptailor_merge.family.architecture import LAYERWISE_MODEL_TYPES, LayerwiseForward
@@ -27,7 +28,6 @@ __all__ = ["DEFAULT_PREFIX_CACHE_BYTES", "LayerKey", "PrefixCache", "PrefixCache
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 """Prefix-cache bound (1 GiB) of the search's and the baselines' evaluators unless they are given one."""
 
 SUPPORTED_MODEL_TYPES = LAYERWISE_MODEL_TYPES

@@ -202,7 +202,8 @@ def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_text
     if not text_tasks or n_remove == 0:
         return []
     texts = calibration_texts(text_tasks, n_texts)
-    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length)
+    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length,
+                        prefix_cache_bytes=ev.prefix_cache_bytes)
     removals = baseline_removals(calib, n_remove)
     logger.info("baseline seeds: %s", removals)
     return [list(r) for r in removals.values()]

@@ -116,7 +116,8 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
     ev = config.eval
     calib = Calibration(Stitcher(family, device=ev.device, dtype=ev.dtype),
                         AutoTokenizer.from_pretrained(family.base.path), tuple(texts),
-                        batch_size=ev.batch_size, max_length=ev.max_length, progress=progress)
+                        batch_size=ev.batch_size, max_length=ev.max_length, progress=progress,
+                        prefix_cache_bytes=ev.prefix_cache_bytes)
     result = run_baseline(method, calib, family.n_layers - n_keep, **(options or {}))
     meta = {"calibration": {"split": "search", "tasks": [t.name for t in tasks],
                             "n_examples_per_task": n_calibration, "n_texts": len(texts),

@@ -40,7 +40,8 @@ SCORE_SEARCH_FIELDS = ("optimizer", "merge_methods", "seed", "max_examples", "et
 SCORE_EVAL_FIELDS = ("max_length", "dtype")
 # what flags (or --config) given with --resume may change: budgets, and where or how trials run
 RESUME_MAY_CHANGE = ("search.n_trials", "search.time_budget_s", "search.workers", "search.ray_address",
-                     "eval.device", "eval.batch_size", "eval.heldout_examples")
+                     "eval.device", "eval.batch_size", "eval.heldout_examples",
+                     "eval.prefix_cache_bytes")
 
 
 # ---- lock -----------------------------------------------------------------------------------------

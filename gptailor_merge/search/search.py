@@ -19,9 +19,10 @@ from pathlib import Path
 import nevergrad as ng
 import numpy as np
 
+from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
 from gptailor_merge.core.errors import ResumeError
 from gptailor_merge.core.genome import Genome
-from gptailor_merge.materialize.prefix import DEFAULT_PREFIX_CACHE_BYTES, PrefixReuse
+from gptailor_merge.materialize.prefix import PrefixReuse
 from gptailor_merge.scoring import (
     Score,
     Task,
@@ -215,7 +216,7 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
                      metric=config.search.metric, rungs=tuple(config.search.rungs()),
-                     chance_z=config.search.chance_z)
+                     chance_z=config.search.chance_z, prefix_cache_bytes=ev.prefix_cache_bytes)
 
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,
