@@ -70,7 +70,7 @@ def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(s
 
     base, cands = make_synthetic_family(tmp_path / "fam", n_layers=4, n_candidates=3, seed=1)
     refs = FamilyRefs.of(Family.load(base, cands))
-    # merges at the first and the last kept layer: the LM-head case of DESIGN.md
+    # merges at the first and the last kept layer: the LM-head case of docs/ARCHITECTURE.md ("Recipe")
     genome = Genome(4, 3, (LayerSpec(0, (0, 2), lam=0.7), LayerSpec(1, ()), LayerSpec(3, (1,))))
     full = genome_to_recipe(genome, refs)
     lean = speed.lean_recipe(full, refs.base)

@@ -1,4 +1,4 @@
-"""The in-memory stitcher and the mergekit backend give the same model (DESIGN.md section 3)."""
+"""The in-memory stitcher and the mergekit backend give the same model (docs/ARCHITECTURE.md, "Two materializers")."""
 
 import subprocess
 import sys

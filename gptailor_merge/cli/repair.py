@@ -1,6 +1,6 @@
 """The `--repair` flags shared by materialize, prune and optimize (no command of its own).
 
-Thin: declares the flags and turns them into `repair_io.RepairSettings`; the work is in
+Thin: declares the flags and turns them into `repair.folder.RepairSettings`; the work is in
 `gptailor_merge.repair.fit` (the fit) and `gptailor_merge.repair.folder` (the folder).
 """
 

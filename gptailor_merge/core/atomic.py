@@ -1,5 +1,5 @@
 """Atomic writes: every output is written under a temporary name beside it and renamed into place,
-so a killed run never leaves a half-written file or folder that looks complete (STYLE.md B.5).
+so a killed run never leaves a half-written file or folder that looks complete (docs/ARCHITECTURE.md, core).
 
 Files: `atomic_path` (any writer), `write_text_atomic`, `write_json_atomic`. Folders:
 `atomic_folder` (build in a hidden temp sibling, then replace). No torch, nothing of ours;

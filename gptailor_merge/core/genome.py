@@ -1,6 +1,6 @@
 """The tailoring (genome) of a family: which layers stay, and where each kept layer comes from.
 
-Pure data over ints and floats (DESIGN.md section 1); no torch, no nevergrad. Which merge methods
+Pure data over ints and floats (docs/ARCHITECTURE.md, "Genome"); no torch, no nevergrad. Which merge methods
 exist and which parameters each reads comes from the registry in `merge_methods`. Every other stage
 (space, recipe, stitcher, journal) speaks in Genomes, so the invariants live here.
 """

@@ -1,4 +1,4 @@
-"""The mergekit methods a merged layer may use: one `MERGE_METHODS` entry each (STYLE.md B.4).
+"""The mergekit methods a merged layer may use: one `MERGE_METHODS` entry each (docs/ARCHITECTURE.md).
 
 An entry states the layer parameters the method reads (its genome parameters), which of them the
 search varies, its label in reports, and owns `parameters()`: a merged slice's mergekit parameters,

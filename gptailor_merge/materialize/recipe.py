@@ -1,4 +1,4 @@
-"""Genome <-> mergekit YAML recipe: the one interchange format (DESIGN.md section 2).
+"""Genome <-> mergekit YAML recipe: the one interchange format (docs/ARCHITECTURE.md, "Recipe").
 
 `genome_to_recipe` writes a recipe that stock `mergekit-yaml` (0.1.5) runs; `recipe_to_genome`
 reads it back exactly. Our metadata rides under the top-level `gptailor:` key, which mergekit's
@@ -178,7 +178,7 @@ def _runs(genome: Genome) -> list[list[LayerSpec]]:
 
 
 def _merge_slice(refs: FamilyRefs, genome: Genome, lo: int, hi: int, spec: LayerSpec | None) -> dict:
-    """A slice listing base and every candidate (same sources in every slice, see DESIGN.md), with
+    """A slice listing base and every candidate (same sources in every slice, docs/ARCHITECTURE.md), with
     the parameters the method's registry entry gives (the stitcher merges with the same ones)."""
     params = merge_method(genome.method).parameters(spec, len(refs.candidates))
     sources = []

@@ -1,6 +1,6 @@
 """In-memory stitcher: builds a tailored model from the family's tensors, loaded once.
 
-The search's fast path (DESIGN.md section 3). Kept base layers are the base model's own modules,
+The search's fast path (docs/ARCHITECTURE.md, "Two materializers"). Kept base layers are the base model's own modules,
 selected layers views of a candidate's memory-mapped tensors, merged layers computed once with
 mergekit's own merge methods (task arithmetic: its op-for-op copy in `fast_merge`, bitwise equal);
 both cached (LRU), so a candidate costs a module swap. Proven equal to the mergekit backend in

@@ -23,7 +23,7 @@ _KEEP_KEY, _REMOVE_KEY = 0.9, 0.1
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The GPTailor space of one family and target (DESIGN.md section 1)."""
+    """The GPTailor space of one family and target (docs/ARCHITECTURE.md, "Genome")."""
 
     n_layers: int
     n_candidates: int
