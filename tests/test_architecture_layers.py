@@ -120,6 +120,12 @@ def test_top_level_is_a_handful_of_modules():
     assert len(top) <= MAX_TOP_LEVEL_MODULES, top
 
 
+
+def test_synthetic_families_are_fixtures_only():
+    """demo.synthetic serves tests and benchmarks; the library never builds on random weights."""
+    assert [m for m, deps in GRAPH.items() if "gptailor_merge.demo.synthetic" in deps] == []
+
+
 # ---- the checker itself can fail ------------------------------------------------------------------
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "gptailor_merge"

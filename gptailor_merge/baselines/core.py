@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
+from gptailor_merge.core.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PREFIX_CACHE_BYTES,
+)
 from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.core.registry import Registry
@@ -37,8 +41,8 @@ class Calibration:
     stitcher: Stitcher
     tokenizer: Any
     texts: tuple[str, ...]
-    batch_size: int = 16
-    max_length: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_length: int = DEFAULT_MAX_LENGTH
     progress: bool = False
     # hidden states of shared leading layers across the removal sets a baseline tries
     # (gptailor_merge/materialize/prefix.py; results are bitwise the same). 0 bytes turns it off.

@@ -132,14 +132,19 @@ class SearchConfig(_Strict):
         return out
 
 
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_LENGTH = 256
+"""`EvalConfig`'s batch size and tokens per sequence, also the defaults of an `Evaluator` or a
+baseline `Calibration` built outside a RunConfig (tests, benchmarks), so both score alike."""
+
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 """Prefix reuse's memory (1 GiB): `EvalConfig.prefix_cache_bytes`' default, and that of every
 `PrefixReuse`, `Evaluator` and `Calibration` built outside a RunConfig."""
 
 
 class EvalConfig(_Strict):
-    batch_size: int = Field(16, ge=1)
-    max_length: int = Field(256, ge=8, description="tokens per sequence")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=8, description="tokens per sequence")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: str = Field("float32", description="dtype of the stitched model and of merges: float32, "
                                               "float16 or bfloat16")

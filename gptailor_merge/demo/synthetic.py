@@ -2,6 +2,12 @@
 
 For unit tests, speed benchmarks and the GPU check (any shape, e.g. Llama-2-7B-shaped on a GPU).
 Not for quality claims: the candidates are noise around the base, not real fine-tunes.
+
+Why here, beside the demo family, and not in tests/: like the demo it is an embedded family that
+needs no download, and its users outside the test suite (`benchmarks/speed.py --family synthetic`,
+`benchmarks/gpu_check.sh`, `benchmarks/repair_gpu_check.py`) import it from the installed package,
+without putting tests/ on their path. No module of the library imports it
+(tests/test_architecture_layers.py checks); only tests and benchmarks do.
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ from pathlib import Path
 import nevergrad as ng
 import numpy as np
 
-from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
+from gptailor_merge.core.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PREFIX_CACHE_BYTES,
+)
 from gptailor_merge.core.errors import ResumeError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.materialize.prefix import PrefixReuse
@@ -44,8 +48,8 @@ class Evaluator:
     stitcher: object  # gptailor_merge.materialize.stitch.Stitcher (duck-typed: build(genome) -> model)
     tokenizer: object
     tasks: Sequence[Task]
-    batch_size: int = 16
-    max_length: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_length: int = DEFAULT_MAX_LENGTH
     metric: str = "acc"
     # hidden states of shared leading layers, reused across candidates (gptailor_merge/materialize/prefix.py);
     # scores are bitwise the same with or without it. 0 bytes turns it off.
