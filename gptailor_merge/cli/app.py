@@ -19,6 +19,7 @@ from gptailor_merge.core.errors import GptailorError
 
 logger = logging.getLogger("gptailor_merge")
 
+
 # ---- materialize --------------------------------------------------------------------------------
 def _materialize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", type=Path, help="a mergekit recipe YAML written by gptailor-merge (or by hand)")
