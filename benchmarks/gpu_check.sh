@@ -50,16 +50,16 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
-from gptailor_merge.family import Family  # noqa: E402
-from gptailor_merge.genome import Genome  # noqa: E402
-from gptailor_merge.materialize import materialize_with_mergekit  # noqa: E402
-from gptailor_merge.prefix import PrefixReuse  # noqa: E402
-from gptailor_merge.recipe import FamilyRefs, genome_to_recipe  # noqa: E402
+from gptailor_merge.family.family import Family  # noqa: E402
+from gptailor_merge.core.genome import Genome  # noqa: E402
+from gptailor_merge.materialize.materialize import materialize_with_mergekit  # noqa: E402
+from gptailor_merge.materialize.prefix import PrefixReuse  # noqa: E402
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe  # noqa: E402
 from gptailor_merge.scoring import evaluate_model  # noqa: E402
-from gptailor_merge.search import run_search  # noqa: E402
-from gptailor_merge.space import SearchSpace, paper_seeds  # noqa: E402
-from gptailor_merge.stitch import Stitcher  # noqa: E402
-from gptailor_merge.synthetic import tiny_tokenizer  # noqa: E402
+from gptailor_merge.search.search import run_search  # noqa: E402
+from gptailor_merge.search.space import SearchSpace, paper_seeds  # noqa: E402
+from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
+from gptailor_merge.demo.synthetic import tiny_tokenizer  # noqa: E402
 from speed import (FloorVariant, RecordingEvaluator, StitchVariant, build_memory_family,  # noqa: E402
                    git_sha, hardware, sync, time_variants, write_member, write_tasks)
 

@@ -10,7 +10,7 @@ ratio) against the dense base, `scoring.objectives`) and paired bootstrap interv
   `gptailor-seeds-only` (the best seed, every seed scored at full fidelity, no optimizer trial),
   `gptailor-no-seeds`, `gptailor-random` (random proposals, no seeds, no local moves),
   `gptailor-removal-only`, and `gptailor` (the full search), each with the same trial budget;
-- `+repair` rows: the linear repair of the cuts (`gptailor_merge.repair`) on ShortGPT, greedy-ppl
+- `+repair` rows: the linear repair of the cuts (`gptailor_merge.repair.fit`) on ShortGPT, greedy-ppl
   and GPTailor's winner.
 Every row is also scored on transfer texts that no family member and no search saw
 (`benchmarks/transfer.py`). Prints the tables and writes JSON (git SHA, hardware, settings, rows
@@ -66,7 +66,7 @@ def smollm2_root() -> Path:
 
 def family_config(args: argparse.Namespace) -> dict:
     """The `family` and `tasks` parts of a RunConfig for `--family` (tasks registered here)."""
-    from gptailor_merge.config import DEMO, DEMO_TASKS
+    from gptailor_merge.core.config import DEMO, DEMO_TASKS
 
     if args.family == "demo":
         return {"family": {"base": DEMO, "demo_preset": args.demo_preset}, "tasks": list(DEMO_TASKS)}
@@ -92,7 +92,7 @@ def family_config(args: argparse.Namespace) -> dict:
 def run_config(base: dict, args: argparse.Namespace, *, remove_fraction: float = 0.25,
                search: dict | None = None, out_dir: str | None = None):
     """A validated RunConfig from the family part, the flags and the per-row settings."""
-    from gptailor_merge.config import RunConfig
+    from gptailor_merge.core.config import RunConfig
 
     data = {
         **base,
@@ -149,7 +149,7 @@ class Bench:
 
     def add(self, method: str, fraction: float, kept: Sequence[int], score, transfer, *,
             seconds: float | None, heldout_seconds: float, **extra) -> dict:
-        from gptailor_merge.heldout import yardstick_row
+        from gptailor_merge.run.heldout import yardstick_row
         from gptailor_merge.scoring import symmetric_retention
 
         base, base_transfer = self.base or (score, transfer)
@@ -248,8 +248,8 @@ def baseline_rows(bench: Bench, calib, evaluator, transfer_ev, tokenizer, fracti
                   n_remove: int, args: argparse.Namespace) -> dict:
     """The baselines of one fraction; returns their genomes (by method) for repair and ablations."""
     from gptailor_merge.baselines import canonical_name, collapsed_model, run_baseline
-    from gptailor_merge.errors import GptailorError
-    from gptailor_merge.genome import Genome
+    from gptailor_merge.core.errors import GptailorError
+    from gptailor_merge.core.genome import Genome
 
     genomes = {}
     options = {"laco": {"threshold": args.laco_threshold}}
@@ -300,7 +300,7 @@ def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, basel
                       fraction: float) -> None:
     """The best baseline (on the search split) with every kept layer a task-arithmetic merge of
     all fine-tunes, lambda the best of the seed scales on the search split: no search."""
-    from gptailor_merge.genome import Genome
+    from gptailor_merge.core.genome import Genome
 
     if bench.reuse("uniform-merge", fraction) is not None or bench.family.n_candidates < 2:
         return
@@ -325,8 +325,8 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
                    n_remove: int, calib_stitcher, tokenizer) -> None:
     """The seeds the full search starts from (the same list), each scored at full fidelity on
     the search split; the best, with no optimizer trial."""
-    from gptailor_merge.optimize import baseline_seed_removals
-    from gptailor_merge.search import prioritized_seeds
+    from gptailor_merge.run.optimize import baseline_seed_removals
+    from gptailor_merge.search.search import prioritized_seeds
 
     if bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
@@ -347,8 +347,8 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
 def mergekit_check(run_dir: Path, evaluator, score) -> float:
     """The best recipe through stock mergekit, scored on the same held-out examples: max |diff|
     of the task metrics against the stitched model's."""
-    from gptailor_merge.materialize import materialize_with_mergekit
-    from gptailor_merge.recipe import Recipe
+    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.recipe import Recipe
     from gptailor_merge.scoring import evaluate_model, load_model_folder
 
     out = materialize_with_mergekit(Recipe.load(run_dir / "best.yaml"), run_dir / "best_model",
@@ -363,9 +363,9 @@ def mergekit_check(run_dir: Path, evaluator, score) -> float:
 
 def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -> dict:
     """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time."""
-    from gptailor_merge.genome import Genome
-    from gptailor_merge.journal import Journal
+    from gptailor_merge.core.genome import Genome
     from gptailor_merge.scoring import symmetric_retention
+    from gptailor_merge.search.journal import Journal
 
     trials = Journal(run_dir / "journal.jsonl").load()
     top = max(t.fidelity for t in trials)
@@ -387,7 +387,7 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -
             "baselines": [{"method": r["method"], "seconds": r["seconds"],
                            "retention_sym": r["retention_sym"]} for r in baselines
                           if r.get("retention_sym") is not None]}
-    from gptailor_merge.atomic import write_json_atomic
+    from gptailor_merge.core.atomic import write_json_atomic
 
     write_json_atomic(run_dir / "anytime.json", data)
     return data
@@ -396,8 +396,8 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -
 def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fraction: float,
                   runs_dir: Path, args: argparse.Namespace, baselines: Sequence[dict]) -> dict:
     """The searches of one fraction; returns the full search's best genome (for repair)."""
-    from gptailor_merge.genome import Genome
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.genome import Genome
+    from gptailor_merge.run.optimize import optimize
 
     best_genome = None
     for method, settings in SEARCH_ROWS:
@@ -444,7 +444,7 @@ def repair_rows(bench: Bench, evaluator, calib, tokenizer, fraction: float, geno
                 args: argparse.Namespace) -> None:
     """`<method>+repair`: the same genome with the linear repair of its cuts, fitted on the
     calibration texts (the search split), scored like every other row."""
-    from gptailor_merge.repair import repair_model
+    from gptailor_merge.repair.fit import repair_model
 
     for method, genome in genomes.items():
         name = f"{method}+repair"
@@ -631,11 +631,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from gptailor_merge.baselines import Calibration, calibration_texts
-    from gptailor_merge.genome import resolve_target
-    from gptailor_merge.optimize import search_space
-    from gptailor_merge.resolve import load_tasks, resolve_family
-    from gptailor_merge.search import Evaluator
-    from gptailor_merge.stitch import Stitcher
+    from gptailor_merge.core.genome import resolve_target
+    from gptailor_merge.materialize.stitch import Stitcher
+    from gptailor_merge.run.optimize import search_space
+    from gptailor_merge.run.resolve import load_tasks, resolve_family
+    from gptailor_merge.search.search import Evaluator
 
     started = time.perf_counter()
     family_part = family_config(args)

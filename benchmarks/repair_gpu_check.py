@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gptailor_merge.family import Family
-    from gptailor_merge.genome import Genome
-    from gptailor_merge.repair import repair_model
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.core.genome import Genome
+    from gptailor_merge.demo.synthetic import make_synthetic_family
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.repair.fit import repair_model
 
     start = time.perf_counter()
     rng = random.Random(0)

@@ -37,12 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from gptailor_merge.genome import Genome  # noqa: E402
-from gptailor_merge.prefix import DEFAULT_PREFIX_CACHE_BYTES, layer_keys  # noqa: E402
+from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES  # noqa: E402
+from gptailor_merge.core.genome import Genome  # noqa: E402
+from gptailor_merge.materialize.prefix import layer_keys  # noqa: E402
+from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
-from gptailor_merge.search import Evaluator, run_search  # noqa: E402
-from gptailor_merge.space import SearchSpace  # noqa: E402
-from gptailor_merge.stitch import Stitcher  # noqa: E402
+from gptailor_merge.search.search import Evaluator, run_search  # noqa: E402
+from gptailor_merge.search.space import SearchSpace  # noqa: E402
 
 WORDS = ("the cat dog sat ran on mat log fox jumps over lazy quick brown a an of to in is was "
          "add sum two three four five plus minus def return if else for while print list").split()
@@ -86,7 +87,7 @@ def setup_torch(threads: int | None) -> None:
 
 def write_result(path: Path, result: dict) -> None:
     """The result JSON, written atomically (a killed run leaves the previous file whole)."""
-    from gptailor_merge.atomic import write_json_atomic
+    from gptailor_merge.core.atomic import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
@@ -124,10 +125,10 @@ def write_tasks(folder: Path, *, seed: int, n_choice: int = 120, n_text: int = 1
 
 def setup_family(name: str, root: Path, seed: int) -> tuple[object, list[Task]]:
     """(Family, tasks) for `--family`."""
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
 
     if name == "synthetic":
-        from gptailor_merge.synthetic import make_synthetic_family
+        from gptailor_merge.demo.synthetic import make_synthetic_family
 
         base, candidates = make_synthetic_family(root / "family", arch="llama", n_layers=12,
                                                  hidden=256, n_candidates=3, seed=seed,
@@ -343,7 +344,7 @@ def lean_recipe(recipe, base: str):
     head and norm. `check_lean_recipes` verifies that the two give the same model."""
     import copy
 
-    from gptailor_merge.recipe import Recipe
+    from gptailor_merge.materialize.recipe import Recipe
 
     data = copy.deepcopy(recipe.data)
     if data["merge_method"] == "passthrough":  # one source per slice already
@@ -374,8 +375,8 @@ def check_lean_recipes(family, calls: Sequence[Call], work: Path, dtype: str, co
     (those merging at the first or last layer first): the max |difference| over all tensors."""
     from safetensors.torch import load_file
 
-    from gptailor_merge.materialize import materialize_with_mergekit
-    from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 
     refs = FamilyRefs.of(family)
     merged = list(dict.fromkeys(c.genome for c in calls if c.genome.has_merges))
@@ -404,7 +405,7 @@ class MergekitVariant:
     each call (0.0 where the model was reused)."""
 
     def __init__(self, family, tokenizer, tasks, args, work: Path) -> None:
-        from gptailor_merge.recipe import FamilyRefs
+        from gptailor_merge.materialize.recipe import FamilyRefs
 
         self.refs, self.tokenizer, self.tasks, self.args = FamilyRefs.of(family), tokenizer, tasks, args
         self.work = work
@@ -415,9 +416,9 @@ class MergekitVariant:
         """(model, whether it was materialized now)."""
         from transformers import AutoModelForCausalLM
 
-        from gptailor_merge.materialize import materialize_with_mergekit
-        from gptailor_merge.recipe import genome_to_recipe
-        from gptailor_merge.stitch import torch_dtype
+        from gptailor_merge.materialize.materialize import materialize_with_mergekit
+        from gptailor_merge.materialize.recipe import genome_to_recipe
+        from gptailor_merge.materialize.stitch import torch_dtype
 
         dense = genome == Genome.base_only(self.refs.n_layers, len(self.refs.candidates))
         held = self.models.get(dense)

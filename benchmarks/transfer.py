@@ -80,7 +80,7 @@ def transfer_texts(n_texts: int = 64, chars: int = 800) -> tuple[dict[str, list[
 def transfer_tasks(n_texts: int = 64, chars: int = 800):
     """The transfer texts as perplexity tasks (held-out split only is ever scored) + provenance."""
     from gptailor_merge.scoring.examples import TextExample
-    from gptailor_merge.scoring.tasks import make_task
+    from gptailor_merge.scoring.task import make_task
 
     texts, info = transfer_texts(n_texts, chars)
     tasks = []

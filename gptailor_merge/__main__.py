@@ -1,5 +1,5 @@
-"""`python -m gptailor_merge ...`: see `gptailor_merge.cli`."""
+"""`python -m gptailor_merge ...`: see `gptailor_merge.cli.app`."""
 
-from gptailor_merge.cli import main
+from gptailor_merge.cli.app import main
 
 raise SystemExit(main())

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def tiny_family_paths(tmp_path_factory):
     """arch -> (base path, candidate paths) for tiny 4-layer Llama / Mistral / Qwen2 families."""
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.demo.synthetic import make_synthetic_family
 
     root = tmp_path_factory.mktemp("tiny_families")
     return {
@@ -39,7 +39,7 @@ def tiny_family_paths(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llama_family(tiny_family_paths):
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
 
     base, candidates = tiny_family_paths["llama"]
     return Family.load(base, candidates)
@@ -47,7 +47,7 @@ def llama_family(tiny_family_paths):
 
 @pytest.fixture(scope="session")
 def mistral_family(tiny_family_paths):
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
 
     base, candidates = tiny_family_paths["mistral"]
     return Family.load(base, candidates)
@@ -93,9 +93,9 @@ def tiny_run(tmp_path_factory):
     import json
     import random
 
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.demo.synthetic import make_synthetic_family
+    from gptailor_merge.run.optimize import optimize
 
     root = tmp_path_factory.mktemp("tiny_run")
     base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)

@@ -7,15 +7,15 @@ import torch
 from conftest import write_word_tasks  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from gptailor_merge.architecture import DecoderLayout, LayerwiseForward, tailored_config
-from gptailor_merge.errors import RecipeError
-from gptailor_merge.family import Family
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.materialize import materialize_with_mergekit
-from gptailor_merge.prefix import PrefixCachedLM, PrefixReuse
-from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
-from gptailor_merge.stitch import Stitcher
-from gptailor_merge.synthetic import make_synthetic_family
+from gptailor_merge.core.errors import RecipeError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.demo.synthetic import make_synthetic_family
+from gptailor_merge.family.architecture import DecoderLayout, LayerwiseForward, tailored_config
+from gptailor_merge.family.family import Family
+from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.prefix import PrefixCachedLM, PrefixReuse
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.materialize.stitch import Stitcher
 
 L, K = 4, 3
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
@@ -112,8 +112,8 @@ def test_an_architecture_the_layerwise_forward_does_not_reproduce_gets_the_plain
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_short_search_runs(arch, families, tmp_path):
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.run.optimize import optimize
 
     family = families[arch]
     write_word_tasks(tmp_path)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gptailor_merge.atomic import atomic_folder, atomic_path, write_json_atomic
+from gptailor_merge.core.atomic import atomic_folder, atomic_path, write_json_atomic
 
 
 def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

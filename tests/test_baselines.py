@@ -22,7 +22,7 @@ from gptailor_merge.baselines import (
     run_baseline,
     save_collapsed,
 )
-from gptailor_merge.errors import ConfigError, TaskError
+from gptailor_merge.core.errors import ConfigError, TaskError
 
 N_LAYERS, IDENTITY = 6, 2
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
@@ -60,7 +60,7 @@ def _train_base(path, texts) -> None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.demo.synthetic import make_synthetic_family
 
     root = tmp_path_factory.mktemp("baselines")
     base, cands = make_synthetic_family(root / "fam", n_layers=N_LAYERS, seed=3)
@@ -82,9 +82,9 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(setup):
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.stitch import Stitcher
     from gptailor_merge.scoring import load_task
-    from gptailor_merge.stitch import Stitcher
 
     family = Family.load(setup.base, setup.cands)
     texts = calibration_texts([load_task(str(setup.root / "txt.jsonl"))], 16)
@@ -245,8 +245,8 @@ def test_laco_similarity_is_the_mean_sentence_cosine_of_flattened_final_states(c
 
 
 def test_every_baseline_recipe_is_valid_mergekit_and_round_trips(calib, tmp_path):
-    from gptailor_merge.materialize import materialize_with_mergekit
-    from gptailor_merge.recipe import recipe_to_genome
+    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.recipe import recipe_to_genome
 
     for method in BASELINES.names():
         options = {"threshold": 0.0} if method == "laco" else {}
@@ -265,7 +265,7 @@ def test_every_baseline_recipe_is_valid_mergekit_and_round_trips(calib, tmp_path
 
 
 def test_baseline_removals_are_search_seeds_of_the_target_size(calib):
-    from gptailor_merge.space import SearchSpace, paper_seeds
+    from gptailor_merge.search.space import SearchSpace, paper_seeds
 
     removals = baseline_removals(calib, 2, methods=("reverse", "shortgpt", "angular", "greedy-ppl", "laco"),
                                  options={"laco": {"threshold": 1.0, "sweep": False}})
@@ -296,8 +296,8 @@ def test_calibration_uses_the_search_split_of_text_tasks_only(setup):
 
 
 def test_prune_cli_writes_a_recipe_calibrated_on_the_configs_text_tasks(setup, tmp_path, capsys):
-    from gptailor_merge.cli import main
-    from gptailor_merge.recipe import Recipe
+    from gptailor_merge.cli.app import main
+    from gptailor_merge.materialize.recipe import Recipe
 
     out = tmp_path / "pruned.yaml"
     rc = main(["-q", "prune", "--method", "greedy-ppl", "--family", str(setup.config), "--layers",
@@ -312,7 +312,7 @@ def test_prune_cli_writes_a_recipe_calibrated_on_the_configs_text_tasks(setup, t
 
 
 def test_prune_cli_rejects_bad_method_impossible_target_and_laco_recipe_path(setup, tmp_path, capsys):
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     def run(*flags):
         rc = main(["-q", "prune", "--family", str(setup.config), *flags])

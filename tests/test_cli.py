@@ -6,9 +6,9 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
-from gptailor_merge.cli import main
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.cli.app import main
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 
 
 def _recipe(family, tmp_path):

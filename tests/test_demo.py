@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gptailor_merge.core.errors import ConfigError, GptailorError, ModelNotFoundError
 from gptailor_merge.demo import (
     DemoFamily,
     build_demo_family,
@@ -24,7 +25,6 @@ from gptailor_merge.demo.corpora import load_corpora
 from gptailor_merge.demo.evaluate import specialisation_failures
 from gptailor_merge.demo.layout import MARKER
 from gptailor_merge.demo.presets import get_preset
-from gptailor_merge.errors import ConfigError, GptailorError, ModelNotFoundError
 
 SEED = 3
 

@@ -1,8 +1,8 @@
 import pytest
 
-from gptailor_merge.errors import FamilyMismatchError, ModelNotFoundError
-from gptailor_merge.family import Family
-from gptailor_merge.synthetic import make_synthetic_family
+from gptailor_merge.core.errors import FamilyMismatchError, ModelNotFoundError
+from gptailor_merge.demo.synthetic import make_synthetic_family
+from gptailor_merge.family.family import Family
 
 
 def test_family_reports_layer_and_total_parameter_counts(llama_family):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from mergekit.merge_methods.api import merge_tensors
 
-from gptailor_merge.errors import GenomeError
-from gptailor_merge.fast_merge import TaskArithmeticWorkspace
-from gptailor_merge.genome import LayerSpec
-from gptailor_merge.stitch import Stitcher
+from gptailor_merge.core.errors import GenomeError
+from gptailor_merge.core.fast_merge import TaskArithmeticWorkspace
+from gptailor_merge.core.genome import LayerSpec
+from gptailor_merge.materialize.stitch import Stitcher
 
 _INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 

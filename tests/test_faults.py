@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptailor_merge.cli import main
+from gptailor_merge.cli.app import main
 from tests.conftest import write_word_tasks
 
 NAMES = ["llama", "chat", "math", "code"]
@@ -25,10 +25,10 @@ NAMES = ["llama", "chat", "math", "code"]
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     """(root, base, candidates, recipe) of a private tiny family: tests may break their copies."""
-    from gptailor_merge.family import Family
-    from gptailor_merge.genome import Genome, LayerSpec
-    from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.core.genome import Genome, LayerSpec
+    from gptailor_merge.demo.synthetic import make_synthetic_family
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 
     root = tmp_path_factory.mktemp("faults")
     base, cands = make_synthetic_family(root / "fam", n_layers=4, seed=3)
@@ -113,7 +113,7 @@ def test_overwrite_refuses_a_folder_it_did_not_write(fam, tmp_path, capsys):
 
 
 def test_outputs_are_marked_0755_and_replaced_by_overwrite(fam, tmp_path):
-    from gptailor_merge.outputs import MARKER
+    from gptailor_merge.core.outputs import MARKER
 
     out = tmp_path / "model"
     assert main(["-q", "materialize", str(fam[3]), str(out)]) == 0
@@ -161,8 +161,8 @@ def test_a_read_only_output_folder_is_a_one_line_error(fam, tmp_path, capsys):
 
 def test_read_only_output_folder_check_names_the_folder(tmp_path, monkeypatch):
     """Also as root: the writability check itself (os.access) is what refuses."""
-    from gptailor_merge.errors import OutputNotWritableError
-    from gptailor_merge.outputs import prepare_output
+    from gptailor_merge.core.errors import OutputNotWritableError
+    from gptailor_merge.core.outputs import prepare_output
 
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(OutputNotWritableError, match=str(tmp_path)):
@@ -173,7 +173,7 @@ def test_read_only_output_folder_check_names_the_folder(tmp_path, monkeypatch):
 def test_a_second_optimize_on_a_locked_run_is_refused_at_once(run_copy, capsys):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from gptailor_merge.run_folder import _process_start
+        from gptailor_merge.run.run_folder import _process_start
 
         (run_copy / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
                                                     "start": _process_start(sleeper.pid), "since": "now"}))
@@ -277,7 +277,7 @@ def test_a_bad_middle_line_names_file_and_line_and_keeps_every_line(run_copy, ca
 
 
 def test_a_torn_last_line_is_skipped_read_only_and_cut_by_the_next_append(run_copy):
-    from gptailor_merge.journal import Journal
+    from gptailor_merge.search.journal import Journal
 
     path = run_copy / "journal.jsonl"
     whole = path.read_bytes()
@@ -290,7 +290,7 @@ def test_a_torn_last_line_is_skipped_read_only_and_cut_by_the_next_append(run_co
 
 
 def test_records_carry_a_format_version_and_old_unversioned_ones_still_read(run_copy, capsys):
-    from gptailor_merge.journal import JOURNAL_VERSION, Journal
+    from gptailor_merge.search.journal import JOURNAL_VERSION, Journal
 
     path = run_copy / "journal.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -405,8 +405,8 @@ class _Api:
 
 
 def test_push_without_network_fails_before_materializing(finished_run, monkeypatch):
-    import gptailor_merge.hub as hub
-    from gptailor_merge.errors import HubError
+    import gptailor_merge.share.hub as hub
+    from gptailor_merge.core.errors import HubError
 
     monkeypatch.setattr(hub, "materialize_with_mergekit", lambda *a, **k: pytest.fail("materialized"))
     api = _Api(ConnectionError("Name or service not known"))
@@ -464,8 +464,8 @@ def test_a_model_listed_twice_in_a_family_is_an_error(fam, tmp_path, capsys):
 
 # ---- 6. push uploads only what it wrote ------------------------------------------------------------
 def test_push_of_a_model_folder_leaves_out_stray_files_and_refuses_links_leaving_it(fam, tmp_path):
-    import gptailor_merge.hub as hub
-    from gptailor_merge.errors import HubError
+    import gptailor_merge.share.hub as hub
+    from gptailor_merge.core.errors import HubError
 
     model = tmp_path / "model"
     assert main(["-q", "materialize", str(fam[3]), str(model)]) == 0

@@ -1,7 +1,7 @@
 import pytest
 
-from gptailor_merge.errors import GenomeError
-from gptailor_merge.genome import Genome, LayerSpec, resolve_target
+from gptailor_merge.core.errors import GenomeError
+from gptailor_merge.core.genome import Genome, LayerSpec, resolve_target
 
 
 def test_base_only_genome_keeps_all_but_removed():

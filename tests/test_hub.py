@@ -12,9 +12,10 @@ import logging
 import pytest
 import yaml
 
-import gptailor_merge.hub as hub
-from gptailor_merge.errors import ConfigError, HubError
-from gptailor_merge.hub import (
+import gptailor_merge.share.hub as hub
+from gptailor_merge.core.errors import ConfigError, HubError
+from gptailor_merge.core.outputs import MARKER
+from gptailor_merge.share.hub import (
     CARD_TAGS,
     FamilyFacts,
     ShareSource,
@@ -22,7 +23,6 @@ from gptailor_merge.hub import (
     build_model_card,
     push_to_hub,
 )
-from gptailor_merge.outputs import MARKER
 
 TOKEN = "hf_TestSecretToken0123456789"
 UPLOADED = {"README.md", "config.json", "generation_config.json", "layer_map.png", "mergekit_config.yml",
@@ -134,7 +134,7 @@ def test_push_from_a_run_creates_the_repo_and_uploads_exactly_the_model_card_rec
 def test_dry_run_writes_the_upload_folder_calls_no_api_and_the_card_is_valid_hub_metadata(tiny_run, tmp_path, capsys):
     from huggingface_hub import ModelCard, ModelCardData
 
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     out = tmp_path / "dry"
     assert main(["-q", "push", str(tiny_run), "someone/tiny-pruned", "--dry-run", str(out)]) == 0
@@ -192,7 +192,7 @@ def test_bad_repo_id_missing_token_and_offline_push_fail_before_any_materializat
 def test_card_of_a_hub_family_lists_its_models_as_base_model_with_the_base_license():
     from pathlib import Path
 
-    from gptailor_merge.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
 
     path = Path(__file__).parents[1] / "merge_recipes" / "llama2-13b-gptailor-paper-1.yaml"
     recipe = Recipe.load(path)

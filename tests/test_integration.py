@@ -11,11 +11,11 @@ from conftest import yardstick_from_metrics
 def test_demo_family_stitch_equals_mergekit_for_a_merged_recipe(tiny_demo_family, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gptailor_merge.family import Family
-    from gptailor_merge.genome import Genome
-    from gptailor_merge.materialize import materialize_with_mergekit
-    from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
-    from gptailor_merge.stitch import Stitcher
+    from gptailor_merge.core.genome import Genome
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.materialize.stitch import Stitcher
 
     family = Family.load(tiny_demo_family.base, tiny_demo_family.candidates)
     L, K = family.n_layers, family.n_candidates
@@ -39,8 +39,8 @@ def test_demo_family_stitch_equals_mergekit_for_a_merged_recipe(tiny_demo_family
 
 
 def test_optimize_on_the_demo_family_reports_heldout_retention(tiny_demo_family, tmp_path, monkeypatch):
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.run.optimize import optimize
 
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     config = RunConfig.from_dict({"family": {"demo_preset": "tiny"}, "search": {"n_trials": 10, "max_examples": 27},
@@ -77,10 +77,10 @@ def test_demo_recipes_in_merge_recipes_run_with_mergekit_and_equal_the_stitcher(
 
     from transformers import AutoModelForCausalLM
 
-    from gptailor_merge.family import Family
-    from gptailor_merge.materialize import materialize_with_mergekit
-    from gptailor_merge.recipe import Recipe, recipe_to_genome
-    from gptailor_merge.stitch import Stitcher
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.materialize.stitch import Stitcher
 
     recipe = Recipe.load(Path(__file__).resolve().parents[1] / "merge_recipes" / f"{name}.yaml")
     monkeypatch.chdir(default_demo_family.root)  # the recipes name the members relative to the family folder

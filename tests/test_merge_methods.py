@@ -7,14 +7,14 @@ from conftest import write_word_tasks  # noqa: E402
 from mergekit import merge_methods as mergekit_methods
 from transformers import AutoModelForCausalLM
 
-from gptailor_merge.cli import main
-from gptailor_merge.config import RunConfig
-from gptailor_merge.errors import ConfigError, GenomeError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.merge_methods import MERGE_METHODS, _register, merge_method
-from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
-from gptailor_merge.space import SearchSpace
-from gptailor_merge.stitch import Stitcher
+from gptailor_merge.cli.app import main
+from gptailor_merge.core.config import RunConfig
+from gptailor_merge.core.errors import ConfigError, GenomeError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.core.merge_methods import MERGE_METHODS, _register, merge_method
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.materialize.stitch import Stitcher
+from gptailor_merge.search.space import SearchSpace
 
 REFS = FamilyRefs("/m/base", ("/m/chat", "/m/math", "/m/code"), 8)
 SPEC = LayerSpec(2, (0, 2), lam=0.7, density=0.4, weights=(0.5, 1.5))
@@ -104,9 +104,9 @@ def test_breadcrumbs_is_not_ties_and_materializes_with_both_backends(llama_famil
 
 
 def test_a_short_search_over_breadcrumbs_ties_runs(tmp_path):
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.recipe import Recipe, recipe_to_genome
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.demo.synthetic import make_synthetic_family
+    from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.run.optimize import optimize
 
     base, cands = make_synthetic_family(tmp_path / "fam", n_layers=4, seed=5)
     write_word_tasks(tmp_path)

@@ -9,10 +9,15 @@ from types import SimpleNamespace
 import pytest
 from conftest import write_word_tasks  # noqa: E402
 
-from gptailor_merge.config import RunConfig
-from gptailor_merge.errors import ClusterError, ConfigError, MissingDependencyError, ResumeError
-from gptailor_merge.genome import Genome
-from gptailor_merge.space import SearchSpace
+from gptailor_merge.core.config import RunConfig
+from gptailor_merge.core.errors import (
+    ClusterError,
+    ConfigError,
+    MissingDependencyError,
+    ResumeError,
+)
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.search.space import SearchSpace
 
 SEARCH = dict(optimizer="DiscreteLenglerOnePlusOne", rungs=[1, 3, 9], eta=3, seed=0, progress=False)
 
@@ -62,10 +67,10 @@ def local_ray():
 
 def test_two_ray_workers_journal_every_trial_once_and_scores_match_serial(
         local_ray, tiny_family_paths, llama_family, tasks_dir, tmp_path):
-    from gptailor_merge.journal import RungResult
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.resolve import load_tasks
-    from gptailor_merge.search import build_evaluator
+    from gptailor_merge.run.optimize import optimize
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.journal import RungResult
+    from gptailor_merge.search.search import build_evaluator
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path / "run", n_trials=10, workers=2)
     outcome = optimize(config, progress=False)
@@ -89,8 +94,8 @@ def test_two_ray_workers_journal_every_trial_once_and_scores_match_serial(
 
 def test_worker_killed_mid_trial_loses_only_that_trial_which_is_requeued(
         local_ray, tiny_family_paths, llama_family, tasks_dir, tmp_path):
-    from gptailor_merge.parallel import WorkerSpec, ray_pool
-    from gptailor_merge.search_async import run_search_async
+    from gptailor_merge.run.parallel import WorkerSpec, ray_pool
+    from gptailor_merge.search.search_async import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path, workers=2)
     killed = []
@@ -136,9 +141,9 @@ class InProcessPool:
 
 def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
-    from gptailor_merge.resolve import load_tasks
-    from gptailor_merge.search import build_evaluator
-    from gptailor_merge.search_async import run_search_async
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.search_async import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     evaluator = build_evaluator(config, llama_family, load_tasks(config))
@@ -162,9 +167,9 @@ def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
 
 def test_a_trial_that_fails_on_its_worker_is_journaled_and_the_search_goes_on(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
-    from gptailor_merge.resolve import load_tasks
-    from gptailor_merge.search import build_evaluator
-    from gptailor_merge.search_async import run_search_async
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.search_async import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     pool = InProcessPool(build_evaluator(config, llama_family, load_tasks(config)), fail_keys={0, 3})
@@ -176,7 +181,7 @@ def test_a_trial_that_fails_on_its_worker_is_journaled_and_the_search_goes_on(
 
 
 def test_workers_without_ray_say_how_to_install_it(tiny_family_paths, tasks_dir, tmp_path, monkeypatch):
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.run.optimize import optimize
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     config = _config(tiny_family_paths, tasks_dir, tmp_path / "run", workers=2)
@@ -187,7 +192,7 @@ def test_workers_without_ray_say_how_to_install_it(tiny_family_paths, tasks_dir,
 
 
 def test_unreachable_cluster_names_the_address_and_the_fix():
-    from gptailor_merge.parallel import WorkerSpec, connect
+    from gptailor_merge.run.parallel import WorkerSpec, connect
 
     def refuse(**_):
         raise ConnectionError("could not connect")
@@ -200,7 +205,7 @@ def test_unreachable_cluster_names_the_address_and_the_fix():
 def test_ray_address_without_workers_and_cli_flags_are_checked(tmp_path):
     import argparse
 
-    from gptailor_merge.cli_commands import _optimize_args, config_from_args
+    from gptailor_merge.cli.optimize import _optimize_args, config_from_args
 
     with pytest.raises(ConfigError, match="ray_address '10.0.0.1:6379' is set but workers is 1"):
         RunConfig.from_dict({"search": {"ray_address": "10.0.0.1:6379"}})

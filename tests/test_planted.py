@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptailor_merge.genome import Genome
+from gptailor_merge.core.genome import Genome
 
 N_LAYERS, IDENTITY, HIDDEN = 6, (2, 4), 32
 
@@ -25,9 +25,9 @@ def _right(layer: int) -> int:
 def planted(tmp_path_factory):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
     from gptailor_merge.scoring.examples import TextExample
-    from gptailor_merge.scoring.tasks import make_task
+    from gptailor_merge.scoring.task import make_task
     root = tmp_path_factory.mktemp("planted")
     tokenizer = _word_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
@@ -97,15 +97,15 @@ def _sample(model, n: int, length: int) -> torch.Tensor:
 
 
 def _evaluator(family, tokenizer, task, rungs):
-    from gptailor_merge.search import Evaluator
-    from gptailor_merge.stitch import Stitcher
+    from gptailor_merge.materialize.stitch import Stitcher
+    from gptailor_merge.search.search import Evaluator
 
     return Evaluator(Stitcher(family), tokenizer, [task], batch_size=32, max_length=32, rungs=rungs)
 
 
 def test_the_planted_genome_is_the_best_of_its_neighbourhood(planted):
-    from gptailor_merge.neighbours import neighbour
-    from gptailor_merge.space import SearchSpace
+    from gptailor_merge.search.neighbours import neighbour
+    from gptailor_merge.search.space import SearchSpace
 
     family, tokenizer, task, genome = planted
     ev = _evaluator(family, tokenizer, task, (60,))
@@ -118,8 +118,8 @@ def test_the_planted_genome_is_the_best_of_its_neighbourhood(planted):
 
 
 def test_search_without_seeds_finds_the_planted_genome(planted, tmp_path):
-    from gptailor_merge.search import run_search
-    from gptailor_merge.space import SearchSpace
+    from gptailor_merge.search.search import run_search
+    from gptailor_merge.search.space import SearchSpace
 
     family, tokenizer, task, genome = planted
     rungs = (20, 60)

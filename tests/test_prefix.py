@@ -6,14 +6,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.prefix import PrefixCache, PrefixCachedLM, PrefixReuse, layer_keys
+from gptailor_merge.core.errors import ConfigError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.materialize.prefix import PrefixCache, PrefixCachedLM, PrefixReuse, layer_keys
+from gptailor_merge.materialize.stitch import Stitcher
 from gptailor_merge.scoring.batching import pad_right
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample
-from gptailor_merge.scoring.tasks import make_task
-from gptailor_merge.search import Evaluator
-from gptailor_merge.stitch import Stitcher
+from gptailor_merge.scoring.task import make_task
+from gptailor_merge.search.search import Evaluator
 
 L, K = 4, 3
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
@@ -181,3 +181,17 @@ def test_bad_cache_settings_are_clear_errors():
         PrefixCache(-1)
     with pytest.raises(ConfigError, match="stride must be >= 1"):
         PrefixCache(10, stride=0)
+
+
+@pytest.mark.parametrize("size", [0, 4096])
+def test_run_config_sets_the_evaluators_prefix_cache(llama_family, size):
+    """`eval.prefix_cache_bytes` is the one setting: build_evaluator sizes the cache from it."""
+    from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES, RunConfig
+    from gptailor_merge.search.search import build_evaluator
+
+    assert RunConfig().eval.prefix_cache_bytes == DEFAULT_PREFIX_CACHE_BYTES
+    config = RunConfig.model_validate({"eval": {"prefix_cache_bytes": size}})
+    evaluator = build_evaluator(config, llama_family, _tasks())
+    assert (evaluator.prefix is None) if size == 0 else (evaluator.prefix.cache.max_bytes == size)
+    with pytest.raises(ValueError, match="prefix_cache_bytes"):
+        RunConfig.model_validate({"eval": {"prefix_cache_bytes": -1}})

@@ -67,7 +67,7 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
     assert "vs_unrepaired" in by["shortgpt+repair"]
     # a member row is `evaluate` on that member's own folder, on the same held-out examples
-    from gptailor_merge.cli import main as cli
+    from gptailor_merge.cli.app import main as cli
     from gptailor_merge.demo.layout import default_family_dir
 
     folder = default_family_dir("tiny", 0) / by["member-math"]["model_path"]

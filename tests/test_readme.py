@@ -32,7 +32,7 @@ def test_every_command_in_the_readme_is_a_real_subcommand():
 
 
 def test_example_config_validates():
-    from gptailor_merge.config import RunConfig
+    from gptailor_merge.core.config import RunConfig
 
     config = RunConfig.load(REPO / "examples" / "llama2-13b-gptailor.yaml")
     assert config.target.layers == 30 and config.search.rungs() == [111, 333, 1000]

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from gptailor_merge.errors import RecipeError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.recipe import FamilyRefs, Recipe, genome_to_recipe, recipe_to_genome
+from gptailor_merge.core.errors import RecipeError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.materialize.recipe import FamilyRefs, Recipe, genome_to_recipe, recipe_to_genome
 
 REFS = FamilyRefs("/m/base", ("/m/chat", "/m/math", "/m/code"), 8)
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,11 @@ def test_recipe_save_is_atomic_and_reloads(tmp_path):
 def test_paper_recipes_validate_and_keep_30_of_40_layers(index):
     import json
 
-    from gptailor_merge.paper import LLAMA2_13B_FAMILY, paper_config_to_genome, paper_recipe
+    from gptailor_merge.materialize.paper import (
+        LLAMA2_13B_FAMILY,
+        paper_config_to_genome,
+        paper_recipe,
+    )
 
     recipe = Recipe.load(REPO / "merge_recipes" / f"llama2-13b-gptailor-paper-{index}.yaml")
     config = recipe.merge_config()

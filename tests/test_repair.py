@@ -10,9 +10,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from gptailor_merge.errors import RepairError
-from gptailor_merge.genome import Genome
-from gptailor_merge.repair import (
+from gptailor_merge.core.errors import RepairError
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.materialize.stitch import Stitcher
+from gptailor_merge.repair.fit import (
     NormalEquations,
     apply_maps,
     fit_linear_map,
@@ -20,7 +21,6 @@ from gptailor_merge.repair import (
     removed_runs,
     repair_model,
 )
-from gptailor_merge.stitch import Stitcher
 
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
 
@@ -104,7 +104,7 @@ def test_fuse_map_names_an_unsupported_layer():
 @pytest.fixture(scope="module")
 def identity_family(tiny_family_paths, tmp_path_factory):
     """The tiny Llama family whose base layer 2 is an exact identity (o_proj and down_proj zero)."""
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
 
     base, cands = tiny_family_paths["llama"]
     model = AutoModelForCausalLM.from_pretrained(base)
@@ -177,7 +177,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 
 
 def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_transformers(cli_setup, tmp_path, capsys):
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     recipe, folder = tmp_path / "pruned.yaml", tmp_path / "pruned_repaired"
     rc = main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"), "--out", str(recipe),
@@ -209,7 +209,7 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
 
 
 def test_materialize_repair_needs_calibration_and_refuses_bad_settings(cli_setup, tmp_path, capsys):
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     recipe = tmp_path / "r.yaml"
     assert main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"),
@@ -225,7 +225,7 @@ def test_materialize_repair_needs_calibration_and_refuses_bad_settings(cli_setup
 
 
 def test_push_card_of_a_repaired_folder_says_what_was_repaired(cli_setup, tmp_path, capsys):
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     folder = tmp_path / "rep"
     assert main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"),
@@ -238,8 +238,8 @@ def test_push_card_of_a_repaired_folder_says_what_was_repaired(cli_setup, tmp_pa
 
 
 def test_optimize_repair_writes_the_repaired_best_model_and_its_heldout_row(cli_setup, tmp_path):
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.run.optimize import optimize
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())
     data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 4, "max_examples": 6, "seeds": False})
@@ -257,9 +257,9 @@ def test_optimize_repair_writes_the_repaired_best_model_and_its_heldout_row(cli_
 
 
 def test_optimize_repair_without_a_text_task_fails_before_the_search(cli_setup, tmp_path):
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.errors import ConfigError
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.core.errors import ConfigError
+    from gptailor_merge.run.optimize import optimize
 
     mc = tmp_path / "mc.jsonl"
     mc.write_text("".join(json.dumps({"context": "the cat", "choices": ["sat", "ran"], "answer": i % 2}) + "\n"
@@ -272,8 +272,8 @@ def test_optimize_repair_without_a_text_task_fails_before_the_search(cli_setup, 
 
 
 def test_optimize_repair_without_heldout_still_writes_the_repaired_folder(cli_setup, tmp_path):
-    from gptailor_merge.config import RunConfig
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.run.optimize import optimize
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())
     data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 3, "max_examples": 4, "seeds": False})

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from gptailor_merge.errors import ConfigError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.journal import RungResult, Trial
-from gptailor_merge.report import (
+from gptailor_merge.core.errors import ConfigError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.search.journal import RungResult, Trial
+from gptailor_merge.share.report import (
     LAYER_MAP_PNG,
     PARETO_PNG,
     TRACE_PNG,
@@ -45,7 +45,7 @@ def test_write_report_writes_markdown_that_embeds_three_figures_and_the_summary_
 
 
 def test_report_command_prints_where_the_report_is(tiny_run, capsys):
-    from gptailor_merge.cli import main
+    from gptailor_merge.cli.app import main
 
     assert main(["-q", "report", str(tiny_run)]) == 0
     assert "report.md" in capsys.readouterr().out

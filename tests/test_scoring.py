@@ -34,7 +34,7 @@ from gptailor_merge.scoring.objectives import (  # noqa: E402
     mean_of_ratios,
 )
 from gptailor_merge.scoring.perplexity import perplexity  # noqa: E402
-from gptailor_merge.scoring.tasks import make_task  # noqa: E402
+from gptailor_merge.scoring.task import make_task  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.", "A dog runs in the park!", "Is the sky blue? yes it is.",

@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from gptailor_merge.errors import TaskError  # noqa: E402
+from gptailor_merge.core.errors import TaskError  # noqa: E402
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample, read_jsonl  # noqa: E402
 from gptailor_merge.scoring.tasks import TASKS, load_task, register_task_dir  # noqa: E402
 

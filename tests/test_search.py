@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from conftest import write_word_tasks  # noqa: E402
 
-from gptailor_merge.config import RunConfig
-from gptailor_merge.errors import ConfigError, ResumeError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.space import SearchSpace, paper_seeds, removal_order
+from gptailor_merge.core.config import RunConfig
+from gptailor_merge.core.errors import ConfigError, ResumeError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.search.space import SearchSpace, paper_seeds, removal_order
 
 
 @pytest.fixture(scope="module")
 def search_setup(tmp_path_factory):
-    from gptailor_merge.synthetic import make_synthetic_family
+    from gptailor_merge.demo.synthetic import make_synthetic_family
 
     root = tmp_path_factory.mktemp("search")
     base, cands = make_synthetic_family(root / "fam", n_layers=6, seed=3)
@@ -68,7 +68,7 @@ def test_paper_removal_orders_and_seeds_meet_the_target():
 
 
 def test_same_seed_and_config_propose_the_same_sequence():
-    from gptailor_merge.search import make_optimizer
+    from gptailor_merge.search.search import make_optimizer
 
     def proposals():
         space = SearchSpace(10, 3, 7)
@@ -100,8 +100,8 @@ def test_bad_config_is_a_clear_error_before_any_work(data, message):
 
 
 def test_target_that_leaves_no_layers_and_missing_tasks_fail_early(search_setup, tmp_path):
-    from gptailor_merge.errors import GenomeError, TaskError
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.core.errors import GenomeError, TaskError
+    from gptailor_merge.run.optimize import optimize
 
     root, base, cands = search_setup
     cfg = _config(root, base, cands, tmp_path / "a").model_dump(mode="json")
@@ -116,8 +116,8 @@ def test_target_that_leaves_no_layers_and_missing_tasks_fail_early(search_setup,
 
 
 def test_optimize_writes_run_folder_and_mergekit_matches_stitch(search_setup, tmp_path):
-    from gptailor_merge.optimize import optimize
-    from gptailor_merge.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
+    from gptailor_merge.run.optimize import optimize
 
     root, base, cands = search_setup
     outcome = optimize(_config(root, base, cands, tmp_path / "run"), progress=False)
@@ -168,7 +168,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_trials(search_setup, tmp_
     assert [t["genome_id"] for t in after[: len(before)]] == [t["genome_id"] for t in before]
     # the resumed run proposes exactly what an uninterrupted run proposes
     fresh = _config(root, base, cands, tmp_path / "fresh", n_trials=40)
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.run.optimize import optimize
 
     optimize(fresh, progress=False)
     uninterrupted = [json.loads(line)["genome_id"] for line in (tmp_path / "fresh" / "journal.jsonl").read_text().splitlines()]
@@ -176,7 +176,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_trials(search_setup, tmp_
 
 
 def test_resume_refuses_a_different_family_or_target(search_setup, tmp_path):
-    from gptailor_merge.optimize import optimize
+    from gptailor_merge.run.optimize import optimize
 
     root, base, cands = search_setup
     cfg = _config(root, base, cands, tmp_path / "run", n_trials=2)
@@ -195,7 +195,7 @@ def _canned_evaluator(chance_z: float, base, candidate):
 
     from test_scoring import _gate_tasks
 
-    from gptailor_merge.search import Evaluator
+    from gptailor_merge.search.search import Evaluator
 
     family = SimpleNamespace(n_layers=2, n_candidates=1)
     ev = Evaluator(SimpleNamespace(family=family), None, _gate_tasks(), rungs=(10, 100),

@@ -1,4 +1,4 @@
-"""The in-memory stitcher and the mergekit backend give the same model (DESIGN.md section 3)."""
+"""The in-memory stitcher and the mergekit backend give the same model (docs/ARCHITECTURE.md, "Two materializers")."""
 
 import subprocess
 import sys
@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gptailor_merge.errors import OutputExistsError, RecipeError
-from gptailor_merge.genome import Genome, LayerSpec
-from gptailor_merge.materialize import materialize_with_mergekit
-from gptailor_merge.recipe import FamilyRefs, genome_to_recipe
-from gptailor_merge.stitch import Stitcher
+from gptailor_merge.core.errors import OutputExistsError, RecipeError
+from gptailor_merge.core.genome import Genome, LayerSpec
+from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.materialize.stitch import Stitcher
 
 L, K = 4, 3
 GENOMES = {
@@ -93,7 +93,7 @@ def test_mergekit_refuses_nonempty_output_folder(llama_family, tmp_path):
 
 
 def test_qwen2_layer_types_limit_of_mergekit_is_a_clear_error_and_stitch_works(tiny_family_paths, tmp_path, inputs):
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
 
     base, cands = tiny_family_paths["qwen2"]
     family = Family.load(base, cands)

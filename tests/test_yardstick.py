@@ -8,7 +8,7 @@ from gptailor_merge.scoring import Score, TaskScore, counted_tasks, symmetric_re
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample
 from gptailor_merge.scoring.intervals import paired_bootstrap
 from gptailor_merge.scoring.objectives import ABOVE_CHANCE_FLOOR
-from gptailor_merge.scoring.tasks import make_task
+from gptailor_merge.scoring.task import make_task
 
 FOUR = [ChoiceExample("c", ("a", "b", "c", "d"), 0)] * 4  # chance 0.25
 TEXT = [TextExample("x")]
@@ -98,7 +98,7 @@ def test_paired_bootstrap_is_centred_on_the_difference_and_excludes_zero_for_a_c
 
 
 def test_paired_bootstrap_needs_per_example_values():
-    from gptailor_merge.errors import TaskError
+    from gptailor_merge.core.errors import TaskError
 
     tasks = [make_task("prose", TEXT, TEXT, "t")]
     with pytest.raises(TaskError, match="per-example"):

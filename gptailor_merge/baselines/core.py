@@ -12,18 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gptailor_merge.errors import ConfigError, TaskError
-from gptailor_merge.genome import Genome
-from gptailor_merge.prefix import DEFAULT_PREFIX_CACHE_BYTES, PrefixReuse
-from gptailor_merge.recipe import FamilyRefs, Recipe, genome_to_recipe
-from gptailor_merge.registry import Registry
+from gptailor_merge.core.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PREFIX_CACHE_BYTES,
+)
+from gptailor_merge.core.errors import ConfigError, TaskError
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.core.registry import Registry
+from gptailor_merge.materialize.prefix import PrefixReuse
+from gptailor_merge.materialize.recipe import FamilyRefs, Recipe, genome_to_recipe
 
 if TYPE_CHECKING:
     import torch
 
-    from gptailor_merge.family import Family
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.stitch import Stitcher
     from gptailor_merge.scoring import Task
-    from gptailor_merge.stitch import Stitcher
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +41,11 @@ class Calibration:
     stitcher: Stitcher
     tokenizer: Any
     texts: tuple[str, ...]
-    batch_size: int = 16
-    max_length: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_length: int = DEFAULT_MAX_LENGTH
     progress: bool = False
     # hidden states of shared leading layers across the removal sets a baseline tries
-    # (gptailor_merge/prefix.py; results are bitwise the same). 0 bytes turns it off.
+    # (gptailor_merge/materialize/prefix.py; results are bitwise the same). 0 bytes turns it off.
     prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False, compare=False)
 

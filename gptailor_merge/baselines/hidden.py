@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptailor_merge.architecture import DecoderLayout
-from gptailor_merge.errors import GenomeError
-from gptailor_merge.family import Family
+from gptailor_merge.core.errors import GenomeError
+from gptailor_merge.family.architecture import DecoderLayout
+from gptailor_merge.family.family import Family
 from gptailor_merge.scoring.batching import length_sorted_batches, model_device, pad_right
 from gptailor_merge.scoring.perplexity import encode_text
 

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gptailor_merge.architecture import DecoderLayout
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
 from gptailor_merge.baselines.hidden import final_hidden_batches
-from gptailor_merge.errors import ConfigError, GenomeError
-from gptailor_merge.materialize import copy_tokenizer
-from gptailor_merge.outputs import commit_folder, prepare_output, temp_sibling
-from gptailor_merge.recipe import Recipe
+from gptailor_merge.core.errors import ConfigError, GenomeError
+from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.family.architecture import DecoderLayout
+from gptailor_merge.family.family import copy_tokenizer
+from gptailor_merge.materialize.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration, rounded
 from gptailor_merge.baselines.hidden import hidden_state_batches, token_cosine
-from gptailor_merge.errors import ConfigError
+from gptailor_merge.core.errors import ConfigError
 from gptailor_merge.scoring.perplexity import perplexity
 
 logger = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 `build_demo_family()` trains it from a seed in minutes on CPU (corpora -> tokenizer -> base ->
 prose/code/math fine-tunes -> task and text files); `load_demo_family()` opens a built one.
+`demo.synthetic` (not imported here) makes random-weight families of any shape in seconds.
 """
 
 from gptailor_merge.demo.build import BUILD_VERSION, build_demo_family

@@ -21,7 +21,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from gptailor_merge.atomic import atomic_folder
+from gptailor_merge.core.atomic import atomic_folder
 from gptailor_merge.demo.corpora import SPLITS, load_corpora
 from gptailor_merge.demo.evaluate import (
     above_chance_failures,

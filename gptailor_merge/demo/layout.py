@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptailor_merge.errors import ModelNotFoundError
+from gptailor_merge.core.errors import ModelNotFoundError
 
 MARKER = "DEMO_FAMILY.json"
 DOMAINS: tuple[str, ...] = ("prose", "code", "math")

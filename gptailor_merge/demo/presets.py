@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gptailor_merge.errors import ConfigError
-from gptailor_merge.registry import did_you_mean
+from gptailor_merge.core.errors import ConfigError
+from gptailor_merge.core.registry import did_you_mean
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from gptailor_merge.errors import GptailorError
+from gptailor_merge.core.errors import GptailorError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from gptailor_merge.scoring.objectives import (
     mean_of_ratios,
     symmetric_retention,
 )
-from gptailor_merge.scoring.tasks import TASKS, Task, load_task, register_task_dir
+from gptailor_merge.scoring.task import Task
+from gptailor_merge.scoring.tasks import TASKS, load_task, register_task_dir
 
 __all__ = [
     "TASKS",

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from gptailor_merge.errors import ConfigError
+from gptailor_merge.core.errors import ConfigError
 
 R = TypeVar("R")
 # (logits of one row, its unpadded length, the row's index in the input) -> result

@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.examples import parse_records
-from gptailor_merge.scoring.tasks import SPLITS, Task, make_task, shuffled, split_examples
+from gptailor_merge.scoring.task import SPLITS, Task, make_task, shuffled, split_examples
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptailor_merge.errors import ModelNotFoundError, TaskError
+from gptailor_merge.core.errors import ModelNotFoundError, TaskError
 from gptailor_merge.scoring.examples import ChoiceExample, Kind, TextExample
 from gptailor_merge.scoring.multiple_choice import multiple_choice_details
 from gptailor_merge.scoring.perplexity import perplexity_details
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 logger = logging.getLogger(__name__)
 

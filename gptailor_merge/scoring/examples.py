@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 
 Kind = Literal["multiple_choice", "perplexity"]
 

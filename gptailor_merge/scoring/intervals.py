@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
 from gptailor_merge.scoring.objectives import ABOVE_CHANCE_FLOOR
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 DEFAULT_BOOTSTRAP = 2000
 

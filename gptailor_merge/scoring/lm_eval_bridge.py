@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def task_from_lm_eval(spec: str, *, seed: int = 0):
     `multiple_choice` tasks with one context per document are supported.
     """
     from gptailor_merge.scoring.examples import ChoiceExample
-    from gptailor_merge.scoring.tasks import make_task, split_examples
+    from gptailor_merge.scoring.task import make_task, split_examples
 
     _import_lm_eval()
     from lm_eval.tasks import TaskManager

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptailor_merge.errors import ConfigError, TaskError
+from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
 from gptailor_merge.scoring.examples import ChoiceExample
 

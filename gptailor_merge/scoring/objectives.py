@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gptailor_merge.errors import TaskError
+from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
-from gptailor_merge.scoring.tasks import Task
+from gptailor_merge.scoring.task import Task
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptailor_merge.errors import ConfigError, TaskError
+from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
 from gptailor_merge.scoring.multiple_choice import cached_encode
 

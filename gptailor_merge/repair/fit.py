@@ -1,0 +1,357 @@
+"""Training-free repair of the cuts (ReplaceMe, arXiv 2505.02819): one linear map per removed run.
+
+For each maximal run of removed layers, a map `T` is fitted on calibration text so that the kept
+layer `i` before the run, with its MLP output `M` replaced by `M T`, lands where the dense base's
+residual stream is after the run; `T` is then fused into layer `i`'s down projection, so the model
+keeps the standard architecture. Takes a Family, a Genome and texts; returns the stitched,
+repaired model and the maps. Never changes the family's tensors or the stitcher's cached layers.
+
+Target: the dense **base**'s hidden state after the run's last removed layer, not a fine-tune's.
+The base is the one family member defined at every removed position (a genome chooses sources only
+for kept layers, so "the family's" state there does not exist), its final norm and LM head are the
+tailored model's own, and every fine-tune was trained from the base's residual stream, so the later
+kept layers (base, selected or merged) all expect it. It is also the ReplaceMe target, which keeps
+repaired baselines (base-only genomes) comparable to the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptailor_merge.baselines.hidden import encode_all
+from gptailor_merge.core.errors import RepairError
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.family.architecture import DecoderLayout
+from gptailor_merge.family.family import Family
+from gptailor_merge.scoring.batching import length_sorted_batches, model_device, pad_right
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RIDGE = 1e-4
+"""Ridge, relative to the mean diagonal of M^T M (scale-free across models and token counts):
+small enough to leave a well-posed fit unchanged, large enough that a rank-deficient M (few
+calibration tokens, dead MLP directions) gives a finite map instead of a singular solve."""
+
+TARGET = "base"
+
+
+@dataclass(frozen=True)
+class RemovedRun:
+    """A maximal run of consecutive removed layers and the kept layer just before it."""
+
+    removed: tuple[int, ...]  # original layer indices
+    layer_idx: int  # the kept layer before the run (original index): its down_proj gets T
+    position: int  # that layer's slot in the tailored model
+
+
+def removed_runs(genome: Genome) -> tuple[list[RemovedRun], list[tuple[int, ...]]]:
+    """(runs to repair, runs starting at layer 0). The latter have no layer before them to carry a
+    map (the embeddings are shared with the LM head in tied models), so they are left alone."""
+    runs: list[RemovedRun] = []
+    skipped: list[tuple[int, ...]] = []
+    kept = genome.kept
+    current: list[int] = []
+    for i in range(genome.n_layers + 1):
+        if i < genome.n_layers and i not in kept:
+            current.append(i)
+            continue
+        if current:
+            if current[0] == 0:
+                skipped.append(tuple(current))
+            else:
+                before = current[0] - 1
+                runs.append(RemovedRun(tuple(current), before, kept.index(before)))
+            current = []
+    return runs, skipped
+
+
+# ---- the fit ------------------------------------------------------------------------------------
+@dataclass
+class NormalEquations:
+    """Running float64 sums of the least-squares problem M T ~ D: G = M^T M, C = M^T D, ||D||^2."""
+
+    gram: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
+    target_sq: float = 0.0
+    n_rows: int = 0
+
+    def add(self, m: torch.Tensor, d: torch.Tensor) -> None:
+        """`m`, `d`: (n, h) rows (any float dtype; summed in float64 on their device)."""
+        m, d = m.double(), d.double()
+        gram, cross = m.T @ m, m.T @ d
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+        self.target_sq += float((d * d).sum())
+        self.n_rows += m.shape[0]
+
+    def residual(self, t: torch.Tensor) -> float:
+        """||M T - D|| / ||D|| from the sums (no rows kept)."""
+        sq = (t * (self.gram @ t)).sum() - 2 * (t * self.cross).sum() + self.target_sq
+        return float(sq.clamp_min(0.0).sqrt()) / max(self.target_sq, 1e-300) ** 0.5
+
+
+def fit_linear_map(eq: NormalEquations, ridge: float = DEFAULT_RIDGE) -> torch.Tensor:
+    """T = argmin ||M T - D||^2 + lam ||T||^2 in float64, lam = ridge * trace(M^T M) / h."""
+    if eq.gram is None or eq.n_rows == 0:
+        raise RepairError("no calibration token reached the repaired layer; give at least one text")
+    if ridge < 0:
+        raise RepairError(f"ridge must be >= 0, got {ridge}")
+    h = eq.gram.shape[0]
+    lam = ridge * float(eq.gram.diagonal().sum()) / h
+    system = eq.gram + lam * torch.eye(h, dtype=eq.gram.dtype, device=eq.gram.device)
+    t, info = torch.linalg.solve_ex(system, eq.cross)
+    if int(info) != 0 or not torch.isfinite(t).all():
+        raise RepairError(
+            f"the least-squares system is singular ({eq.n_rows} calibration tokens, hidden size {h}, "
+            f"ridge {ridge}); raise the ridge (e.g. --ridge 1e-3) or give more calibration text"
+        )
+    return t
+
+
+# ---- fusing -------------------------------------------------------------------------------------
+def down_projection(layer: nn.Module, where: str = "") -> nn.Linear:
+    """The layer's MLP output projection (`mlp.down_proj`: Llama, Mistral, Qwen2 and kin)."""
+    down = getattr(getattr(layer, "mlp", None), "down_proj", None)
+    if not isinstance(down, nn.Linear):
+        raise RepairError(
+            f"{where or type(layer).__name__} has no `mlp.down_proj` linear layer; linear repair "
+            "supports decoder layers that add their MLP output to the residual stream through "
+            "mlp.down_proj (Llama, Mistral, Qwen2). Use this model without --repair"
+        )
+    return down
+
+
+def fuse_map(layer: nn.Module, t: torch.Tensor) -> nn.Module:
+    """A copy of `layer` whose MLP output is multiplied by `t` on the right: y T = x (W^T T) + b T,
+    so down_proj.weight <- (W^T T)^T = T^T W (and bias <- T^T b), computed in float64. Every other
+    parameter is shared with `layer`, which stays untouched (it may be a cached or base layer)."""
+    down = down_projection(layer)
+    t64 = t.to(down.weight.device, torch.float64)
+    memo: dict[int, Any] = {id(p): p for p in layer.parameters()}
+    weight = (t64.T @ down.weight.detach().double()).to(down.weight.dtype)
+    memo[id(down.weight)] = nn.Parameter(weight, requires_grad=False)
+    if down.bias is not None:
+        bias = (t64.T @ down.bias.detach().double()).to(down.bias.dtype)
+        memo[id(down.bias)] = nn.Parameter(bias, requires_grad=False)
+    return copy.deepcopy(layer, memo)
+
+
+# ---- collection ---------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised from a hook once the needed layer has run: the rest of the stack is not needed."""
+
+
+def _output(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple | list) else value
+
+
+def _run(stack: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    try:
+        stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+
+
+@dataclass(frozen=True)
+class RunFit:
+    """One repaired run: the map's layer and how well it fits the calibration tokens."""
+
+    run: RemovedRun
+    n_tokens: int
+    error_unrepaired: float  # ||M - D|| / ||D||: the cut with T = identity (no repair)
+    error_repaired: float  # ||M T - D|| / ||D||
+
+
+@dataclass(frozen=True)
+class RepairInfo:
+    """What `repair_model` did: maps by kept layer (original index, float64 on CPU), the fit of
+    each run, the runs left alone (starting at layer 0), and the settings used."""
+
+    maps: dict[int, torch.Tensor]
+    fits: tuple[RunFit, ...]
+    skipped: tuple[tuple[int, ...], ...]
+    ridge: float
+    n_texts: int
+    max_length: int
+    batch_size: int
+    target: str = TARGET
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target,
+            "ridge": self.ridge,
+            "runs": [{"removed": list(f.run.removed), "layer": f.run.layer_idx, "position": f.run.position,
+                      "n_tokens": f.n_tokens, "error_unrepaired": round(f.error_unrepaired, 6),
+                      "error_repaired": round(f.error_repaired, 6)} for f in self.fits],
+            "skipped_runs_at_layer_0": [list(s) for s in self.skipped],
+        }
+
+
+class _Batches:
+    """The calibration texts as right-padded batches (the same order for every pass)."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int) -> None:
+        if max_length < 1:
+            raise RepairError(f"max_length must be at least 1, got {max_length}")
+        self.sequences = encode_all(tokenizer, texts, max_length)
+        self.order = list(length_sorted_batches(self.sequences, batch_size))
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __iter__(self):
+        for batch in self.order:
+            yield pad_right([self.sequences[i] for i in batch], torch.device("cpu"), self.pad_id)
+
+
+def _dense_targets(model: nn.Module, family: Family, runs: Sequence[RemovedRun], batches: _Batches
+                   ) -> list[list[torch.Tensor]]:
+    """Per run, per batch: the dense base's hidden state after the run's last removed layer at the
+    real (attention-masked) tokens, (n_tokens, h) in the model's dtype on its device."""
+    layers = DecoderLayout.of_family(family).layers(model)
+    stack, device = DecoderLayout.of_family(family).stack(model), model_device(model)
+    wanted = {run.removed[-1] for run in runs}
+    last = max(wanted)
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def fn(module: nn.Module, args: tuple, output: Any) -> None:
+            captured[index] = _output(output)
+            if index == last:
+                raise _Stop
+
+        return fn
+
+    out: list[list[torch.Tensor]] = [[] for _ in runs]
+    handles = [layers[i].register_forward_hook(hook(i)) for i in sorted(wanted)]
+    try:
+        with torch.inference_mode():
+            for input_ids, mask in batches:
+                captured.clear()
+                _run(stack, input_ids.to(device), mask.to(device))
+                keep = mask.to(device).bool()
+                for k, run in enumerate(runs):
+                    out[k].append(captured[run.removed[-1]][keep].clone())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def _candidate_sums(model: nn.Module, family: Family, run: RemovedRun, batches: _Batches,
+                    targets: list[torch.Tensor]) -> NormalEquations:
+    """Runs the tailored model up to the kept layer before `run` and sums the normal equations of
+    M T ~ H - Y, with M its MLP output and Y the residual stream that M is added to."""
+    layer = DecoderLayout.of_family(family).layers(model)[run.position]
+    where = f"layer {run.layer_idx} ({type(layer).__name__})"
+    down_projection(layer, where)
+    norm = getattr(layer, "post_attention_layernorm", None)
+    if not isinstance(norm, nn.Module):
+        raise RepairError(f"{where} has no `post_attention_layernorm` before its MLP; linear repair "
+                          "supports Llama-style decoder layers (Llama, Mistral, Qwen2)")
+    stack, device = DecoderLayout.of_family(family).stack(model), model_device(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def residual_hook(module: nn.Module, args: tuple) -> None:
+        seen["y"] = args[0]
+
+    def mlp_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        seen["m"] = _output(output)
+
+    def layer_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        seen["out"] = _output(output)
+        raise _Stop
+
+    eq = NormalEquations()
+    handles = [norm.register_forward_pre_hook(residual_hook), layer.mlp.register_forward_hook(mlp_hook),
+               layer.register_forward_hook(layer_hook)]
+    try:
+        with torch.inference_mode():
+            for b, (input_ids, mask) in enumerate(batches):
+                seen.clear()
+                _run(stack, input_ids.to(device), mask.to(device))
+                keep = mask.to(device).bool()
+                y, m, out = seen["y"][keep], seen["m"][keep], seen["out"][keep]
+                if b == 0 and not torch.allclose((y + m).float(), out.float(), rtol=1e-2, atol=1e-3):
+                    raise RepairError(f"{where}: its output is not residual + MLP output, so a map on "
+                                      "the MLP output cannot repair it; use this model without --repair")
+                eq.add(m, targets[b].double() - y.double())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return eq
+
+
+# ---- the public entry point ---------------------------------------------------------------------
+def apply_maps(model: nn.Module, family: Family, genome: Genome, maps: dict[int, torch.Tensor]) -> nn.Module:
+    """Swap fused copies of the mapped layers into `model` (a stitched model of `genome`)."""
+    layers = DecoderLayout.of_family(family).layers(model)
+    for layer_idx, t in maps.items():
+        position = genome.kept.index(layer_idx)
+        layers[position] = fuse_map(layers[position], t)
+    return model
+
+
+def repair_model(
+    family: Family,
+    genome: Genome,
+    calibration_texts: Sequence[str],
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    max_length: int = 256,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    stitcher: Any = None,
+    tokenizer: Any = None,
+) -> tuple[nn.Module, RepairInfo]:
+    """The tailored model of `genome` with every removed run (not starting at layer 0) repaired.
+
+    Runs are fitted in order, each on the model with the earlier ones already repaired. Pass a
+    `stitcher` (gptailor_merge.materialize.stitch.Stitcher) to reuse its loaded base (then `device` and
+    `dtype` are the stitcher's, not these) and its `tokenizer`. The returned model is the
+    stitcher's model object, valid until its next `build`: score it with
+    `scoring.evaluate_model`, never through `Evaluator.score(genome)` or a `PrefixReuse` keyed by
+    the genome, which would give (or replay cached states of) the unrepaired layers. A genome
+    without removals returns the stitched model unchanged.
+    """
+    from transformers import AutoTokenizer
+
+    from gptailor_merge.materialize.stitch import Stitcher
+
+    if not calibration_texts:
+        raise RepairError("no calibration text: repair needs at least one search-split text")
+    stitcher = stitcher or Stitcher(family, device=device, dtype=dtype)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(family.base.path)
+    runs, skipped = removed_runs(genome)
+    for run in skipped:
+        logger.warning("layers %s: a run starting at layer 0 has no kept layer before it; left unrepaired",
+                       list(run))
+    settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
+                    batch_size=batch_size)
+    if not runs:
+        return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
+    batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)
+    dense = Genome.base_only(family.n_layers, family.n_candidates)
+    targets = _dense_targets(stitcher.build(dense), family, runs, batches)
+    maps: dict[int, torch.Tensor] = {}
+    fits: list[RunFit] = []
+    for k, run in enumerate(runs):
+        model = apply_maps(stitcher.build(genome), family, genome, maps)
+        eq = _candidate_sums(model, family, run, batches, targets[k])
+        t = fit_linear_map(eq, ridge)
+        identity = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
+        fit = RunFit(run, eq.n_rows, eq.residual(identity), eq.residual(t))
+        logger.info("repair of layers %s into layer %d: relative error %.4f -> %.4f on %d tokens",
+                    list(run.removed), run.layer_idx, fit.error_unrepaired, fit.error_repaired, fit.n_tokens)
+        maps[run.layer_idx] = t.cpu()
+        fits.append(fit)
+        targets[k] = []  # free the run's targets
+    model = apply_maps(stitcher.build(genome), family, genome, maps)
+    return model, RepairInfo(maps, tuple(fits), tuple(skipped), **settings)

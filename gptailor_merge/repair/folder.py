@@ -1,0 +1,272 @@
+"""A repaired model's folder: the model, its recipe, the fitted maps and the calibration settings.
+
+`repair.safetensors` holds the maps (float64, keyed `layer.{i}` by the kept layer they were fused
+into) and `repair.json` the `RepairSettings` plus the fit of each run; `repair_recipe` rebuilds the
+folder's weights bitwise from recipe + settings (same device). Reads tasks, never searches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gptailor_merge.core.errors import ConfigError, RepairError
+from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.family.family import copy_tokenizer
+from gptailor_merge.repair.fit import DEFAULT_RIDGE, TARGET, RepairInfo, repair_model
+
+logger = logging.getLogger(__name__)
+
+REPAIR_METHODS = ("linear",)
+SETTINGS_FILE = "repair.json"
+MAPS_FILE = "repair.safetensors"
+RECIPE_FILE = "mergekit_config.yml"
+NOTE = ("The weights differ from what the recipe alone gives: a fitted linear map is fused into the down "
+        "projection of the kept layer before each removed run (ReplaceMe-style repair). Stock mergekit-yaml "
+        "on the recipe gives the unrepaired model; `python -m gptailor_merge materialize mergekit_config.yml "
+        "OUT --repair linear --repair-settings repair.json` gives this one.")
+
+
+class RepairSettings(BaseModel):
+    """How a repair was (or is to be) fitted; everything `repair_recipe` needs besides the recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["linear"] = Field("linear", description="repair method")
+    target: Literal["base"] = Field(TARGET, description="whose hidden state after a removed run is matched")
+    tasks: tuple[str, ...] = Field(description="calibration text tasks, as specs that load without a "
+                                               "registry (JSONL paths, hf:/disk: specs)")
+    task_names: tuple[str, ...] = Field((), description="the tasks' names (for people)")
+    split: Literal["search"] = Field("search", description="calibration always uses the search split")
+    seed: int = Field(0, description="task example order seed")
+    n_examples_per_task: int | None = Field(32, ge=1, description="search-split texts per task (None: all)")
+    max_length: int = Field(256, ge=2, description="tokens per text (BOS included)")
+    batch_size: int = Field(16, ge=1, description="texts per forward pass")
+    ridge: float = Field(DEFAULT_RIDGE, ge=0.0, description="ridge, relative to mean diag(M^T M)")
+    dtype: str = Field("float32", description="model dtype the maps were fitted and fused in")
+    device: str = Field("cpu", description="device of the fit (bitwise reproduction needs the same)")
+    n_texts: int | None = Field(None, description="calibration texts used (filled in by the fit)")
+    texts_sha256: str | None = Field(None, description="digest of the calibration texts (checked on reuse)")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RepairSettings:
+        """From a repaired folder's repair.json (its `settings`), or a bare settings JSON."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SETTINGS_FILE
+        if not path.is_file():
+            raise ConfigError(f"repair settings '{path}' do not exist; pass a repaired model folder's {SETTINGS_FILE}")
+        data = json.loads(path.read_text())
+        try:
+            return cls.model_validate(data.get("settings", data))
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: not valid repair settings: {exc}") from None
+
+
+def check_method(method: str | None) -> str | None:
+    if method is not None and method not in REPAIR_METHODS:
+        raise ConfigError(f"unknown repair method {method!r}; use one of {', '.join(REPAIR_METHODS)}")
+    return method
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()
+
+
+def portable_spec(spec: str) -> str:
+    """A task spec that loads in a fresh process: a registered file task becomes its search file."""
+    from gptailor_merge.scoring.tasks import TASKS, FileTaskLoader
+
+    if spec in TASKS:
+        loader = TASKS.get(spec)
+        if isinstance(loader, FileTaskLoader):
+            return str(loader.search_path)
+    return str(spec)
+
+
+def settings_for(specs: Sequence[str], *, seed: int, **fields: Any) -> RepairSettings:
+    """Settings over the text (perplexity) tasks among `specs`; other tasks are dropped."""
+    from gptailor_merge.scoring import load_task
+
+    kept, names = [], []
+    for spec in specs:
+        task = load_task(spec, seed=seed)
+        if task.kind == "perplexity":
+            kept.append(portable_spec(str(spec)))
+            names.append(task.name)
+    if not kept:
+        raise ConfigError(f"none of the tasks {', '.join(map(str, specs))} is a text (perplexity) task to "
+                          "calibrate the repair on; pass --calibration TASK (a JSONL file of {\"text\": ...} lines)")
+    return RepairSettings(tasks=tuple(kept), task_names=tuple(names), seed=seed, **fields)
+
+
+def settings_for_recipe(recipe_path: str | os.PathLike, specs: Sequence[str], **fields: Any) -> RepairSettings:
+    """Settings for repairing a recipe's model: its dtype, and demo task names resolve."""
+    from gptailor_merge.family.family import resolve_model_path
+    from gptailor_merge.materialize.recipe import Recipe
+
+    recipe = Recipe.load(recipe_path)
+    base = recipe.data.get("base_model")
+    if base:
+        register_demo_tasks(resolve_model_path(str(base)))
+    return settings_for(specs, seed=fields.pop("seed", 0), dtype=recipe.data.get("dtype") or "float32", **fields)
+
+
+def calibration_for(settings: RepairSettings) -> list[str]:
+    """The settings' calibration texts; checks them against the recorded digest, if any."""
+    from gptailor_merge.baselines.core import calibration_texts
+    from gptailor_merge.scoring import load_task
+
+    tasks = [load_task(spec, seed=settings.seed) for spec in settings.tasks]
+    texts = calibration_texts(tasks, settings.n_examples_per_task)
+    if settings.texts_sha256 is not None and texts_digest(texts) != settings.texts_sha256:
+        raise RepairError(
+            f"the calibration tasks {', '.join(settings.tasks)} no longer give the texts the repair was "
+            "fitted on (their digest differs); restore those files, or drop texts_sha256 from the settings "
+            "to fit on the current ones"
+        )
+    return texts
+
+
+def register_demo_tasks(base_path: Path) -> None:
+    """A demo family's tasks (e.g. ppl_prose) resolve by name when the base is one of its members."""
+    from gptailor_merge.demo.layout import MARKER
+    from gptailor_merge.scoring import register_task_dir
+
+    root = Path(base_path).parent
+    if (root / MARKER).is_file():
+        register_task_dir(root, replace=True)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def save_repaired(model: Any, base_path: Path, recipe: Any, info: RepairInfo, settings: RepairSettings,
+                  out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write model + tokenizer + recipe + repair.safetensors + repair.json atomically."""
+    from safetensors.torch import save_file
+
+    out = prepare_output(out_dir, overwrite)
+    tmp = temp_sibling(out)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        copy_tokenizer(Path(base_path), tmp)
+        note = {"method": settings.method, "note": NOTE, "maps": MAPS_FILE, "settings": SETTINGS_FILE}
+        (tmp / RECIPE_FILE).write_text(recipe.with_metadata(repair=note).text)
+        maps = {f"layer.{i}": t.contiguous() for i, t in sorted(info.maps.items())}
+        # one metadata key: safetensors writes several in no fixed order, and the file must be bitwise stable
+        meta = json.dumps({"method": settings.method, "target": info.target}, sort_keys=True)
+        save_file(maps, tmp / MAPS_FILE, metadata={"gptailor_repair": meta})
+        body = {"settings": settings.model_dump(mode="json"), "result": info.to_json(), "note": NOTE}
+        (tmp / SETTINGS_FILE).write_text(json.dumps(body, indent=2) + "\n")
+        return commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSettings,
+                    out_dir: str | os.PathLike, *, texts: Sequence[str] | None = None, stitcher: Any = None,
+                    tokenizer: Any = None, overwrite: bool = False) -> tuple[Path, RepairInfo]:
+    """Fit the repair of `genome` with `settings` and write the repaired folder."""
+    texts = list(texts) if texts is not None else calibration_for(settings)
+    model, info = repair_model(family, genome, texts, ridge=settings.ridge, max_length=settings.max_length,
+                               batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
+                               stitcher=stitcher, tokenizer=tokenizer)
+    settings = settings.model_copy(update={"n_texts": len(texts), "texts_sha256": texts_digest(texts)})
+    return save_repaired(model, family.base.path, recipe, info, settings, out_dir, overwrite=overwrite), info
+
+
+def repair_recipe(recipe_path: str | os.PathLike, out_dir: str | os.PathLike, settings: RepairSettings, *,
+                  overwrite: bool = False) -> Path:
+    """`materialize --repair linear`: the recipe's model, repaired with `settings`, as a folder."""
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.recipe import META_KEY, Recipe, recipe_to_genome
+    from gptailor_merge.materialize.stitch import Stitcher
+
+    recipe = Recipe.load(recipe_path)
+    prepare_output(out_dir, overwrite)
+    refs = recipe.family_refs(None if recipe.metadata.get("n_layers") else _layers_of(recipe))
+    family = Family.load(refs.base, refs.candidates)
+    genome = recipe_to_genome(recipe, refs.with_layers(family.n_layers))
+    dtype = recipe.data.get("dtype") or "float32"
+    if dtype != settings.dtype:
+        settings = settings.model_copy(update={"dtype": dtype})
+    register_demo_tasks(family.base.path)
+    texts = calibration_for(settings)
+    stitcher = Stitcher(family, device=settings.device, dtype=dtype)
+    if "repair" in recipe.metadata:  # a repaired folder's own recipe: its note is written afresh
+        recipe = Recipe({**recipe.data, META_KEY: {k: v for k, v in recipe.metadata.items() if k != "repair"}})
+    out, _ = repair_and_save(family, genome, recipe, settings, out_dir, texts=texts, stitcher=stitcher,
+                             overwrite=overwrite)
+    return out
+
+
+def check_repair_output(repair: str, method: str, out: Path, repair_out: str | os.PathLike | None,
+                        overwrite: bool) -> Path:
+    """`prune --repair`: the method, and the repaired folder (default OUT_repaired), before any weights load."""
+    check_method(repair)
+    if method == "laco":
+        raise ConfigError("--repair is not available for laco: its collapsed layers are not a recipe the "
+                          "repair could be rebuilt from; repair another baseline, or drop --repair")
+    folder = Path(repair_out) if repair_out is not None else out.with_name(f"{out.stem}_repaired")
+    prepare_output(folder, overwrite)
+    return folder
+
+
+def repair_pruned(calib: Any, genome: Any, recipe: Any, specs: Sequence[str], config: Any,
+                  n_calibration: int | None, out_dir: Path, *, ridge: float | None = None,
+                  overwrite: bool = False) -> Path:
+    """`prune --repair linear`: repair the baseline's genome on its own calibration texts."""
+    ev = config.eval
+    settings = settings_for(specs, seed=config.search.seed, n_examples_per_task=n_calibration,
+                            max_length=ev.max_length, batch_size=ev.batch_size, dtype=ev.dtype, device=ev.device,
+                            ridge=DEFAULT_RIDGE if ridge is None else ridge)
+    texts = calibration_for(settings)
+    if texts != list(calib.texts):  # the folder must be rebuildable from its settings alone
+        raise RepairError(f"the repair settings' tasks {settings.tasks} do not give the baseline's calibration "
+                          "texts; pass the calibration tasks as JSONL files (--calibration)")
+    folder, _ = repair_and_save(calib.family, genome, recipe, settings, out_dir, texts=texts,
+                                stitcher=calib.stitcher, tokenizer=calib.tokenizer, overwrite=overwrite)
+    return folder
+
+
+def _layers_of(recipe: Any) -> int:
+    from gptailor_merge.materialize.materialize import _layers_of as layers_of
+
+    return layers_of(recipe)
+
+
+def card_section(folder: Path) -> list[str]:
+    """Model-card lines for a repaired folder (empty when `folder` holds no repair.json)."""
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return []
+    body = json.loads(path.read_text())
+    s, result = body.get("settings", {}), body.get("result", {})
+    runs = result.get("runs", [])
+    lines = ["## Repair of the cuts", "",
+             f"{NOTE}", "",
+             f"Calibration: the first {s.get('n_examples_per_task')} search-split texts of each of "
+             f"{', '.join(s.get('task_names') or s.get('tasks', []))} ({s.get('n_texts')} texts, at most "
+             f"{s.get('max_length')} tokens each; sha256 of the texts `{s.get('texts_sha256')}`), ridge "
+             f"{s.get('ridge')}, fitted in float64 on {s.get('device')} against the dense base's hidden state.", ""]
+    if runs:
+        lines += ["| removed layers | map fused into layer | calibration tokens | relative error unrepaired | "
+                  "repaired |", "|---|---|---|---|---|"]
+        lines += [f"| {r['removed']} | {r['layer']} | {r['n_tokens']} | {r['error_unrepaired']:.4f} | "
+                  f"{r['error_repaired']:.4f} |" for r in runs]
+        lines.append("")
+    skipped = result.get("skipped_runs_at_layer_0") or []
+    if skipped:
+        lines += [f"Left unrepaired (no kept layer before them): {skipped}.", ""]
+    return lines

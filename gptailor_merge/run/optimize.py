@@ -1,0 +1,218 @@
+"""`optimize`: config -> family -> search -> best recipe -> mergekit model -> held-out summary.
+
+Owns the run folder: config.yaml, run.json, journal.jsonl, best.yaml, pareto/*.yaml, best_model/,
+summary.md and summary.json. Checks everything cheap (config, tasks, family shapes, resume match)
+before any weight loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptailor_merge.core.config import DEMO, RunConfig, check_device
+from gptailor_merge.core.errors import ConfigError, ResumeError
+from gptailor_merge.core.genome import Genome, resolve_target
+from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+from gptailor_merge.run.resolve import load_tasks, resolve_family
+from gptailor_merge.search.journal import Trial, write_json_atomic
+from gptailor_merge.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict
+    best_recipe: Path | None
+
+
+def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
+             requested: RunConfig | None = None, workers: int | None = None,
+             ray_address: str | None = None, heldout: bool = True, repair: str | None = None) -> RunOutcome:
+    """The main job. `requested` is a config given alongside --resume: it must match the run's.
+    `workers` / `ray_address` override the (saved) config's: they change where trials run, not
+    what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
+    `heldout=False` stops after the recipes are saved (summary.json holds the search alone): for
+    callers that score the best recipe themselves, such as benchmarks/quality.py --lean.
+    `repair="linear"` also writes best_model_repaired/ (gptailor_merge.run.repair_run) and, with the
+    held-out summary, its row."""
+    from gptailor_merge.run.run_folder import open_fresh, open_resumed
+
+    if resume is None:  # checked before the run folder is made, so a missing Ray leaves nothing behind
+        config = _with_workers(config, workers, ray_address)
+        _check_workers(config, None)
+        check_device(config.eval.device)
+        run = open_fresh(config)
+    else:  # locked first, so a second optimize on this folder stops here
+        run = open_resumed(resume, requested)
+    failed = True
+    try:
+        config = run.config
+        if resume is not None:
+            config = _with_workers(config, workers, ray_address)
+            _check_workers(config, run.run_dir)
+            check_device(config.eval.device, f"{run.run_dir / 'config.yaml'}: eval.device")
+        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout, repair)
+        failed = False
+        return outcome
+    finally:
+        run.close(failed)
+
+
+def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: bool,
+                     heldout: bool, repair: str | None) -> RunOutcome:
+    """The run itself, in its locked folder."""
+    from gptailor_merge.run.run_folder import check_fingerprint, clamp_max_examples, fingerprint
+    from gptailor_merge.search.search import build_evaluator
+
+    start = time.perf_counter()
+    non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None
+    family, names = resolve_family(config, progress)
+    tasks = non_demo_tasks or load_tasks(config)
+    if repair is not None:  # before the search, not after it
+        from gptailor_merge.run.repair_run import check_repair
+
+        check_repair(repair, tasks)
+    n_keep = resolve_target(family.n_layers, layers=config.target.layers,
+                            remove_fraction=config.target.remove_fraction)
+    config, clamped = clamp_max_examples(config, tasks)
+    check_fingerprint(run_dir, fingerprint(config, family, n_keep, tasks), resumed)
+
+    s = config.search
+    space = search_space(config, family, n_keep)
+    logger.info("%s; keeping %d of %d layers", family.summary().splitlines()[0], n_keep, family.n_layers)
+    ev = config.eval
+    evaluator = build_evaluator(config, family, tasks)
+    stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
+    extra = (baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
+                                    s.calibration_texts) if s.seeds else [])
+    result = _search(config, space, evaluator, run_dir, extra, progress)
+    budgets = {"max_examples": config.search.max_examples, "rungs": config.search.rungs(),
+               "n_trials": config.search.n_trials, "max_examples_clamped_from": clamped and clamped["asked"]}
+    if result.best is None:
+        raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
+
+    refs = FamilyRefs.of(family)
+    best_genome = Genome.from_dict(result.best.genome)
+    best_recipe = _save_recipe(best_genome, refs, result.best, run_dir / "best.yaml", ev.dtype)
+    pareto_dir = run_dir / "pareto"
+    pareto_dir.mkdir(exist_ok=True)
+    for trial in result.pareto:
+        _save_recipe(Genome.from_dict(trial.genome), refs, trial, pareto_dir / f"{trial.genome_id}.yaml", ev.dtype)
+
+    if not heldout:
+        if repair is not None:
+            from gptailor_merge.run.repair_run import repair_best
+
+            repair_best(run_dir, evaluator, best_genome, config, None)
+        summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
+                   "best_layer_map": best_genome.describe(),
+                   "search": {**result.summary(), "workers": s.workers, "budgets": budgets},
+                   "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
+                   "wall_seconds": round(time.perf_counter() - start, 1)}
+        write_json_atomic(run_dir / "summary.json", summary)
+        return RunOutcome(run_dir, summary, best_recipe)
+
+    from gptailor_merge.run.heldout import heldout_summary
+
+    summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
+    summary["search"]["workers"] = s.workers
+    summary["search"]["budgets"] = budgets
+    if repair is not None:
+        from gptailor_merge.run.repair_run import repair_best
+
+        repair_best(run_dir, evaluator, best_genome, config, summary)
+    summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(run_dir / "summary.json", summary)
+    from gptailor_merge.run.heldout import summary_markdown
+
+    (run_dir / "summary.md").write_text(summary_markdown(summary))
+    try:
+        from gptailor_merge.share.report import write_report
+
+        write_report(run_dir)
+    except Exception as exc:  # a figure must never cost a finished run its results
+        logger.warning("report not written (%s); run `python -m gptailor_merge report %s`", exc, run_dir)
+    return RunOutcome(run_dir, summary, best_recipe)
+
+
+def search_space(config: RunConfig, family, n_keep: int) -> SearchSpace:
+    """The run's search space from its config (benchmarks rebuild the same one for its seeds)."""
+    s = config.search
+    return SearchSpace(family.n_layers, family.n_candidates, n_keep, methods=s.merge_methods,
+                       lambda_range=s.lambda_range, density_range=s.density_range,
+                       max_sources=s.max_sources, allow_candidates=s.use_candidates)
+
+
+def _with_workers(config: RunConfig, workers: int | None, ray_address: str | None) -> RunConfig:
+    if workers is None and ray_address is None:
+        return config
+    search = config.search.model_dump(mode="json")
+    search.update({k: v for k, v in (("workers", workers), ("ray_address", ray_address)) if v is not None})
+    data = config.model_dump(mode="json") | {"search": search}
+    return RunConfig.from_dict(data, source="--workers/--ray-address")
+
+
+def _check_workers(config: RunConfig, resumed: Path | None) -> None:
+    """Before any weight loads: Ray is installed when needed, and a journal written in finish order
+    (parallel) is not resumed by the serial loop, which replays by re-asking in ask order."""
+    if config.search.workers > 1:
+        from gptailor_merge.run.parallel import require_ray
+
+        require_ray(config.search.workers)
+    elif resumed is not None:
+        from gptailor_merge.search.journal import Journal
+
+        if any("asked" in t.extra for t in Journal(resumed / "journal.jsonl").load()):
+            raise ResumeError(
+                f"run '{resumed}' was searched by parallel workers, so its journal is in finish order "
+                "and only the parallel loop can replay it; resume with --workers 2 (or more)"
+            )
+
+
+def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, extra_seeds: list,
+            progress: bool):
+    """The serial ask/tell loop, or the asynchronous one on Ray workers when search.workers > 1."""
+    from gptailor_merge.search.search import run_search
+
+    s = config.search
+    kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta, seed=s.seed,
+                  time_budget_s=s.time_budget_s, use_seeds=s.seeds, extra_seed_removals=extra_seeds,
+                  seed_fraction=s.seed_fraction, local_fraction=s.local_fraction, progress=progress)
+    if s.workers == 1:
+        return run_search(space, evaluator, run_dir, **kwargs)
+    from gptailor_merge.run.parallel import WorkerSpec, ray_pool
+    from gptailor_merge.search.search_async import run_search_async
+
+    with ray_pool(WorkerSpec(config), s.workers, address=s.ray_address) as pool:
+        return run_search_async(space, pool, run_dir, **kwargs)
+
+
+def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
+                           ) -> list[list[int]]:
+    """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl),
+    calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds."""
+    from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
+
+    text_tasks = [t for t in tasks if t.kind == "perplexity"]
+    if not text_tasks or n_remove == 0:
+        return []
+    texts = calibration_texts(text_tasks, n_texts)
+    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length,
+                        prefix_cache_bytes=ev.prefix_cache_bytes)
+    removals = baseline_removals(calib, n_remove)
+    logger.info("baseline seeds: %s", removals)
+    return [list(r) for r in removals.values()]
+
+
+def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial, path: Path, dtype: str) -> Path:
+    meta = {
+        "trial": trial.index,
+        "search_scores": {"n_examples": trial.fidelity, "retention": round(trial.retention, 6),
+                          "tasks": trial.rungs[-1].metrics},
+    }
+    return genome_to_recipe(genome, refs, dtype=dtype, metadata=meta).save(path)

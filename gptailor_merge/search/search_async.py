@@ -1,0 +1,238 @@
+"""Asynchronous ask/tell for parallel workers: up to N trials in flight, told as they finish.
+
+The driver keeps nevergrad (`num_workers=N`), successive-halving promotion and the journal; a pool
+(`gptailor_merge/run/parallel.py`: Ray actors) only scores (genome, split, n_examples) jobs. The journal
+is in finish order (`Trial.index`), with the ask order in `Trial.extra["asked"]`. Finish order is not
+reproducible, so a resume cannot re-ask and compare as the serial loop does: it replays the journal
+into a fresh optimizer (suggest, ask, tell per trial), then asks on. Nothing journaled is lost or
+evaluated again; trials that were in flight when the driver died are asked afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from gptailor_merge.core.errors import GenomeError, ResumeError
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.search.journal import Journal, RungResult, Trial
+from gptailor_merge.search.search import (
+    Proposer,
+    SearchResult,
+    make_optimizer,
+    pareto_front,
+    prioritized_seeds,
+    promoted,
+    told_loss,
+)
+from gptailor_merge.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One rung of one trial, as sent to a worker; `key` is the trial's ask index."""
+
+    key: int
+    genome: dict
+    n_examples: int
+    split: str = "search"
+
+
+class Pool(Protocol):
+    """Workers that score jobs; `next_result` blocks until one finishes (result or its error)."""
+
+    size: int
+
+    @property
+    def has_idle(self) -> bool: ...
+
+    def submit(self, job: Job) -> None: ...
+
+    def next_result(self) -> tuple[Job, RungResult | BaseException]: ...
+
+
+@dataclass
+class _Running:
+    """A trial in flight: its nevergrad candidate and the rungs finished so far."""
+
+    key: int
+    candidate: object
+    genome: Genome
+    seeded: bool
+    origin: str = "optimizer"
+    start: float = field(default_factory=time.perf_counter)
+    results: list[RungResult] = field(default_factory=list)
+    error: str | None = None
+
+
+class _Board:
+    """What the driver knows from finished trials, kept exactly as the serial loop keeps it."""
+
+    def __init__(self, rungs: Sequence[int]) -> None:
+        self.top = rungs[-1]
+        self.trials: list[Trial] = []
+        self.by_genome: dict[str, Trial] = {}
+        self.rung_losses: dict[int, list[float]] = {n: [] for n in rungs}
+        self.best: Trial | None = None
+
+    def record(self, trial: Trial) -> None:
+        if trial.status == "ok":
+            for r in trial.rungs:
+                self.rung_losses[r.n_examples].append(1.0 - r.retention)
+        self.trials.append(trial)
+        self.by_genome.setdefault(trial.genome_id, trial)
+        if trial.status == "ok" and trial.fidelity == self.top and (self.best is None or trial.loss < self.best.loss):
+            self.best = trial
+
+
+def _tell(opt, candidate, trial: Trial) -> None:
+    if trial.status == "failed":
+        opt.tell(candidate, 1.0, constraint_violation=[1.0])
+    else:
+        opt.tell(candidate, trial.extra.get("told", trial.loss))
+
+
+def _replay(opt, space: SearchSpace, done: Sequence[Trial], board: _Board) -> None:
+    """Tell a fresh optimizer every journaled trial, in journal order, without evaluating any."""
+    for trial in done:
+        try:
+            opt.suggest(space.encode(Genome.from_dict(trial.genome)))
+        except (GenomeError, ValueError, KeyError) as exc:
+            raise ResumeError(f"trial {trial.index} of the journal ({trial.genome_id}) does not fit this "
+                              f"config's search space ({exc}); resume with the run's own config.yaml") from exc
+        _tell(opt, opt.ask(), trial)
+        board.record(trial)
+
+
+def _advance(run: _Running, outcome: RungResult | BaseException, board: _Board, rungs: Sequence[int],
+             eta: int) -> int | None:
+    """The next rung to score, or None when the trial is finished (top rung, not promoted, failed)."""
+    if isinstance(outcome, BaseException):
+        run.error = f"{type(outcome).__name__}: {outcome}"
+        return None
+    if not math.isfinite(outcome.retention):
+        run.error = "FloatingPointError: retention is not finite (NaN scores)"
+        return None
+    run.results.append(outcome)
+    level = rungs.index(outcome.n_examples)
+    if level == len(rungs) - 1 or not promoted(board.rung_losses[outcome.n_examples], 1.0 - outcome.retention, eta):
+        return None
+    return rungs[level + 1]
+
+
+def _finished(run: _Running, index: int) -> Trial:
+    seconds = time.perf_counter() - run.start
+    g, extra = run.genome, {"asked": run.key, "origin": run.origin}
+    if run.error is not None:
+        logger.warning("trial %d (asked %d) failed: %s", index, run.key, run.error)
+        return Trial(index, g.to_dict(), g.genome_id, tuple(run.results), 1.0, seconds, status="failed",
+                     error=run.error, seeded=run.seeded, extra=extra)
+    return Trial(index, g.to_dict(), g.genome_id, tuple(run.results), 1.0 - run.results[-1].retention,
+                 seconds, seeded=run.seeded, extra=extra)
+
+
+def _cached(run: _Running, prior: Trial, index: int) -> Trial:
+    g = run.genome
+    return Trial(index, g.to_dict(), g.genome_id, prior.rungs, prior.loss, 0.0, status="cached",
+                 seeded=run.seeded, extra={"asked": run.key, "origin": run.origin})
+
+
+def run_search_async(
+    space: SearchSpace,
+    pool: Pool,
+    run_dir: Path,
+    *,
+    optimizer: str,
+    n_trials: int,
+    rungs: Sequence[int],
+    eta: int = 3,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    use_seeds: bool = True,
+    extra_seed_removals: Sequence[Sequence[int]] = (),
+    seed_fraction: float = 1.0,
+    local_fraction: float = 0.0,
+    progress: bool = True,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> SearchResult:
+    """Run (or resume) the search with `pool.size` trials in flight; same arguments as `run_search`."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    rungs = sorted(rungs)
+    journal = Journal(run_dir / "journal.jsonl")
+    done = journal.load()[:n_trials]
+    opt = make_optimizer(optimizer, space.parametrization(seed), n_trials, num_workers=pool.size)
+    board = _Board(rungs)
+    _replay(opt, space, done, board)
+    seeds = (prioritized_seeds(space, extra_seed_removals, max(1, int(seed_fraction * n_trials)))
+             if use_seeds else [])
+    seeded_ids = {g.genome_id for g in seeds}
+    proposer = Proposer(space, seed, local_fraction)
+    for genome in reversed([g for g in seeds if g.genome_id not in board.by_genome]):
+        opt.suggest(space.encode(genome))  # suggest is LIFO: the first seed is asked first
+    bar = tqdm(total=n_trials, desc=f"search x{pool.size}", disable=not progress, initial=len(done))
+
+    def finish(trial: Trial, candidate) -> None:
+        if trial.status == "ok" and trial.extra.get("told") is None:
+            losses = {**board.rung_losses, trial.fidelity: [*board.rung_losses[trial.fidelity], trial.loss]}
+            trial = replace(trial, extra={**trial.extra, "told": told_loss(trial.loss, trial.fidelity,
+                                                                             losses, rungs[-1])})
+        journal.append(trial)
+        _tell(opt, candidate, trial)
+        board.record(trial)
+        if on_trial:
+            on_trial(trial)
+        bar.update(1)
+        bar.set_postfix(best=f"{1 - board.best.loss:.3f}" if board.best else "-", n=trial.fidelity)
+
+    running: dict[int, _Running] = {}
+    in_flight: dict[str, int] = {}  # genome id -> key of the trial scoring it
+    twins: dict[str, list[_Running]] = {}  # re-proposals of a genome in flight: cached when it ends
+    asked, out_of_time = len(done), False
+    while True:
+        while pool.has_idle and asked < n_trials and not out_of_time:
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                logger.info("wall-clock budget of %.0fs reached after %d trials were asked", time_budget_s, asked)
+                out_of_time = True
+                break
+            local = (proposer.local(asked, board.trials, rungs[-1], set(board.by_genome) | set(in_flight))
+                     if asked >= len(seeds) else None)
+            if local is not None:
+                opt.suggest(space.encode(local))
+            candidate = opt.ask()
+            genome = space.decode(candidate.value)
+            run = _Running(asked, candidate, genome, genome.genome_id in seeded_ids,
+                           origin="seed" if asked < len(seeds) else "local" if local else "optimizer")
+            asked += 1
+            gid = genome.genome_id
+            if gid in board.by_genome:  # the optimizer re-proposed a finished genome
+                finish(_cached(run, board.by_genome[gid], len(board.trials)), candidate)
+            elif gid in in_flight:
+                twins.setdefault(gid, []).append(run)
+            else:
+                running[run.key], in_flight[gid] = run, run.key
+                pool.submit(Job(run.key, genome.to_dict(), rungs[0]))
+        if not running:
+            break
+        job, outcome = pool.next_result()
+        run = running[job.key]
+        next_rung = _advance(run, outcome, board, rungs, eta)
+        if next_rung is not None:  # promoted: the freed worker scores the next rung
+            pool.submit(Job(run.key, job.genome, next_rung))
+            continue
+        del running[run.key], in_flight[run.genome.genome_id]
+        trial = _finished(run, len(board.trials))
+        finish(trial, run.candidate)
+        for twin in twins.pop(trial.genome_id, []):
+            finish(_cached(twin, trial, len(board.trials)), twin.candidate)
+    bar.close()
+    return SearchResult(board.trials, board.best, pareto_front(board.trials, rungs[-1]), list(rungs),
+                        optimizer, time.perf_counter() - start, len(done))
