@@ -56,7 +56,7 @@ from gptailor_merge.materialize.materialize import materialize_with_mergekit  # 
 from gptailor_merge.materialize.prefix import PrefixReuse  # noqa: E402
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe  # noqa: E402
 from gptailor_merge.scoring import evaluate_model  # noqa: E402
-from gptailor_merge.search.search import run_search  # noqa: E402
+from gptailor_merge.search.loop import run_search  # noqa: E402
 from gptailor_merge.search.space import SearchSpace, paper_seeds  # noqa: E402
 from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.demo.synthetic import tiny_tokenizer  # noqa: E402

@@ -42,7 +42,8 @@ from gptailor_merge.core.genome import Genome  # noqa: E402
 from gptailor_merge.materialize.prefix import layer_keys  # noqa: E402
 from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
-from gptailor_merge.search.search import Evaluator, run_search  # noqa: E402
+from gptailor_merge.search.loop import run_search  # noqa: E402
+from gptailor_merge.search.search import Evaluator  # noqa: E402
 from gptailor_merge.search.space import SearchSpace  # noqa: E402
 
 WORDS = ("the cat dog sat ran on mat log fox jumps over lazy quick brown a an of to in is was "

@@ -14,7 +14,6 @@ from gptailor_merge.core.errors import (
     ClusterError,
     ConfigError,
     MissingDependencyError,
-    ResumeError,
 )
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.search.space import SearchSpace
@@ -88,14 +87,22 @@ def test_two_ray_workers_journal_every_trial_once_and_scores_match_serial(
         assert again.retention == stored["retention"]
         assert again.metrics == stored["metrics"] and again.losses == stored["losses"]
 
-    with pytest.raises(ResumeError, match="resume with --workers 2"):
-        optimize(config, resume=outcome.run_dir, progress=False, workers=1)
+    # one loop: the parallel journal resumes serially (extended by 3 trials), nothing evaluated twice
+    extended = RunConfig.from_dict({**config.model_dump(mode="json"),
+                                    "search": {**config.search.model_dump(mode="json"), "n_trials": 13,
+                                               "workers": 1}})
+    optimize(extended, resume=outcome.run_dir, requested=extended, progress=False, workers=1)
+    after = _journal(outcome.run_dir)
+    _assert_each_trial_once(after, 13)
+    assert after[:10] == trials and all(t["extra"]["workers"] == 1 for t in after[10:])
+    evaluated = [t["genome_id"] for t in after if t["status"] == "ok"]
+    assert len(evaluated) == len(set(evaluated))
 
 
 def test_worker_killed_mid_trial_loses_only_that_trial_which_is_requeued(
         local_ray, tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.parallel import WorkerSpec, ray_pool
-    from gptailor_merge.search.search_async import run_search_async
+    from gptailor_merge.search.loop import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path, workers=2)
     killed = []
@@ -142,8 +149,8 @@ class InProcessPool:
 def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.loop import run_search_async
     from gptailor_merge.search.search import build_evaluator
-    from gptailor_merge.search.search_async import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     evaluator = build_evaluator(config, llama_family, load_tasks(config))
@@ -168,8 +175,8 @@ def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
 def test_a_trial_that_fails_on_its_worker_is_journaled_and_the_search_goes_on(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.loop import run_search_async
     from gptailor_merge.search.search import build_evaluator
-    from gptailor_merge.search.search_async import run_search_async
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     pool = InProcessPool(build_evaluator(config, llama_family, load_tasks(config)), fail_keys={0, 3})
@@ -215,3 +222,25 @@ def test_ray_address_without_workers_and_cli_flags_are_checked(tmp_path):
     _optimize_args(parser)
     config = config_from_args(parser.parse_args(["--workers", "4", "--ray-address", "auto"]))
     assert (config.search.workers, config.search.ray_address) == (4, "auto")
+
+
+def test_a_serial_journal_resumes_on_a_pool_of_two_without_evaluating_anything_twice(
+        tiny_family_paths, llama_family, tasks_dir, tmp_path):
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.loop import run_search, run_search_async
+    from gptailor_merge.search.search import build_evaluator
+
+    config = _config(tiny_family_paths, tasks_dir, tmp_path)
+    evaluator = build_evaluator(config, llama_family, load_tasks(config))
+    space = _space(llama_family)
+    run_search(space, evaluator, tmp_path, n_trials=6, **SEARCH)  # a pool of one, in this process
+    serial = _journal(tmp_path)
+    assert [t["extra"]["asked"] for t in serial] == list(range(6))
+    assert all(t["extra"]["workers"] == 1 for t in serial)
+    pool = InProcessPool(evaluator)
+    result = run_search_async(space, pool, tmp_path, n_trials=10, **SEARCH)
+    after = _journal(tmp_path)
+    assert result.replayed == 6 and after[:6] == serial
+    _assert_each_trial_once(after, 10)
+    assert all(t["extra"]["workers"] == 2 for t in after[6:])
+    assert not {Genome.from_dict(j.genome).genome_id for j in pool.scored} & {t["genome_id"] for t in serial}

@@ -118,7 +118,7 @@ def test_the_planted_genome_is_the_best_of_its_neighbourhood(planted):
 
 
 def test_search_without_seeds_finds_the_planted_genome(planted, tmp_path):
-    from gptailor_merge.search.search import run_search
+    from gptailor_merge.search.loop import run_search
     from gptailor_merge.search.space import SearchSpace
 
     family, tokenizer, task, genome = planted

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor_merge.core.config import DEMO, RunConfig, check_device
-from gptailor_merge.core.errors import ConfigError, ResumeError
+from gptailor_merge.core.errors import ConfigError
 from gptailor_merge.core.genome import Genome, resolve_target
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 from gptailor_merge.run.resolve import load_tasks, resolve_family
@@ -158,26 +158,19 @@ def _with_workers(config: RunConfig, workers: int | None, ray_address: str | Non
 
 
 def _check_workers(config: RunConfig, resumed: Path | None) -> None:
-    """Before any weight loads: Ray is installed when needed, and a journal written in finish order
-    (parallel) is not resumed by the serial loop, which replays by re-asking in ask order."""
+    """Before any weight loads: Ray is installed when workers are asked for. (Any journal resumes
+    with any number of workers: the one loop, `search.loop`, replays either kind.)"""
     if config.search.workers > 1:
         from gptailor_merge.run.parallel import require_ray
 
         require_ray(config.search.workers)
-    elif resumed is not None:
-        from gptailor_merge.search.journal import Journal
-
-        if any("asked" in t.extra for t in Journal(resumed / "journal.jsonl").load()):
-            raise ResumeError(
-                f"run '{resumed}' was searched by parallel workers, so its journal is in finish order "
-                "and only the parallel loop can replay it; resume with --workers 2 (or more)"
-            )
 
 
 def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, extra_seeds: list,
             progress: bool):
-    """The serial ask/tell loop, or the asynchronous one on Ray workers when search.workers > 1."""
-    from gptailor_merge.search.search import run_search
+    """The search loop over a pool of one (in this process), or of Ray workers when
+    search.workers > 1."""
+    from gptailor_merge.search.loop import run_search, run_search_async
 
     s = config.search
     kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta, seed=s.seed,
@@ -186,7 +179,6 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
     if s.workers == 1:
         return run_search(space, evaluator, run_dir, **kwargs)
     from gptailor_merge.run.parallel import WorkerSpec, ray_pool
-    from gptailor_merge.search.search_async import run_search_async
 
     with ray_pool(WorkerSpec(config), s.workers, address=s.ray_address) as pool:
         return run_search_async(space, pool, run_dir, **kwargs)

@@ -3,7 +3,7 @@
 The driver sends references (the RunConfig: model paths, task specs), never tensors; each actor
 builds the same Evaluator the serial loop uses (on its GPU when eval.device is cuda) and returns
 `RungResult`s. Scheduling is `ray.wait` on the actors' futures (as mergekit-evolve uses Ray actors);
-ask/tell, promotion and the journal stay in the driver (`search_async.py`). Ray is optional and
+ask/tell, promotion and the journal stay in the driver (`search/loop.py`). Ray is optional and
 imported only inside functions here, so the package imports without it.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from gptailor_merge.core.config import RunConfig
 from gptailor_merge.core.errors import ClusterError, MissingDependencyError, WorkerDiedError
 from gptailor_merge.search.journal import RungResult
-from gptailor_merge.search.search_async import Job
+from gptailor_merge.search.loop import Job
 
 logger = logging.getLogger(__name__)
 

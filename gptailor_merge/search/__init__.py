@@ -1,3 +1,3 @@
-"""The search over genomes: the space and its seeds (`space`), local moves
-(`neighbours`), the successive-halving loop and its evaluator (`search`, `search_async` for a
-worker pool) and the append-only journal every trial is written to (`journal`)."""
+"""The search over genomes: the space and its seeds (`space`), local moves (`neighbours`), the
+evaluator and the optimizer plumbing (`search`), the one successive-halving loop over a pool of one
+or of N workers (`loop`) and the append-only journal every trial is written to (`journal`)."""

@@ -8,13 +8,11 @@ replays journaled results instead of evaluating them again.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import nevergrad as ng
 import numpy as np
@@ -24,7 +22,6 @@ from gptailor_merge.core.config import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_PREFIX_CACHE_BYTES,
 )
-from gptailor_merge.core.errors import ResumeError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.materialize.prefix import PrefixReuse
 from gptailor_merge.scoring import (
@@ -35,7 +32,7 @@ from gptailor_merge.scoring import (
     log_ratios,
     symmetric_retention,
 )
-from gptailor_merge.search.journal import Journal, RungResult, Trial
+from gptailor_merge.search.journal import RungResult, Trial
 from gptailor_merge.search.space import SearchSpace, paper_seeds
 
 logger = logging.getLogger(__name__)
@@ -306,119 +303,3 @@ def prioritized_seeds(space: SearchSpace, extra_removals: Sequence[Sequence[int]
     ranked = sorted(every, key=lambda g: (tier(g), tuple(g.removed) not in baseline,
                                           removal_rank[tuple(g.removed)]))
     return ranked[:limit]
-
-
-def run_search(
-    space: SearchSpace,
-    evaluator: Evaluator,
-    run_dir: Path,
-    *,
-    optimizer: str,
-    n_trials: int,
-    rungs: Sequence[int],
-    eta: int = 3,
-    seed: int = 0,
-    time_budget_s: float | None = None,
-    use_seeds: bool = True,
-    extra_seed_removals: Sequence[Sequence[int]] = (),
-    seed_fraction: float = 1.0,
-    local_fraction: float = 0.0,
-    progress: bool = True,
-    on_trial: Callable[[Trial], None] | None = None,
-) -> SearchResult:
-    """Run (or resume) the ask/tell loop; the journal in `run_dir` is the source of truth."""
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    rungs = sorted(rungs)
-    top = rungs[-1]
-    journal = Journal(run_dir / "journal.jsonl")
-    done = journal.load()
-    param = space.parametrization(seed)
-    opt = make_optimizer(optimizer, param, n_trials)
-    limit = max(1, int(seed_fraction * n_trials))
-    if any(t.extra.get("origin", "seed") != "seed" for t in done):  # the seed phase is over: a run
-        limit = sum(1 for t in done if t.extra.get("origin") == "seed")  # extended by --trials keeps it
-    seeds = prioritized_seeds(space, extra_seed_removals, limit) if use_seeds else []
-    for genome in reversed(seeds):  # suggest is LIFO: the first seed is asked first
-        opt.suggest(space.encode(genome))
-    seeded_ids = {g.genome_id for g in seeds}
-    proposer = Proposer(space, seed, local_fraction)
-    trials: list[Trial] = []
-    by_genome: dict[str, Trial] = {}
-    rung_losses: dict[int, list[float]] = {n: [] for n in rungs}
-    best: Trial | None = None
-    bar = tqdm(total=n_trials, desc="search", disable=not progress, initial=0)
-    for index in range(n_trials):
-        if time_budget_s is not None and index >= len(done) and time.perf_counter() - start > time_budget_s:
-            logger.info("wall-clock budget of %.0fs reached after %d trials", time_budget_s, index)
-            break
-        local = proposer.local(index, trials, top, set(by_genome)) if index >= len(seeds) else None
-        if local is not None:
-            opt.suggest(space.encode(local))
-        candidate = opt.ask()
-        genome = space.decode(candidate.value)
-        origin = "seed" if index < len(seeds) else "local" if local is not None else "optimizer"
-        if index < len(done):  # replay: same deterministic proposal, journaled result
-            trial = done[index]
-            if trial.genome_id != genome.genome_id:
-                raise ResumeError(
-                    f"trial {index} of the journal ({trial.genome_id}) is not what this config "
-                    f"proposes ({genome.genome_id}); resume with the run's own config.yaml"
-                )
-        elif genome.genome_id in by_genome:  # the optimizer re-proposed a known genome
-            prior = by_genome[genome.genome_id]
-            trial = Trial(index, genome.to_dict(), genome.genome_id, prior.rungs, prior.loss, 0.0,
-                          status="cached", seeded=genome.genome_id in seeded_ids,
-                          extra={"origin": origin})
-            journal.append(trial)
-        else:
-            trial = _evaluate(index, genome, evaluator, rungs, rung_losses, eta, genome.genome_id in seeded_ids)
-            if trial.status == "ok":
-                told = told_loss(trial.loss, trial.fidelity, {**rung_losses, trial.fidelity: [
-                    *rung_losses[trial.fidelity], trial.loss]}, top)
-                trial = dataclasses.replace(trial, extra={"origin": origin, "told": told})
-            else:
-                trial = dataclasses.replace(trial, extra={"origin": origin})
-            journal.append(trial)
-        for r in trial.rungs:
-            if trial.status == "ok":
-                rung_losses[r.n_examples].append(1.0 - r.retention)
-        if trial.status == "failed":
-            opt.tell(candidate, 1.0, constraint_violation=[1.0])
-        else:
-            opt.tell(candidate, trial.extra.get("told", trial.loss))
-        trials.append(trial)
-        by_genome.setdefault(trial.genome_id, trial)
-        if trial.status == "ok" and trial.fidelity == top and (best is None or trial.loss < best.loss):
-            best = trial
-        if on_trial:
-            on_trial(trial)
-        bar.update(1)
-        bar.set_postfix(best=f"{1 - best.loss:.3f}" if best else "-", n=trial.fidelity)
-    bar.close()
-    replayed = min(len(done), len(trials))
-    return SearchResult(trials, best, pareto_front(trials, top), list(rungs), optimizer,
-                        time.perf_counter() - start, replayed)
-
-
-def _evaluate(index: int, genome: Genome, evaluator: Evaluator, rungs: Sequence[int],
-              rung_losses: dict[int, list[float]], eta: int, seeded: bool) -> Trial:
-    """Score at the lowest rung; promote while in the top 1/eta of that rung so far (ASHA)."""
-    start = time.perf_counter()
-    results: list[RungResult] = []
-    try:
-        for level, n in enumerate(rungs):
-            result = evaluator.rung_result(genome, "search", n)
-            if not math.isfinite(result.retention):
-                raise FloatingPointError("retention is not finite (NaN scores)")
-            results.append(result)
-            if level == len(rungs) - 1 or not promoted(rung_losses[n], 1.0 - result.retention, eta):
-                break
-    except Exception as exc:  # a failed trial is journaled and the search goes on
-        logger.warning("trial %d failed: %s", index, exc)
-        return Trial(index, genome.to_dict(), genome.genome_id, tuple(results), 1.0,
-                     time.perf_counter() - start, status="failed", error=f"{type(exc).__name__}: {exc}",
-                     seeded=seeded)
-    return Trial(index, genome.to_dict(), genome.genome_id, tuple(results), 1.0 - results[-1].retention,
-                 time.perf_counter() - start, seeded=seeded)

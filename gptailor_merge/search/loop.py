@@ -1,11 +1,13 @@
-"""Asynchronous ask/tell for parallel workers: up to N trials in flight, told as they finish.
+"""The one search loop: ask/tell with up to `pool.size` trials in flight, told as they finish.
 
-The driver keeps nevergrad (`num_workers=N`), successive-halving promotion and the journal; a pool
-(`gptailor_merge/run/parallel.py`: Ray actors) only scores (genome, split, n_examples) jobs. The journal
-is in finish order (`Trial.index`), with the ask order in `Trial.extra["asked"]`. Finish order is not
-reproducible, so a resume cannot re-ask and compare as the serial loop does: it replays the journal
-into a fresh optimizer (suggest, ask, tell per trial), then asks on. Nothing journaled is lost or
-evaluated again; trials that were in flight when the driver died are asked afresh.
+A serial search is a pool of one (`LocalPool`, scoring in this process); parallel workers are a
+pool of N (`run/parallel.py`: Ray actors). The driver keeps nevergrad, successive-halving promotion
+and the journal; a pool only scores (genome, split, n_examples) jobs. Journal records carry the ask
+order (`extra["asked"]`) and the pool size (`extra["workers"]`). Resume: a journal written by a pool
+of one, resumed by a pool of one, is replayed by asking again and comparing (a resumed run proposes
+exactly what an uninterrupted one does); any other journal is told to a fresh optimizer trial by
+trial (suggest, ask, tell), so a serial run can resume in parallel and back. Nothing journaled is
+lost or evaluated again; trials in flight when the driver died are asked afresh.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ def _tell(opt, candidate, trial: Trial) -> None:
         opt.tell(candidate, trial.extra.get("told", trial.loss))
 
 
+def exact_replay(done: Sequence[Trial], pool_size: int) -> bool:
+    """A journal written by a pool of one (or by the old serial loop), resumed by a pool of one:
+    re-asking reproduces its proposals exactly."""
+    return pool_size == 1 and all(t.extra.get("workers", 1 if "asked" not in t.extra else 0) == 1
+                                  for t in done)
+
+
 def _replay(opt, space: SearchSpace, done: Sequence[Trial], board: _Board) -> None:
     """Tell a fresh optimizer every journaled trial, in journal order, without evaluating any."""
     for trial in done:
@@ -127,9 +136,9 @@ def _advance(run: _Running, outcome: RungResult | BaseException, board: _Board, 
     return rungs[level + 1]
 
 
-def _finished(run: _Running, index: int) -> Trial:
+def _finished(run: _Running, index: int, workers: int) -> Trial:
     seconds = time.perf_counter() - run.start
-    g, extra = run.genome, {"asked": run.key, "origin": run.origin}
+    g, extra = run.genome, {"asked": run.key, "origin": run.origin, "workers": workers}
     if run.error is not None:
         logger.warning("trial %d (asked %d) failed: %s", index, run.key, run.error)
         return Trial(index, g.to_dict(), g.genome_id, tuple(run.results), 1.0, seconds, status="failed",
@@ -138,10 +147,39 @@ def _finished(run: _Running, index: int) -> Trial:
                  seconds, seeded=run.seeded, extra=extra)
 
 
-def _cached(run: _Running, prior: Trial, index: int) -> Trial:
+def _cached(run: _Running, prior: Trial, index: int, workers: int) -> Trial:
     g = run.genome
     return Trial(index, g.to_dict(), g.genome_id, prior.rungs, prior.loss, 0.0, status="cached",
-                 seeded=run.seeded, extra={"asked": run.key, "origin": run.origin})
+                 seeded=run.seeded, extra={"asked": run.key, "origin": run.origin, "workers": workers})
+
+
+class LocalPool:
+    """A pool of one that scores each job in this process: the serial search."""
+
+    size = 1
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
+        self._job: Job | None = None
+
+    @property
+    def has_idle(self) -> bool:
+        return self._job is None
+
+    def submit(self, job: Job) -> None:
+        self._job = job
+
+    def next_result(self) -> tuple[Job, RungResult | BaseException]:
+        job, self._job = self._job, None
+        try:
+            return job, self.evaluator.rung_result(Genome.from_dict(job.genome), job.split, job.n_examples)
+        except Exception as exc:  # a failed trial (OOM, NaN) is journaled and the search goes on
+            return job, exc
+
+
+def run_search(space: SearchSpace, evaluator, run_dir: Path, **kwargs) -> SearchResult:
+    """The serial search: `run_search_async` over a pool of one."""
+    return run_search_async(space, LocalPool(evaluator), run_dir, **kwargs)
 
 
 def run_search_async(
@@ -171,14 +209,37 @@ def run_search_async(
     done = journal.load()[:n_trials]
     opt = make_optimizer(optimizer, space.parametrization(seed), n_trials, num_workers=pool.size)
     board = _Board(rungs)
-    _replay(opt, space, done, board)
-    seeds = (prioritized_seeds(space, extra_seed_removals, max(1, int(seed_fraction * n_trials)))
-             if use_seeds else [])
+    limit = max(1, int(seed_fraction * n_trials))
+    if any(t.extra.get("origin", "seed") != "seed" for t in done):  # the seed phase is over: a run
+        limit = sum(1 for t in done if t.extra.get("origin") == "seed")  # extended by --trials keeps it
+    seeds = prioritized_seeds(space, extra_seed_removals, limit) if use_seeds else []
     seeded_ids = {g.genome_id for g in seeds}
     proposer = Proposer(space, seed, local_fraction)
-    for genome in reversed([g for g in seeds if g.genome_id not in board.by_genome]):
-        opt.suggest(space.encode(genome))  # suggest is LIFO: the first seed is asked first
-    bar = tqdm(total=n_trials, desc=f"search x{pool.size}", disable=not progress, initial=len(done))
+
+    def ask(index: int, known: set[str]):
+        """The proposal of ask number `index`: a seed, a local move or the optimizer's own."""
+        local = proposer.local(index, board.trials, rungs[-1], known) if index >= len(seeds) else None
+        if local is not None:
+            opt.suggest(space.encode(local))
+        candidate = opt.ask()
+        return candidate, "seed" if index < len(seeds) else "local" if local is not None else "optimizer"
+
+    if exact_replay(done, pool.size):
+        for genome in reversed(seeds):  # suggest is LIFO: the first seed is asked first
+            opt.suggest(space.encode(genome))
+        for index, trial in enumerate(done):  # the same deterministic proposals, journaled results
+            candidate, _ = ask(index, set(board.by_genome))
+            proposed = space.decode(candidate.value).genome_id
+            if proposed != trial.genome_id:
+                raise ResumeError(f"trial {index} of the journal ({trial.genome_id}) is not what this config "
+                                  f"proposes ({proposed}); resume with the run's own config.yaml")
+            _tell(opt, candidate, trial)
+            board.record(trial)
+    else:
+        _replay(opt, space, done, board)
+        for genome in reversed([g for g in seeds if g.genome_id not in board.by_genome]):
+            opt.suggest(space.encode(genome))
+    bar = tqdm(total=n_trials, desc="search" if pool.size == 1 else f"search x{pool.size}", disable=not progress, initial=len(done))
 
     def finish(trial: Trial, candidate) -> None:
         if trial.status == "ok" and trial.extra.get("told") is None:
@@ -203,18 +264,13 @@ def run_search_async(
                 logger.info("wall-clock budget of %.0fs reached after %d trials were asked", time_budget_s, asked)
                 out_of_time = True
                 break
-            local = (proposer.local(asked, board.trials, rungs[-1], set(board.by_genome) | set(in_flight))
-                     if asked >= len(seeds) else None)
-            if local is not None:
-                opt.suggest(space.encode(local))
-            candidate = opt.ask()
+            candidate, origin = ask(asked, set(board.by_genome) | set(in_flight))
             genome = space.decode(candidate.value)
-            run = _Running(asked, candidate, genome, genome.genome_id in seeded_ids,
-                           origin="seed" if asked < len(seeds) else "local" if local else "optimizer")
+            run = _Running(asked, candidate, genome, genome.genome_id in seeded_ids, origin=origin)
             asked += 1
             gid = genome.genome_id
             if gid in board.by_genome:  # the optimizer re-proposed a finished genome
-                finish(_cached(run, board.by_genome[gid], len(board.trials)), candidate)
+                finish(_cached(run, board.by_genome[gid], len(board.trials), pool.size), candidate)
             elif gid in in_flight:
                 twins.setdefault(gid, []).append(run)
             else:
@@ -229,10 +285,10 @@ def run_search_async(
             pool.submit(Job(run.key, job.genome, next_rung))
             continue
         del running[run.key], in_flight[run.genome.genome_id]
-        trial = _finished(run, len(board.trials))
+        trial = _finished(run, len(board.trials), pool.size)
         finish(trial, run.candidate)
         for twin in twins.pop(trial.genome_id, []):
-            finish(_cached(twin, trial, len(board.trials)), twin.candidate)
+            finish(_cached(twin, trial, len(board.trials), pool.size), twin.candidate)
     bar.close()
     return SearchResult(board.trials, board.best, pareto_front(board.trials, rungs[-1]), list(rungs),
                         optimizer, time.perf_counter() - start, len(done))
