@@ -30,3 +30,15 @@ def test_a_failed_folder_build_keeps_the_old_folder_and_a_finished_one_replaces_
         (tmp / "weights.safetensors").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_atomic_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644
