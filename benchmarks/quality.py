@@ -346,19 +346,11 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
 
 def mergekit_check(run_dir: Path, evaluator, score) -> float:
     """The best recipe through stock mergekit, scored on the same held-out examples: max |diff|
-    of the task metrics against the stitched model's."""
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
-    from gptailor_merge.materialize.recipe import Recipe
-    from gptailor_merge.scoring import evaluate_model, load_model_folder
+    of the task metrics against the stitched model's (`run.heldout.mergekit_heldout_diff`)."""
+    from gptailor_merge.run.heldout import mergekit_heldout_diff
 
-    out = materialize_with_mergekit(Recipe.load(run_dir / "best.yaml"), run_dir / "best_model",
-                                    device=evaluator.stitcher.device.type, overwrite=True)
-    model, tokenizer = load_model_folder(out, device=evaluator.stitcher.device)
-    merged = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
-                            n_examples=score.n_examples, batch_size=evaluator.batch_size,
-                            max_length=evaluator.max_length)
-    return round(max((abs(merged.tasks[t].metrics[m] - ts.metrics[m]) for t, ts in score.tasks.items()
-                      for m in ("acc", "nll") if m in ts.metrics), default=0.0), 9)
+    _, diff = mergekit_heldout_diff(run_dir, evaluator, score, evaluator.stitcher.device.type)
+    return round(diff, 9)
 
 
 def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -> dict:
@@ -380,7 +372,7 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -
                                                          metric=bench.metric,
                                                          counted=bench.counted).retention_sym
             points.append({"trial": t.index, "seconds": round(elapsed, 2),
-                           "origin": t.extra.get("origin", "seed" if t.seeded else "optimizer"),
+                           "origin": t.origin,
                            "search_retention": round(t.retention, 6),
                            "retention_sym": round(cache[t.genome_id], 6)})
     data = {"points": points, "trials": len(trials), "trial_seconds": round(elapsed, 2),

@@ -65,6 +65,24 @@ def member_scores(family, names, evaluator, n: int | None) -> list[tuple[str, Sc
     return out
 
 
+def mergekit_heldout_diff(run_dir: Path, evaluator, stitched: Score, device: str) -> tuple[Path, float]:
+    """`run_dir/best.yaml` through stock mergekit into `best_model/`, scored on the same held-out
+    examples as the stitched model's `stitched` score: (the folder, max |diff| of acc, acc_norm and
+    nll). They are one model, so it must be ~0; a larger one is logged as an error."""
+    model_dir = materialize_with_mergekit(Recipe.load(run_dir / "best.yaml"), run_dir / "best_model",
+                                          device=device, overwrite=True)
+    model, tokenizer = load_model_folder(model_dir, device=device)
+    merged = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
+                            n_examples=stitched.n_examples, batch_size=evaluator.batch_size,
+                            max_length=evaluator.max_length)
+    diffs = [abs(merged.tasks[k].metrics[m] - ts.metrics[m])
+             for k, ts in stitched.tasks.items() for m in ("acc", "acc_norm", "nll") if m in ts.metrics]
+    max_diff = max(diffs) if diffs else 0.0
+    if max_diff > EQUALITY_TOLERANCE:
+        logger.error("mergekit model and stitched model disagree on held-out scores (max diff %.2e)", max_diff)
+    return model_dir, max_diff
+
+
 def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_dir: Path, config) -> dict:
     from gptailor_merge.scoring import counted_tasks
 
@@ -94,17 +112,7 @@ def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_d
         g = Genome.from_dict(trial.genome)
         rows.append(tailored(f"pareto-{trial.genome_id}", g, evaluator.score(g, "heldout", n)))
 
-    # the same recipe through stock mergekit: must score the same as the stitched model
-    recipe = Recipe.load(run_dir / "best.yaml")
-    model_dir = materialize_with_mergekit(recipe, run_dir / "best_model", device=config.eval.device, overwrite=True)
-    model, tokenizer = load_model_folder(model_dir, device=config.eval.device)
-    merged_score = evaluate_model(model, tokenizer, tasks, split="heldout", n_examples=n,
-                                  batch_size=evaluator.batch_size, max_length=evaluator.max_length)
-    diffs = [abs(merged_score.tasks[k].metrics[m] - best_stitched.tasks[k].metrics[m])
-             for k in best_stitched.tasks for m in ("acc", "acc_norm", "nll") if m in best_stitched.tasks[k].metrics]
-    max_diff = max(diffs) if diffs else 0.0
-    if max_diff > EQUALITY_TOLERANCE:
-        logger.error("mergekit model and stitched model disagree on held-out scores (max diff %.2e)", max_diff)
+    model_dir, max_diff = mergekit_heldout_diff(run_dir, evaluator, best_stitched, config.eval.device)
 
     return {
         "family": {"base": family.base.model_id, "candidates": [c.model_id for c in family.candidates], "names": names},

@@ -51,6 +51,12 @@ class Trial:
     def retention(self) -> float:
         return self.rungs[-1].retention if self.rungs else float("nan")
 
+    @property
+    def origin(self) -> str:
+        """Where the proposal came from: seed, local (move) or optimizer; journals written before
+        origins were recorded say only whether it was a seed."""
+        return self.extra.get("origin", "seed" if self.seeded else "optimizer")
+
     def to_json(self) -> str:
         return json.dumps({"v": JOURNAL_VERSION, **asdict(self)}, sort_keys=True)
 

@@ -25,11 +25,11 @@ from gptailor_merge.core.config import (
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.materialize.prefix import PrefixReuse
 from gptailor_merge.scoring import (
+    Retention,
     Score,
     Task,
     chance_level_tasks,
     evaluate_model,
-    log_ratios,
     symmetric_retention,
 )
 from gptailor_merge.search.journal import RungResult, Trial
@@ -84,9 +84,9 @@ class Evaluator:
         t0 = time.perf_counter()
         score = self.score(genome, split, n_examples)
         reference = self.reference(split, n_examples)
-        ret = self.retention(score, reference)
+        ret = self._yardstick(score, reference)
         return RungResult(n_examples, {k: dict(v.metrics) for k, v in score.tasks.items()},
-                          self.losses(score, reference), ret, time.perf_counter() - t0)
+                          self._losses(ret), ret.retention_sym, time.perf_counter() - t0)
 
     def reference(self, split: str, n_examples: int | None) -> Score:
         key = (split, n_examples)
@@ -117,18 +117,22 @@ class Evaluator:
             self._objective = [t for t in self.tasks if t.name not in noise]
         return self._objective
 
+    def _yardstick(self, score: Score, reference: Score) -> Retention:
+        """The yardstick over the objective tasks (scoring.objectives), computed once per rung."""
+        return symmetric_retention(score, reference, self.tasks, metric=self.metric,
+                                   counted=[t.name for t in self.objective_tasks()])
+
     def losses(self, score: Score, reference: Score) -> dict[str, float]:
         """Per objective task, minus its log ratio against the dense base (lower is better): the
         Pareto front's coordinates, on the yardstick's scale."""
-        names = [t.name for t in self.objective_tasks()]
-        ratios = log_ratios(score, reference, self.objective_tasks(), metric=self.metric)
-        return {name: -ratios[name] for name in names}
+        return self._losses(self._yardstick(score, reference))
+
+    def _losses(self, ret: Retention) -> dict[str, float]:
+        return {t.name: -ret.log_ratios[t.name] for t in self.objective_tasks()}
 
     def retention(self, score: Score, reference: Score) -> float:
-        """`retention_sym` over the objective tasks (scoring.objectives)."""
-        names = [t.name for t in self.objective_tasks()]
-        return symmetric_retention(score, reference, self.tasks, metric=self.metric,
-                                   counted=names).retention_sym
+        """`retention_sym` over the objective tasks."""
+        return self._yardstick(score, reference).retention_sym
 
 
 @dataclass
@@ -168,8 +172,7 @@ class SearchResult:
         """The search part of a run's summary.json (one shape, with or without held-out rows)."""
         origins: dict[str, int] = {}
         for t in self.trials:
-            key = t.extra.get("origin", "seed" if t.seeded else "optimizer")
-            origins[key] = origins.get(key, 0) + 1
+            origins[t.origin] = origins.get(t.origin, 0) + 1
         return {
             "optimizer": self.optimizer,
             "trials": len(self.trials),
@@ -185,8 +188,7 @@ class SearchResult:
             "pareto_size": len(self.pareto),
             "best_trial": self.best.index if self.best else None,
             "winner_from_seed": bool(self.best.seeded) if self.best else None,
-            "winner_origin": (self.best.extra.get("origin", "seed" if self.best.seeded else "optimizer")
-                              if self.best else None),
+            "winner_origin": self.best.origin if self.best else None,
             "best_search_retention": round(self.best.retention, 6) if self.best else None,
         }
 
