@@ -331,12 +331,12 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
     if bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
     s = config.search
+    extra, calibration_seconds = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
+                                                        n_remove, config.eval, s.calibration_texts)
     t0 = time.perf_counter()
-    extra = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks, n_remove, config.eval,
-                                   s.calibration_texts)
     seeds = prioritized_seeds(space, extra, max(1, int(s.seed_fraction * s.n_trials)))
     genome, ret, _ = search_best(evaluator, seeds, max(s.rungs()))
-    seconds = time.perf_counter() - t0
+    seconds = calibration_seconds + time.perf_counter() - t0  # what the seeds cost the search
     score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
     bench.add("gptailor-seeds-only", fraction, genome.kept, score, transfer, seconds=seconds,
               heldout_seconds=heldout_seconds, trials=len(seeds), optimizer_trials=0,
@@ -353,29 +353,45 @@ def mergekit_check(run_dir: Path, evaluator, score) -> float:
     return round(diff, 9)
 
 
-def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict]) -> dict:
-    """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time."""
+def thin(items: Sequence, max_points: int) -> list:
+    """At most `max_points` of `items`, evenly spaced, the first and the last kept (0: all)."""
+    if max_points <= 0 or len(items) <= max_points:
+        return list(items)
+    if max_points == 1:
+        return [items[-1]]
+    step = (len(items) - 1) / (max_points - 1)
+    return [items[round(i * step)] for i in range(max_points)]
+
+
+def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
+            max_points: int = 0) -> dict:
+    """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time;
+    with `max_points`, only that many of the best-so-far changes are scored on held-out data
+    (each costs a full held-out evaluation)."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.scoring import symmetric_retention
     from gptailor_merge.search.journal import Journal
 
     trials = Journal(run_dir / "journal.jsonl").load()
     top = max(t.fidelity for t in trials)
-    points, best, elapsed, cache = [], None, 0.0, {}
+    changes, best, elapsed, cache = [], None, 0.0, {}
     for t in trials:
         elapsed += t.seconds
         if t.status == "ok" and t.fidelity == top and (best is None or t.loss < best.loss):
             best = t
-            if t.genome_id not in cache:
-                score = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
-                cache[t.genome_id] = symmetric_retention(score, bench.base[0], bench.tasks,
-                                                         metric=bench.metric,
-                                                         counted=bench.counted).retention_sym
-            points.append({"trial": t.index, "seconds": round(elapsed, 2),
-                           "origin": t.origin,
-                           "search_retention": round(t.retention, 6),
-                           "retention_sym": round(cache[t.genome_id], 6)})
-    data = {"points": points, "trials": len(trials), "trial_seconds": round(elapsed, 2),
+            changes.append((t, elapsed))
+    points = []
+    for t, at in thin(changes, max_points):
+        if t.genome_id not in cache:
+            score = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
+            cache[t.genome_id] = symmetric_retention(score, bench.base[0], bench.tasks,
+                                                     metric=bench.metric,
+                                                     counted=bench.counted).retention_sym
+        points.append({"trial": t.index, "seconds": round(at, 2), "origin": t.origin,
+                       "search_retention": round(t.retention, 6),
+                       "retention_sym": round(cache[t.genome_id], 6)})
+    data = {"points": points, "best_so_far_changes": len(changes),
+            "trials": len(trials), "trial_seconds": round(elapsed, 2),
             "baselines": [{"method": r["method"], "seconds": r["seconds"],
                            "retention_sym": r["retention_sym"]} for r in baselines
                           if r.get("retention_sym") is not None]}
@@ -393,7 +409,7 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
 
     best_genome = None
     for method, settings in SEARCH_ROWS:
-        if method != "gptailor" and args.skip_ablations:
+        if method != "gptailor" and (args.skip_ablations or args.skip_search_ablations):
             continue
         row = bench.reuse(method, fraction)
         if row is not None:
@@ -404,9 +420,7 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
         config = run_config(family_part, args, remove_fraction=fraction, search=settings,
                             out_dir=str(out))
         resume = out if (out / "journal.jsonl").is_file() else None
-        t0 = time.perf_counter()
         outcome = optimize(config, progress=False, resume=resume, heldout=False)
-        wall = time.perf_counter() - t0
         s = outcome.summary["search"]
         genome = Genome.from_dict(outcome.summary["best_genome"])
         score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
@@ -422,13 +436,13 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
             "mergekit_vs_stitch_max_abs_diff": mergekit_check(out, evaluator, score),
         }
         # the search's own cost: its trials' time (as first run, not a resumed replay) plus the
-        # baseline seeds' calibration, i.e. optimize's wall time when it was not resumed
-        seconds = s["trial_seconds"] if resume is not None else wall
+        # baseline seeds' calibration as first measured (computed once per process and family)
+        seconds = s["trial_seconds"] + s.get("seed_calibration_seconds", 0.0)
         row = bench.add(method, fraction, genome.kept, score, transfer, seconds=seconds,
                         heldout_seconds=heldout_seconds, **extra)
         if method == "gptailor":
             best_genome = genome
-            row["anytime"] = anytime(bench, evaluator, out, baselines)
+            row["anytime"] = anytime(bench, evaluator, out, baselines, args.anytime_points)
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 
@@ -536,8 +550,9 @@ def footnote(bench: Bench, args: argparse.Namespace) -> str:
         "texts. Intervals: difference in mean log ratio, paired bootstrap 95% over held-out "
         f"examples ({N_BOOT} resamples); > 0 means the row is better. Trials (opt.): all trials "
         "(those not seeds); winner: the winning trial and where it came from. Seconds: the "
-        "method's own compute (baselines: calibration + selection; searches: optimize's wall time, "
-        "or the trials' own time when resumed).",
+        "method's own compute (baselines: calibration + selection; searches: the trials' own time "
+        "as first run plus the calibration of their baseline seeds as first measured; seeds-only: "
+        "that calibration plus scoring the seeds).",
     ])
 
 
@@ -598,6 +613,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-ablations", action="store_true",
                    help="only the full search and the baselines (no uniform-merge, seeds-only, "
                         "no-seeds, random, removal-only rows)")
+    p.add_argument("--skip-search-ablations", action="store_true",
+                   help="no removal-only, no-seeds or random searches (uniform-merge and "
+                        "seeds-only stay): for families where one search takes hours")
+    p.add_argument("--anytime-points", type=int, default=0,
+                   help="score at most this many of the full search's best-so-far changes on "
+                        "held-out data for the anytime curve (0: all)")
     p.add_argument("--skip-repair", action="store_true", help="no +repair rows")
     args = p.parse_args(argv)
     args.remove = args.remove or list(DEMO_FRACTIONS if args.family == "demo" else SMOLLM2_FRACTIONS)
@@ -649,12 +670,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
                           max_length=ev.max_length, metric=s.metric, rungs=tuple(s.rungs()),
-                          chance_z=s.chance_z)
+                          chance_z=s.chance_z, mc_objective=s.mc_objective)
     transfer_ev = Evaluator(stitcher, tokenizer, transfer, batch_size=ev.batch_size,
                             max_length=ev.max_length, prefix_cache_bytes=0)
     calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, args.calibration_texts)),
                         batch_size=ev.batch_size, max_length=ev.max_length)
-    per_fraction = len(BASELINE_METHODS) + 1 + (0 if args.skip_ablations else len(SEARCH_ROWS) + 1)
+    per_fraction = len(BASELINE_METHODS) + 1 + (
+        0 if args.skip_ablations else 2 if args.skip_search_ablations else len(SEARCH_ROWS) + 1)
     per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
     bench = Bench(family, tasks, transfer, s.metric, n, len(names) + len(args.remove) * per_fraction)
     print(f"quality: {args.family} family ({', '.join(names)}), {family.n_layers} layers, removing "

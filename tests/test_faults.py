@@ -493,7 +493,10 @@ def test_card_and_published_recipe_carry_no_local_path_and_model_id_fills_base_m
     assert not [name for name, text in texts.items() if root in text or "/tmp/" in text]
     recipe = yaml.safe_load(texts["mergekit_config.yml"])
     assert recipe["base_model"] == "meta-llama/Llama-2-7b-hf"
-    assert {"chat", "math", "code"} & {s["model"] for sl in recipe["slices"] for s in sl["sources"]}
+    # mapped members by their Hub id, the others by their names (never a local path), whichever
+    # members the 5-trial winner happens to use
+    assert {s["model"] for sl in recipe["slices"] for s in sl["sources"]} <= {
+        "meta-llama/Llama-2-7b-hf", "chat", "math", "code"}
     front = yaml.safe_load(texts["README.md"].split("---", 2)[1])
     assert front["base_model"] == ["meta-llama/Llama-2-7b-hf"]
     assert main(["-q", "push", str(finished_run), "me/x", "--dry-run", str(tmp_path / "u2"),

@@ -119,3 +119,10 @@ def test_quality_benchmark_smollm2_without_a_built_family_names_the_builder(
     with pytest.raises(SystemExit, match="benchmarks/smollm2_family.py"):
         quality.main(["--family", "smollm2", "--json", str(tmp_path / "q.json")])
     assert not (tmp_path / "q.json").exists()
+
+
+def test_anytime_thinning_keeps_the_first_and_last_best_so_far_changes(quality):
+    items = list(range(10))
+    assert quality.thin(items, 0) == items and quality.thin(items, 12) == items
+    assert quality.thin(items, 4) == [0, 3, 6, 9]
+    assert quality.thin(items, 2) == [0, 9] and quality.thin(items, 1) == [9]

@@ -28,6 +28,7 @@ from gptailor_merge.scoring.multiple_choice import (  # noqa: E402
     encode_pair,
     loglikelihoods,
     multiple_choice,
+    multiple_choice_details,
 )
 from gptailor_merge.scoring.objectives import (  # noqa: E402
     chance_level_tasks,
@@ -143,8 +144,11 @@ def test_multiple_choice_picks_the_continuation_the_model_favours(tokenizer):
     rigged = FixedLogits(len(tokenizer), favoured)
     right = [ChoiceExample("Is the sky blue?", ("no", "yes it is.", "lazy dog"), 1)]
     wrong = [ChoiceExample("Is the sky blue?", ("no", "yes it is.", "lazy dog"), 2)]
-    assert multiple_choice(rigged, tokenizer, right) == {"acc": 1.0, "acc_norm": 1.0, "n": 1}
-    assert multiple_choice(rigged, tokenizer, wrong) == {"acc": 0.0, "acc_norm": 0.0, "n": 1}
+    got_right, got_wrong = (multiple_choice(rigged, tokenizer, x) for x in (right, wrong))
+    assert {k: got_right[k] for k in ("acc", "acc_norm", "n")} == {"acc": 1.0, "acc_norm": 1.0, "n": 1}
+    assert {k: got_wrong[k] for k in ("acc", "acc_norm", "n")} == {"acc": 0.0, "acc_norm": 0.0, "n": 1}
+    # the gold choice's cross-entropy over the choices: small when favoured, large when not
+    assert got_right["choice_nll"] < math.log(3) < got_wrong["choice_nll"]
 
 
 def test_acc_norm_divides_loglikelihood_by_choice_length_in_characters(tokenizer):
@@ -155,7 +159,12 @@ def test_acc_norm_divides_loglikelihood_by_choice_length_in_characters(tokenizer
     assert lls == pytest.approx([-k * math.log(len(tokenizer)) for k in counts], abs=1e-4)
     # fewer tokens wins acc; fewer tokens per character wins acc_norm: here they disagree
     assert counts[0] < counts[1] and counts[0] / 3 > counts[1] / len(example.choices[1])
-    assert multiple_choice(uniform, tokenizer, [example]) == {"acc": 1.0, "acc_norm": 0.0, "n": 1}
+    # choice_nll = -log softmax(lls)[gold], by hand: log(sum exp(lls)) - lls[0]
+    by_hand = math.log(sum(math.exp(v) for v in lls)) - lls[0]
+    assert multiple_choice(uniform, tokenizer, [example]) == pytest.approx(
+        {"acc": 1.0, "acc_norm": 0.0, "choice_nll": by_hand, "n": 1}, abs=1e-6)
+    metrics, per_example = multiple_choice_details(uniform, tokenizer, [example, example])
+    assert per_example["choice_nll"] == pytest.approx((by_hand, by_hand), abs=1e-6)
 
 
 def test_scores_are_identical_across_batch_sizes(model, tokenizer):

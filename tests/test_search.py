@@ -190,7 +190,7 @@ def test_resume_refuses_a_different_family_or_target(search_setup, tmp_path):
     assert Path(tmp_path / "run" / "best.yaml").is_file()
 
 
-def _canned_evaluator(chance_z: float, base, candidate):
+def _canned_evaluator(chance_z: float, base, candidate, mc_objective: str = "accuracy"):
     from types import SimpleNamespace
 
     from test_scoring import _gate_tasks
@@ -199,7 +199,7 @@ def _canned_evaluator(chance_z: float, base, candidate):
 
     family = SimpleNamespace(n_layers=2, n_candidates=1)
     ev = Evaluator(SimpleNamespace(family=family), None, _gate_tasks(), rungs=(10, 100),
-                   chance_z=chance_z)
+                   chance_z=chance_z, mc_objective=mc_objective)
     ev.score = lambda genome, split, n: base if genome == Genome.base_only(2, 1) else candidate
     return ev
 
@@ -217,3 +217,19 @@ def test_objective_leaves_out_tasks_where_the_dense_base_is_at_chance():
     assert len(every.objective_tasks()) == 3 and set(every.losses(cand, base)) == {"near", "clear", "ppl"}
     # at chance everywhere but the perplexity task: that task alone is the objective
     assert [t.name for t in _canned_evaluator(9.0, base, cand).objective_tasks()] == ["ppl"]
+
+
+def test_the_likelihood_objective_compares_the_gold_choices_cross_entropy():
+    from test_scoring import _gate_score
+
+    base, cand = _gate_score(near=0.33, clear=0.5, nll=1.0), _gate_score(near=0.1, clear=0.4, nll=2.0)
+    for score, value in ((base, 0.6), (cand, 0.75)):
+        for task in ("near", "clear"):
+            score.tasks[task].metrics["choice_nll"] = value
+    ev = _canned_evaluator(2.0, base, cand, mc_objective="likelihood")
+    # the same counted tasks as the accuracy form; clear loses 0.15 nats, ppl 1 nat
+    assert ev.losses(cand, base) == pytest.approx({"clear": 0.15, "ppl": 1.0})
+    assert ev.retention(cand, base) == pytest.approx(math.exp(-(0.15 + 1.0) / 2))
+    from gptailor_merge.core.config import SearchConfig
+
+    assert SearchConfig().mc_objective == "likelihood"

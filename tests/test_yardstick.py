@@ -56,6 +56,18 @@ def test_multiple_choice_ratio_is_above_chance_and_floored_at_collapse():
     assert math.isfinite(collapsed.retention_sym) and collapsed.worst_task[0] == "quiz"
 
 
+def test_the_likelihood_form_compares_the_gold_choices_cross_entropy_in_nats():
+    base, pruned = _score(10.0, 10.0, quiz=0.75), _score(20.0, 10.0, quiz=0.5)
+    base.tasks["quiz"].metrics["choice_nll"] = 0.7
+    pruned.tasks["quiz"].metrics["choice_nll"] = 0.9
+    ret = symmetric_retention(pruned, base, _tasks(), mc="likelihood")
+    assert ret.log_ratios == pytest.approx({"prose": math.log(0.5), "math": 0.0, "quiz": -0.2})
+    assert ret.retention_sym == pytest.approx(math.exp((math.log(0.5) - 0.2) / 3))
+    # the default (reported) form is still the accuracy ratio
+    acc = symmetric_retention(pruned, base, _tasks())
+    assert acc.log_ratios["quiz"] == pytest.approx(math.log(0.25 / 0.5))
+
+
 def test_a_task_where_the_base_is_at_chance_is_reported_but_not_counted():
     # 0.27 on 400 examples is within 2 standard errors (2 * 0.0217) of chance 0.25
     base = _score(10.0, 10.0, quiz=0.27)

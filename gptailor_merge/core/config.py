@@ -100,6 +100,11 @@ class SearchConfig(_Strict):
                                                          "search (prune and the benchmarks use the "
                                                          "same setting)")
     metric: Literal["acc", "acc_norm"] = Field("acc", description="multiple-choice metric")
+    mc_objective: Literal["likelihood", "accuracy"] = Field(
+        "likelihood", description="what the search compares on multiple-choice tasks: the gold "
+        "choice's cross-entropy over the choices against the dense base's (likelihood: smooth, "
+        "low-noise) or the reported accuracy ratio (accuracy: flips of 1/max_examples); held-out "
+        "numbers always use accuracy")
     chance_z: float = Field(2.0, ge=0, description="leave out of the objective the multiple-choice "
                                                    "tasks on which the dense base does not beat chance "
                                                    "by this many standard errors at the top rung "

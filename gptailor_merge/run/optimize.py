@@ -7,6 +7,7 @@ before any weight loads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -88,8 +89,9 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     ev = config.eval
     evaluator = build_evaluator(config, family, tasks)
     stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
-    extra = (baseline_seed_removals(stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
-                                    s.calibration_texts) if s.seeds else [])
+    extra, calibration_seconds = (
+        run_seed_removals(run_dir, stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
+                          s.calibration_texts) if s.seeds else ([], 0.0))
     result = _search(config, space, evaluator, run_dir, extra, progress)
     budgets = {"max_examples": config.search.max_examples, "rungs": config.search.rungs(),
                "n_trials": config.search.n_trials, "max_examples_clamped_from": clamped and clamped["asked"]}
@@ -111,7 +113,8 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
             repair_best(run_dir, evaluator, best_genome, config, None)
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
                    "best_layer_map": best_genome.describe(),
-                   "search": {**result.summary(), "workers": s.workers, "budgets": budgets},
+                   "search": {**result.summary(), "workers": s.workers, "budgets": budgets,
+                              "seed_calibration_seconds": round(calibration_seconds, 1)},
                    "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
                    "wall_seconds": round(time.perf_counter() - start, 1)}
         write_json_atomic(run_dir / "summary.json", summary)
@@ -122,6 +125,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
     summary["search"]["workers"] = s.workers
     summary["search"]["budgets"] = budgets
+    summary["search"]["seed_calibration_seconds"] = round(calibration_seconds, 1)
     if repair is not None:
         from gptailor_merge.run.repair_run import repair_best
 
@@ -184,21 +188,48 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
         return run_search_async(space, pool, run_dir, **kwargs)
 
 
+# (base folder, calibration texts, n_remove, max_length, dtype, device) -> (removal sets, seconds):
+# a process that runs several searches on one family (the benchmarks) calibrates once
+_SEED_MEMO: dict[tuple, tuple[list[list[int]], float]] = {}
+SEED_FILE = "baseline_seeds.json"
+
+
 def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
-                           ) -> list[list[int]]:
+                           ) -> tuple[list[list[int]], float]:
     """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl),
-    calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds."""
+    calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds.
+    Returns them with the seconds their calibration took when first computed (memoized: greedy-ppl
+    costs as much as many trials, and its result depends only on the key below)."""
     from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
 
     text_tasks = [t for t in tasks if t.kind == "perplexity"]
     if not text_tasks or n_remove == 0:
-        return []
+        return [], 0.0
     texts = calibration_texts(text_tasks, n_texts)
-    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size, max_length=ev.max_length,
-                        prefix_cache_bytes=ev.prefix_cache_bytes)
-    removals = baseline_removals(calib, n_remove)
-    logger.info("baseline seeds: %s", removals)
-    return [list(r) for r in removals.values()]
+    key = (str(stitcher.family.base.path), stitcher.family.n_layers, tuple(texts), n_remove,
+           ev.max_length, ev.dtype, ev.device)
+    if key not in _SEED_MEMO:
+        t0 = time.perf_counter()
+        calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size,
+                            max_length=ev.max_length, prefix_cache_bytes=ev.prefix_cache_bytes)
+        removals = baseline_removals(calib, n_remove)
+        logger.info("baseline seeds: %s", removals)
+        _SEED_MEMO[key] = ([list(r) for r in removals.values()], time.perf_counter() - t0)
+    removals, seconds = _SEED_MEMO[key]
+    return [list(r) for r in removals], seconds
+
+
+def run_seed_removals(run_dir: Path, stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int
+                      ) -> tuple[list[list[int]], float]:
+    """`baseline_seed_removals`, kept in the run folder so a resumed run does not calibrate again
+    (the fingerprint check has already made sure the settings are the run's own)."""
+    path = run_dir / SEED_FILE
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return data["removals"], data["seconds"]
+    removals, seconds = baseline_seed_removals(stitcher, tokenizer, tasks, n_remove, ev, n_texts)
+    write_json_atomic(path, {"removals": removals, "seconds": round(seconds, 3), "n_texts": n_texts})
+    return removals, seconds
 
 
 def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial, path: Path, dtype: str) -> Path:

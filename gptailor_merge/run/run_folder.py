@@ -36,7 +36,7 @@ FINGERPRINT_VERSION = 2
 # settings that change what a trial scores; everything else is a budget or says where trials run
 SCORE_SEARCH_FIELDS = ("optimizer", "merge_methods", "seed", "max_examples", "eta", "n_rungs", "lambda_range",
                        "density_range", "max_sources", "use_candidates", "seeds", "metric", "chance_z",
-                       "seed_fraction", "local_fraction", "calibration_texts")
+                       "mc_objective", "seed_fraction", "local_fraction", "calibration_texts")
 SCORE_EVAL_FIELDS = ("max_length", "dtype")
 # what flags (or --config) given with --resume may change: budgets, and where or how trials run
 RESUME_MAY_CHANGE = ("search.n_trials", "search.time_budget_s", "search.workers", "search.ray_address",

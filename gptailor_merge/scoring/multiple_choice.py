@@ -5,12 +5,16 @@ a choice that already starts with whitespace, like `" 42"` or `"\n    return x"`
 its log-likelihood is the sum of the continuation tokens' log-probs (`_encode_pair`: trailing
 context whitespace moves onto the continuation). acc = argmax log-likelihood is the answer,
 acc_norm = argmax of log-likelihood / len(choice in characters). Mirrors `lm_eval/api/model.py`.
+`choice_nll` (ours) is the cross-entropy of the gold choice under a softmax over the choices'
+log-likelihoods: a continuous companion of acc whose differences between two models on the same
+examples are far less noisy than accuracy's 0/1 flips (what a search compares).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,8 +116,8 @@ def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence
                             *, batch_size: int = 16, max_length: int = 512,
                             progress: bool = False, boundaries: Sequence[int] = ()
                             ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
-    """`multiple_choice`'s metrics plus, per example, `acc` and `acc_norm` (1.0 right, 0.0 wrong):
-    paired intervals resample these."""
+    """`multiple_choice`'s metrics plus, per example, `acc` and `acc_norm` (1.0 right, 0.0 wrong)
+    and `choice_nll` (`gold_choice_nll`): paired intervals resample these."""
     if not examples:
         raise TaskError("no multiple-choice examples to score.")
     requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
@@ -125,6 +129,7 @@ def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence
                          boundaries=[starts[b] for b in boundaries if 0 < b < len(examples)])
     right: list[float] = []
     right_norm: list[float] = []
+    gold_nll: list[float] = []
     start = 0
     for ex in examples:
         scores = lls[start : start + len(ex.choices)]
@@ -132,7 +137,18 @@ def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence
         right.append(float(_argmax(scores) == ex.answer))
         normed = [score / len(choice) for score, choice in zip(scores, ex.choices, strict=True)]
         right_norm.append(float(_argmax(normed) == ex.answer))
+        gold_nll.append(gold_choice_nll(scores, ex.answer))
     n = len(examples)
     logger.debug("multiple choice over %d examples: acc %d/%d", n, sum(right), n)
-    metrics = {"acc": sum(right) / n, "acc_norm": sum(right_norm) / n, "n": n}
-    return metrics, {"acc": tuple(right), "acc_norm": tuple(right_norm)}
+    metrics = {"acc": sum(right) / n, "acc_norm": sum(right_norm) / n,
+               "choice_nll": sum(gold_nll) / n, "n": n}
+    return metrics, {"acc": tuple(right), "acc_norm": tuple(right_norm),
+                     "choice_nll": tuple(gold_nll)}
+
+
+def gold_choice_nll(loglikelihoods: Sequence[float], answer: int) -> float:
+    """-log softmax(loglikelihoods)[answer]: how surely the model prefers the gold choice
+    (log(k) when it cannot tell k choices apart, 0 when it is certain)."""
+    top = max(loglikelihoods)
+    log_z = top + math.log(sum(math.exp(v - top) for v in loglikelihoods))
+    return log_z - loglikelihoods[answer]

@@ -5,6 +5,12 @@ choice: log((acc - chance) / (acc_ref - chance)), counted only where the referen
 `chance_z` binomial standard errors, with acc - chance floored so a collapse costs a large finite
 penalty). `retention_sym` is exp(mean log ratio): a geometric mean, so a specialist that wins one
 task 3x and loses two 3x scores below 1, and on perplexity tasks A vs B = 1 / (B vs A).
+
+`mc="likelihood"` swaps the multiple-choice ratio for the change in the gold choice's
+cross-entropy over the choices (`choice_nll_ref - choice_nll`, in nats like the perplexity
+tasks): the search's objective, because accuracy on a search split of ~100 examples moves in
+flips of 1/n that swamp the differences between neighbouring genomes. Reported numbers use
+accuracy.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.evaluate import Score
@@ -24,6 +31,7 @@ logger = logging.getLogger(__name__)
 # reference solves scores log(0.01 / gap), a large finite penalty instead of -inf
 ABOVE_CHANCE_FLOOR = 0.01
 DEFAULT_CHANCE_Z = 2.0
+McObjective = Literal["accuracy", "likelihood"]
 
 
 def _metric(score: Score, task: str, metric: str, which: str) -> float:
@@ -69,15 +77,21 @@ def mc_log_ratio(acc: float, acc_ref: float, chance: float) -> float:
     return math.log(max(acc - chance, ABOVE_CHANCE_FLOOR) / gap_ref)
 
 
-def log_ratios(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc"
-               ) -> dict[str, float]:
-    """Per task, the log ratio against the reference (higher is better, 0 = as good)."""
+def _nll_gain(score: Score, reference: Score, task: str, key: str) -> float:
+    nll = _metric(score, task, key, "pruned")
+    return _metric(reference, task, key, "reference") - nll if math.isfinite(nll) else -math.inf
+
+
+def log_ratios(score: Score, reference: Score, tasks: Sequence[Task], *, metric: str = "acc",
+               mc: McObjective = "accuracy") -> dict[str, float]:
+    """Per task, the log ratio against the reference (higher is better, 0 = as good); `mc`
+    picks the multiple-choice form (module docstring)."""
     out = {}
     for task in tasks:
         if task.kind == "perplexity":
-            nll = _metric(score, task.name, "nll", "pruned")
-            nll_ref = _metric(reference, task.name, "nll", "reference")
-            out[task.name] = nll_ref - nll if math.isfinite(nll) else -math.inf
+            out[task.name] = _nll_gain(score, reference, task.name, "nll")
+        elif mc == "likelihood":
+            out[task.name] = _nll_gain(score, reference, task.name, "choice_nll")
         else:
             out[task.name] = mc_log_ratio(_metric(score, task.name, metric, "pruned"),
                                           _metric(reference, task.name, metric, "reference"),
@@ -120,11 +134,12 @@ def _geo(values: Sequence[float]) -> float:
 
 def symmetric_retention(score: Score, reference: Score, tasks: Sequence[Task], *,
                         metric: str = "acc", chance_z: float = DEFAULT_CHANCE_Z,
-                        counted: Sequence[str] | None = None) -> Retention:
+                        counted: Sequence[str] | None = None,
+                        mc: McObjective = "accuracy") -> Retention:
     """`retention_sym`, `retention_sym_text` and `worst_task` of `score` against `reference`.
     `counted` fixes the counted tasks (a search decides them once, at its top rung); by default
     they are `counted_tasks(reference, ...)`."""
-    ratios = log_ratios(score, reference, tasks, metric=metric)
+    ratios = log_ratios(score, reference, tasks, metric=metric, mc=mc)
     names = list(counted) if counted is not None else counted_tasks(
         reference, tasks, metric=metric, chance_z=chance_z)
     names = [n for n in names if n in ratios and not math.isnan(ratios[n])]

@@ -57,6 +57,9 @@ class Evaluator:
     # multiple-choice tasks where the dense base is within chance_z standard errors of chance at
     # the top rung are left out of retention and losses (0: every task counts)
     chance_z: float = 0.0
+    # multiple-choice form of the search objective (scoring.objectives): "likelihood" compares the
+    # gold choice's cross-entropy, "accuracy" the reported yardstick's accuracy ratio
+    mc_objective: str = "accuracy"
     _references: dict = field(default_factory=dict)
     _objective: list | None = field(default=None, init=False, repr=False)
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
@@ -120,7 +123,8 @@ class Evaluator:
     def _yardstick(self, score: Score, reference: Score) -> Retention:
         """The yardstick over the objective tasks (scoring.objectives), computed once per rung."""
         return symmetric_retention(score, reference, self.tasks, metric=self.metric,
-                                   counted=[t.name for t in self.objective_tasks()])
+                                   counted=[t.name for t in self.objective_tasks()],
+                                   mc=self.mc_objective)
 
     def losses(self, score: Score, reference: Score) -> dict[str, float]:
         """Per objective task, minus its log ratio against the dense base (lower is better): the
@@ -219,7 +223,8 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
                      metric=config.search.metric, rungs=tuple(config.search.rungs()),
-                     chance_z=config.search.chance_z, prefix_cache_bytes=ev.prefix_cache_bytes)
+                     chance_z=config.search.chance_z, mc_objective=config.search.mc_objective,
+                     prefix_cache_bytes=ev.prefix_cache_bytes)
 
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,
