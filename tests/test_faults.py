@@ -237,6 +237,21 @@ def test_resume_trials_extends_the_run_and_records_it(run_copy):
     assert yaml.safe_load((run_copy / "config.yaml").read_text())["search"]["n_trials"] == 7
 
 
+def test_resume_reuses_the_runs_baseline_seed_removals_without_calibrating(run_copy, monkeypatch):
+    import gptailor_merge.run.optimize as optimize
+
+    stored = json.loads((run_copy / optimize.SEED_FILE).read_text())
+    assert stored["removals"] and all(len(r) == 1 for r in stored["removals"])  # 4 -> 3 layers
+
+    def calibrate(*args, **kwargs):
+        raise AssertionError("a resumed run calibrated its baseline seeds again")
+
+    monkeypatch.setattr(optimize, "baseline_seed_removals", calibrate)
+    assert main(["-q", "optimize", "--resume", str(run_copy), "--trials", "6"]) == 0
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert summary["search"]["seed_calibration_seconds"] == round(stored["seconds"], 1)
+
+
 @pytest.mark.parametrize("flags, named", [(["--seed", "3"], "search.seed"),
                                           (["--layers", "2"], "target.layers"),
                                           (["--optimizer", "RandomSearch"], "search.optimizer"),
@@ -445,6 +460,13 @@ def test_evaluate_a_model_folder_without_tasks_names_them_and_builds_nothing(fam
     assert main(["-q", "evaluate", str(fam[1])]) == 2
     err = _err(capsys)
     assert "--tasks" in err and "prose_cloze" in err
+
+
+def test_evaluate_a_missing_target_names_the_path_before_any_task(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["-q", "evaluate", str(missing), "--tasks", "no_such_task"]) == 2
+    err = _err(capsys)
+    assert str(missing) in err and "does not exist" in err and "no_such_task" not in err
 
 
 def test_a_model_listed_twice_in_a_family_is_an_error(fam, tmp_path, capsys):

@@ -108,6 +108,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptailor_merge.scoring import evaluate_model, load_model_folder, load_task, score_to_json
 
     specs = args.tasks or list(DEMO_TASKS)
+    if not args.target.exists():  # before the tasks: a wrong path is the first thing to fix
+        from gptailor_merge.core.errors import ConfigError
+
+        raise ConfigError(f"evaluate: '{args.target}' does not exist; give a recipe (.yaml) or a "
+                          "model folder (materialize writes one)")
     if not args.tasks and args.target.is_dir():
         from gptailor_merge.core.errors import TaskError
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptailor_merge.core.config import DEFAULT_MAX_LENGTH
 from gptailor_merge.core.errors import ModelNotFoundError, TaskError
 from gptailor_merge.scoring.examples import ChoiceExample, Kind, TextExample
 from gptailor_merge.scoring.multiple_choice import multiple_choice_details
@@ -47,7 +48,7 @@ class Score:
 
 
 def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "search",
-               n_examples: int | None = None, batch_size: int = 16, max_length: int = 512,
+               n_examples: int | None = None, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH,
                progress: bool = False, boundaries: Sequence[int] = ()) -> TaskScore:
     """One task on the first `n_examples` of `split`; `boundaries` as in `evaluate_model`."""
     examples = task.examples(split, n_examples)
@@ -66,7 +67,7 @@ def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "se
 
 def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
                    split: str = "search", n_examples: int | None = None, batch_size: int = 16,
-                   max_length: int = 512, progress: bool = False,
+                   max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
                    boundaries: Sequence[int] = ()) -> Score:
     """Scores every task; a budget-b score uses a prefix of the examples of a budget-B one.
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptailor_merge.core.config import DEFAULT_MAX_LENGTH
 from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
 from gptailor_merge.scoring.examples import ChoiceExample
@@ -63,7 +64,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 
 def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
-                   batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                   batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
                    boundaries: Sequence[int] = ()) -> list[float]:
     """log P(continuation | context) for each (context, continuation); long inputs lose tokens on
     the left, as in lm-eval. `boundaries` (request counts) only change the batching."""
@@ -103,7 +104,7 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample], *,
-                    batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                    batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
                     boundaries: Sequence[int] = ()) -> dict[str, float]:
     """`{"acc", "acc_norm", "n"}` over `examples`; `boundaries` (example counts) only change the
     batching: each becomes the request count of its examples' choices."""
@@ -113,7 +114,7 @@ def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceE
 
 
 def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample],
-                            *, batch_size: int = 16, max_length: int = 512,
+                            *, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH,
                             progress: bool = False, boundaries: Sequence[int] = ()
                             ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
     """`multiple_choice`'s metrics plus, per example, `acc` and `acc_norm` (1.0 right, 0.0 wrong)

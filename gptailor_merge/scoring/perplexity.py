@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptailor_merge.core.config import DEFAULT_MAX_LENGTH
 from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
 from gptailor_merge.scoring.multiple_choice import cached_encode
@@ -32,7 +33,7 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> list[int]:
 
 
 def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16,
-               max_length: int = 512, progress: bool = False, boundaries: Sequence[int] = ()
+               max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False, boundaries: Sequence[int] = ()
                ) -> dict[str, float]:
     """`{"nll", "ppl", "n", "tokens"}` over `texts`; `tokens` counts the predicted tokens.
     `boundaries` (text counts) only change how texts are batched (see `scoring.batching`)."""
@@ -41,7 +42,7 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
 
 
 def perplexity_details(model: nn.Module, tokenizer: Any, texts: Sequence[str], *,
-                       batch_size: int = 16, max_length: int = 512, progress: bool = False,
+                       batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
                        boundaries: Sequence[int] = ()
                        ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
     """`perplexity`'s metrics plus, per text, `nll_sum` and `tokens`: paired intervals resample
