@@ -19,6 +19,10 @@ PROSE_PACKAGES = ("torch", "transformers", "datasets", "nevergrad", "pydantic", 
 CODE_PACKAGES = ("nevergrad", "mergekit", "tqdm", "yaml", "pydantic", "safetensors", "jinja2")
 
 
+# the transfer tasks in the order quality.py scores them (and its intervals draw them)
+TRANSFER_TASKS = ("transfer_prose", "transfer_code")
+
+
 def _chunks(text: str, chars: int) -> list[str]:
     """Whole lines, packed into chunks of about `chars` characters."""
     out, current = [], []
@@ -71,7 +75,7 @@ def transfer_texts(n_texts: int = 64, chars: int = 800) -> tuple[dict[str, list[
             if taken >= 10:
                 break
         sources[f"code:{name}"] = getattr(module, "__version__", "?")
-    texts = {"transfer_prose": prose[:n_texts], "transfer_code": code[:n_texts]}
+    texts = dict(zip(TRANSFER_TASKS, (prose[:n_texts], code[:n_texts]), strict=True))
     digest = hashlib.sha256("\0".join(t for v in texts.values() for t in v).encode()).hexdigest()
     return texts, {"sources": sources, "n_texts": {k: len(v) for k, v in texts.items()},
                    "chars": chars, "sha256": digest}

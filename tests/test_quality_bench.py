@@ -17,12 +17,16 @@ METHODS = [*MEMBERS, "reverse", "shortgpt", "angular", "greedy-ppl", "laco", "un
 SEARCHES = ["gptailor-removal-only", "gptailor-no-seeds", "gptailor-random", "gptailor"]
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def quality():
+    return _load("quality")
 
 
 def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_examples(
@@ -66,6 +70,12 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
     assert "vs_unrepaired" in by["shortgpt+repair"]
+    # compare.py recomputes an interval from the stored per-example values alone, bitwise
+    compare = _load("compare")
+    index = [r["method"] for r in rows].index("gptailor")
+    again = compare.compare(saved, "gptailor", "gptailor-seeds-only", seed=index)
+    assert again["heldout"] == by["gptailor"]["vs_seeds_only"]
+    assert again["transfer"] == by["gptailor"]["transfer_vs_seeds_only"]
     # a member row is `evaluate` on that member's own folder, on the same held-out examples
     from gptailor_merge.cli.app import main as cli
     from gptailor_merge.demo.layout import default_family_dir
