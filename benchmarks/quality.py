@@ -419,7 +419,8 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
         out = runs_dir / f"remove{fraction:g}-{method}"
         config = run_config(family_part, args, remove_fraction=fraction, search=settings,
                             out_dir=str(out))
-        resume = out if (out / "journal.jsonl").is_file() else None
+        # a run folder (config.yaml) resumes, even one killed before its first trial was journaled
+        resume = out if (out / "config.yaml").is_file() else None
         outcome = optimize(config, progress=False, resume=resume, heldout=False)
         s = outcome.summary["search"]
         genome = Genome.from_dict(outcome.summary["best_genome"])

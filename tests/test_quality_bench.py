@@ -114,6 +114,13 @@ def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
     assert last["resumed"] is True and last["removed"] == was["removed"]
     assert last["tasks"] == was["tasks"]  # the journal replayed: the same best recipe and scores
     assert last["search_trial_seconds"] == was["search_trial_seconds"]  # the trials' own time
+    # killed before its first trial was journaled: the run folder (config.yaml) still resumes
+    (out / "q.json").write_text(json.dumps(cut))
+    run = out / "runs" / "remove0.25-gptailor"
+    for name in ("journal.jsonl", "summary.json"):
+        (run / name).unlink()
+    third = quality.main([*argv, "--resume"])
+    assert third["complete"] is True and third["rows"][-1]["removed"] == was["removed"]
     with pytest.raises(SystemExit, match="other settings"):
         quality.main([a if a != "3" else "4" for a in argv] + ["--resume"])  # --trials 4
     stale = json.loads((out / "q.json").read_text())
