@@ -25,14 +25,6 @@ from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap  # 
 N_BOOT = 2000
 
 
-def _score(metrics: dict, per_example: dict):
-    from gptailor_merge.scoring import Score, TaskScore
-
-    return Score("heldout", None, {k: TaskScore(k, dict(m), {p: tuple(map(float, v)) for p, v in
-                                                             per_example.get(k, {}).items()})
-                                   for k, m in metrics.items()})
-
-
 def _row(result: dict, method: str, fraction: float | None) -> dict:
     rows = [r for r in result["rows"] if r["method"] == method
             and (fraction is None or not r["remove_fraction"] or r["remove_fraction"] == fraction)]
@@ -61,9 +53,11 @@ def compare(result: dict, a: str, b: str, fraction: float | None = None, seed: i
     transfer = [SimpleNamespace(name=n, kind="perplexity", chance=0.0) for n in transfer_names]
     metric = result.get("args", {}).get("metric", "acc")
 
+    from quality import score_of  # the one reader of a row's stored scores
+
     def scores(row: dict):
-        return (_score(row["tasks"], row["per_example"]),
-                _score(row["transfer"]["tasks"], row["transfer_per_example"]))
+        return (score_of(row["tasks"], row["per_example"], None),
+                score_of(row["transfer"]["tasks"], row["transfer_per_example"], None))
 
     (sa, ta), (sb, tb), (s0, t0) = scores(ra), scores(rb), scores(base)
     return {"a": a, "b": b, "remove_fraction": ra["remove_fraction"],
