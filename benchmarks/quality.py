@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -449,16 +450,18 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
 
 def repair_rows(bench: Bench, evaluator, calib, tokenizer, fraction: float, genomes: dict,
                 args: argparse.Namespace) -> None:
-    """`<method>+repair`: the same genome with the linear repair of its cuts, fitted on the
-    calibration texts (the search split), scored like every other row."""
+    """`<method>+repair`: the same genome with the linear repair of its cuts, fitted on the first
+    `--repair-texts` search-split texts of each text task, scored like every other row."""
+    from gptailor_merge.baselines import calibration_texts
     from gptailor_merge.repair.fit import repair_model
 
+    texts = calibration_texts([t for t in bench.tasks if t.kind == "perplexity"], args.repair_texts)
     for method, genome in genomes.items():
         name = f"{method}+repair"
         if bench.reuse(name, fraction) is not None:
             continue
         t0 = time.perf_counter()
-        model, info = repair_model(bench.family, genome, calib.texts, max_length=args.max_length,
+        model, info = repair_model(bench.family, genome, texts, max_length=args.max_length,
                                    batch_size=args.batch_size, device=evaluator.stitcher.device,
                                    dtype=args.dtype, stitcher=calib.stitcher, tokenizer=tokenizer)
         seconds = time.perf_counter() - t0
@@ -560,7 +563,7 @@ def footnote(bench: Bench, args: argparse.Namespace) -> str:
 # ---- main -------------------------------------------------------------------------------------
 SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
                  "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype",
-                 "skip_ablations")
+                 "skip_ablations", "repair_texts")
 
 
 def previous_rows(path: Path, result: dict) -> dict[tuple[str, float], dict]:
@@ -621,6 +624,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="score at most this many of the full search's best-so-far changes on "
                         "held-out data for the anytime curve (0: all)")
     p.add_argument("--skip-repair", action="store_true", help="no +repair rows")
+    p.add_argument("--repair-texts", type=int, default=128,
+                   help="search-split texts per text task the +repair rows fit on (a map has "
+                        "hidden_size^2 parameters: more text than a baseline's calibration)")
     args = p.parse_args(argv)
     args.remove = args.remove or list(DEMO_FRACTIONS if args.family == "demo" else SMOLLM2_FRACTIONS)
     bad = [f for f in args.remove if not 0.0 < f < 1.0]
@@ -629,44 +635,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.resume and args.runs_dir is None:
         p.error("--resume needs --runs-dir (the GPTailor journals to resume)")
     if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1,
-           args.transfer_texts) < 1:
-        p.error("--trials, --max-examples, --heldout-examples, --transfer-texts and "
-                "--calibration-texts must be at least 1")
+           args.transfer_texts, args.repair_texts) < 1:
+        p.error("--trials, --max-examples, --heldout-examples, --transfer-texts, "
+                "--calibration-texts and --repair-texts must be at least 1")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.json = args.json or Path(f"benchmarks/results/quality-{args.family}.json")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(argv)
-    setup_torch(args.threads)
-    logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
+@dataclass
+class Setup:
+    """What every row is scored with: the family, both task sets and the scorers (built once)."""
+
+    config: object
+    family_part: dict
+    family: object
+    names: list
+    tasks: list
+    transfer: list
+    transfer_info: dict
+    stitcher: object
+    tokenizer: object
+    evaluator: object
+    transfer_ev: object
+    calib: object
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """The family, the held-out and transfer tasks, the evaluators and the baseline calibration."""
     from transfer import transfer_tasks
     from transformers import AutoTokenizer
 
     from gptailor_merge.baselines import Calibration, calibration_texts
-    from gptailor_merge.core.genome import resolve_target
     from gptailor_merge.materialize.stitch import Stitcher
-    from gptailor_merge.run.optimize import search_space
     from gptailor_merge.run.resolve import load_tasks, resolve_family
     from gptailor_merge.search.search import Evaluator
 
-    started = time.perf_counter()
     family_part = family_config(args)
     config = run_config(family_part, args)
     family, names = resolve_family(config, progress=True)
     tasks = load_tasks(config)
     transfer, transfer_info = transfer_tasks(args.transfer_texts)
-    n_removes = {}
-    for fraction in args.remove:
-        n_removes[fraction] = family.n_layers - resolve_target(family.n_layers, remove_fraction=fraction)
-        if n_removes[fraction] == 0:
-            raise SystemExit(f"--remove {fraction} removes no layer of {family.n_layers}; "
-                             "give a larger fraction")
     text_tasks = [t for t in tasks if t.kind == "perplexity"]
     if not text_tasks:
         raise SystemExit("the baselines calibrate on text (perplexity) tasks; this family has none")
-    ev, n, s = config.eval, config.eval.heldout_examples, config.search
+    ev, s = config.eval, config.search
     stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
     tokenizer = AutoTokenizer.from_pretrained(family.base.path)
     evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size,
@@ -676,10 +689,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             max_length=ev.max_length, prefix_cache_bytes=0)
     calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, args.calibration_texts)),
                         batch_size=ev.batch_size, max_length=ev.max_length)
+    return Setup(config, family_part, family, names, tasks, transfer, transfer_info, stitcher, tokenizer,
+                 evaluator, transfer_ev, calib)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    setup_torch(args.threads)
+    logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
+    from gptailor_merge.core.genome import resolve_target
+    from gptailor_merge.run.optimize import search_space
+
+    started = time.perf_counter()
+    ctx = setup(args)
+    config, family_part, family, names = ctx.config, ctx.family_part, ctx.family, ctx.names
+    tasks, transfer, transfer_info, stitcher, tokenizer = (ctx.tasks, ctx.transfer, ctx.transfer_info,
+                                                           ctx.stitcher, ctx.tokenizer)
+    evaluator, transfer_ev, calib = ctx.evaluator, ctx.transfer_ev, ctx.calib
+    n_removes = {}
+    for fraction in args.remove:
+        n_removes[fraction] = family.n_layers - resolve_target(family.n_layers, remove_fraction=fraction)
+        if n_removes[fraction] == 0:
+            raise SystemExit(f"--remove {fraction} removes no layer of {family.n_layers}; "
+                             "give a larger fraction")
+    n, text_tasks = config.eval.heldout_examples, [t for t in tasks if t.kind == "perplexity"]
     per_fraction = len(BASELINE_METHODS) + 1 + (
         0 if args.skip_ablations else 2 if args.skip_search_ablations else len(SEARCH_ROWS) + 1)
     per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
-    bench = Bench(family, tasks, transfer, s.metric, n, len(names) + len(args.remove) * per_fraction)
+    bench = Bench(family, tasks, transfer, config.search.metric, n, len(names) + len(args.remove) * per_fraction)
     print(f"quality: {args.family} family ({', '.join(names)}), {family.n_layers} layers, removing "
           f"{', '.join(f'{f:g} ({k} layers)' for f, k in n_removes.items())}; held-out examples "
           f"per task: {n or 'all'}", flush=True)
@@ -696,7 +733,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "transfer": transfer_info,
         "calibration": {"split": "search", "tasks": [t.name for t in text_tasks],
                         "n_examples_per_task": args.calibration_texts, "n_texts": len(calib.texts),
-                        "used_by": ["baselines", "search baseline seeds", "repair"]},
+                        "used_by": ["baselines", "search baseline seeds"],
+                        "repair_examples_per_task": None if args.skip_repair else args.repair_texts},
         "complete": False, "rows": bench.rows,
     }
     if args.resume and args.json.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ SEARCHES = ["gptailor-removal-only", "gptailor-no-seeds", "gptailor-random", "gp
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -90,6 +92,19 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     printed = capsys.readouterr().out
     assert "| method | remove | layers |" in printed
     assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == len(METHODS)
+
+    # repair_rows.py re-derives the +repair rows from the stored genomes: with this code, bitwise
+    repair_rows = _load("repair_rows")
+    again = repair_rows.main(["--from", str(out / "q.json"), "--json", str(out / "r.json"), "--threads", "1"])
+    assert again["verified"]["shortgpt"]["max_abs_diff"] == 0.0
+    assert [r["method"] for r in again["rows"]] == METHODS[-3:]
+    for row in again["rows"]:
+        assert row["per_example"] == by[row["method"]]["per_example"], row["method"]
+        assert row["vs_unrepaired"] == by[row["method"]]["vs_unrepaired"]
+    saved["rows"][MEMBERS.__len__() + 1]["per_example"]["ppl_prose"]["nll_sum"][0] += 0.5  # shortgpt
+    (out / "tampered.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="no longer scores as stored"):
+        repair_rows.main(["--from", str(out / "tampered.json"), "--json", str(out / "t.json")])
 
 
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(

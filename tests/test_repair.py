@@ -128,6 +128,32 @@ def test_an_exact_identity_block_gets_the_identity_map(identity_family):
     assert info.fits[0].error_repaired < 1e-5 and info.fits[0].n_tokens > 32
 
 
+def test_self_target_gives_the_identity_map_on_a_merged_prefix_where_the_base_target_does_not(identity_family):
+    """Removed base layer 2 is an identity, the kept layers before it come from fine-tunes: put back
+    into the candidate's own stream it adds nothing (T = I), while the dense base's state differs
+    from the candidate's by the whole merged prefix, which the `base` target asks the map to undo."""
+    genome = Genome.from_choices(4, 3, [2], [(0, 1), (2,), (), (0, 2)])
+    kwargs = dict(ridge=0.0, batch_size=8, max_length=32)
+    _, own = repair_model(identity_family, genome, _texts(), target="self", **kwargs)
+    _, base = repair_model(identity_family, genome, _texts(), target="base", **kwargs)
+    assert own.target == "self" and base.target == "base"
+    assert (own.maps[1] - torch.eye(32, dtype=torch.float64)).abs().max() < 1e-3
+    assert own.fits[0].error_repaired < 1e-5
+    assert base.fits[0].error_unrepaired > 0.05 and base.fits[0].error_repaired > 0.01
+
+
+def test_both_targets_agree_on_a_base_only_genome_with_one_run(llama_family):
+    """There the candidate with the run put back is the dense base, so the targets are the same."""
+    genome = Genome.base_only(4, 3, removed=[2])
+    kwargs = dict(ridge=1e-4, batch_size=8, max_length=32)
+    _, own = repair_model(llama_family, genome, _texts(), target="self", **kwargs)
+    _, base = repair_model(llama_family, genome, _texts(), target="base", **kwargs)
+    assert torch.allclose(own.maps[1], base.maps[1], atol=1e-6, rtol=1e-6)
+    assert own.fits[0].error_unrepaired > 0.01  # the block does something: the test can fail
+    with pytest.raises(RepairError, match="unknown repair target 'dense'"):
+        repair_model(llama_family, genome, _texts(), target="dense", **kwargs)
+
+
 @pytest.mark.parametrize("family_name", ["llama_family", "mistral_family"])
 def test_repair_lowers_the_fit_error_run_by_run(family_name, request):
     family = request.getfixturevalue(family_name)
@@ -181,12 +207,13 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
 
     recipe, folder = tmp_path / "pruned.yaml", tmp_path / "pruned_repaired"
     rc = main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"), "--out", str(recipe),
-               "--n-calibration", "12", "--repair", "linear", "--repair-out", str(folder)])
+               "--n-calibration", "5", "--repair", "linear", "--repair-texts", "12", "--repair-out", str(folder)])
     assert rc == 0, capsys.readouterr().err
     assert {"model.safetensors", "config.json", "mergekit_config.yml", "repair.safetensors",
             "repair.json"} <= {p.name for p in folder.iterdir()}
     body = json.loads((folder / "repair.json").read_text())
-    assert body["settings"]["n_texts"] == 12 and body["settings"]["target"] == "base"
+    # the repair fits on its own count of texts, not the baseline's 5
+    assert body["settings"]["n_texts"] == 12 and body["settings"]["target"] == "self"
     assert body["result"]["runs"][0]["removed"] == [2] and body["result"]["runs"][0]["layer"] == 1
     maps = load_file(str(folder / "repair.safetensors"))
     assert set(maps) == {"layer.1"} and maps["layer.1"].dtype == torch.float64

@@ -54,6 +54,9 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     from gptailor_merge.cli.repair import add_repair_flag
 
     add_repair_flag(p)
+    p.add_argument("--repair-texts", type=int, default=None, metavar="N",
+                   help="repair: search-split texts per calibration task to fit on (default 128; the "
+                        "map has hidden_size^2 parameters, so it needs more text than a baseline)")
     p.add_argument("--repair-out", type=Path, metavar="DIR",
                    help="repair: the repaired model folder (default: OUT without suffix + '_repaired'); "
                         "fitted on the same calibration texts as the baseline")
@@ -98,12 +101,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     outcome = prune(_config(args), method, args.out, calibration=args.calibration,
                     n_calibration=args.n_calibration, options=_options(args, method),
                     overwrite=args.overwrite, progress=not args.quiet, repair=args.repair,
-                    repair_out=args.repair_out, ridge=args.ridge)
+                    repair_out=args.repair_out, ridge=args.ridge,
+                    repair_texts=args.repair_texts)
     removed = outcome.result.removed
     kind = "model folder" if outcome.result.collapsed is not None else "recipe"
     print(f"{method}: removed layers {removed} of {outcome.n_layers} "
           f"(calibrated on {outcome.n_texts} texts of {', '.join(outcome.calibration_tasks)}, search split)")
     print(f"wrote {kind} {outcome.out}")
     if outcome.repaired is not None:
-        print(f"wrote repaired model folder {outcome.repaired} ({args.repair} repair, same calibration texts)")
+        print(f"wrote repaired model folder {outcome.repaired} ({args.repair} repair, the same calibration tasks' search split)")
     return 0

@@ -27,7 +27,7 @@ def add_materialize_repair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", nargs="+", metavar="TASK",
                    help="repair: text tasks to fit on (search split), when no --repair-settings")
     p.add_argument("--n-calibration", type=int, default=None,
-                   help="repair: search-split texts per calibration task (default 32)")
+                   help="repair: search-split texts per calibration task (default 128)")
 
 
 def materialize_repair(args: argparse.Namespace) -> Path:

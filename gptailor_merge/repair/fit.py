@@ -6,12 +6,17 @@ residual stream is after the run; `T` is then fused into layer `i`'s down projec
 keeps the standard architecture. Takes a Family, a Genome and texts; returns the stitched,
 repaired model and the maps. Never changes the family's tensors or the stitcher's cached layers.
 
-Target: the dense **base**'s hidden state after the run's last removed layer, not a fine-tune's.
-The base is the one family member defined at every removed position (a genome chooses sources only
-for kept layers, so "the family's" state there does not exist), its final norm and LM head are the
-tailored model's own, and every fine-tune was trained from the base's residual stream, so the later
-kept layers (base, selected or merged) all expect it. It is also the ReplaceMe target, which keeps
-repaired baselines (base-only genomes) comparable to the paper.
+Target (`target`): whose hidden state after the run's last removed layer `M T` should reach.
+- `self` (default): the candidate's own stream with the run put back, i.e. the base's removed
+  layers applied to the tailored model's residual stream at layer `i` (the earlier runs already
+  repaired). `H - Y` is then exactly what the removed block would have added here, which is what a
+  linear map on `M` can stand in for. The base is the one family member defined at every removed
+  position (a genome chooses sources only for kept layers).
+- `base`: the dense base's own hidden state (ReplaceMe's target for a single model). For a
+  base-only genome with one run both targets are the same; for a merged genome they are not: the
+  merged prefix's stream differs from the base's, so `H - Y` then also asks the map to undo the
+  merge, which one map on one MLP output cannot do (SmolLM2 at 25%: relative fit error 0.95 at
+  the second run, and the repaired model's prose perplexity 9x the unrepaired one's).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import nn
 
 from gptailor_merge.baselines.hidden import encode_all
 from gptailor_merge.core.errors import RepairError
-from gptailor_merge.core.genome import Genome
+from gptailor_merge.core.genome import Genome, LayerSpec
 from gptailor_merge.family.architecture import DecoderLayout
 from gptailor_merge.family.family import Family
 from gptailor_merge.scoring.batching import length_sorted_batches, model_device, pad_right
@@ -39,7 +44,13 @@ DEFAULT_RIDGE = 1e-4
 small enough to leave a well-posed fit unchanged, large enough that a rank-deficient M (few
 calibration tokens, dead MLP directions) gives a finite map instead of a singular solve."""
 
-TARGET = "base"
+TOKENS_PER_DIM = 10
+"""Below this many calibration tokens per hidden dimension a repair warns: each of the map's
+`hidden` output columns is a regression on `hidden` inputs. SmolLM2 (hidden 576) at 25%:
+2k tokens (3.5 per dimension) overfit and hurt transfer text, 17k (30 per dimension) helped."""
+
+TARGET = "self"
+TARGETS = ("self", "base")
 
 
 @dataclass(frozen=True)
@@ -244,18 +255,21 @@ def _dense_targets(model: nn.Module, family: Family, runs: Sequence[RemovedRun],
     return out
 
 
-def _candidate_sums(model: nn.Module, family: Family, run: RemovedRun, batches: _Batches,
-                    targets: list[torch.Tensor]) -> NormalEquations:
-    """Runs the tailored model up to the kept layer before `run` and sums the normal equations of
-    M T ~ H - Y, with M its MLP output and Y the residual stream that M is added to."""
-    layer = DecoderLayout.of_family(family).layers(model)[run.position]
-    where = f"layer {run.layer_idx} ({type(layer).__name__})"
+def _candidate_sums(model: nn.Module, family: Family, position: int, where: str, batches: _Batches,
+                    targets: list[torch.Tensor] | int) -> NormalEquations:
+    """Runs `model` up to its layer at `position` (the kept layer before the run) and sums the
+    normal equations of M T ~ H - Y, with M that layer's MLP output and Y the residual stream M is
+    added to. `targets`: H per batch (precomputed), or the position in `model` whose output is H
+    (the run put back in the same model, so Y and H come from one pass)."""
+    layers = DecoderLayout.of_family(family).layers(model)
+    layer = layers[position]
     down_projection(layer, where)
     norm = getattr(layer, "post_attention_layernorm", None)
     if not isinstance(norm, nn.Module):
         raise RepairError(f"{where} has no `post_attention_layernorm` before its MLP; linear repair "
                           "supports Llama-style decoder layers (Llama, Mistral, Qwen2)")
     stack, device = DecoderLayout.of_family(family).stack(model), model_device(model)
+    target_layer = layers[targets] if isinstance(targets, int) else None
     seen: dict[str, torch.Tensor] = {}
 
     def residual_hook(module: nn.Module, args: tuple) -> None:
@@ -266,11 +280,18 @@ def _candidate_sums(model: nn.Module, family: Family, run: RemovedRun, batches: 
 
     def layer_hook(module: nn.Module, args: tuple, output: Any) -> None:
         seen["out"] = _output(output)
+        if target_layer is None:
+            raise _Stop
+
+    def target_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        seen["h"] = _output(output)
         raise _Stop
 
     eq = NormalEquations()
     handles = [norm.register_forward_pre_hook(residual_hook), layer.mlp.register_forward_hook(mlp_hook),
                layer.register_forward_hook(layer_hook)]
+    if target_layer is not None:
+        handles.append(target_layer.register_forward_hook(target_hook))
     try:
         with torch.inference_mode():
             for b, (input_ids, mask) in enumerate(batches):
@@ -281,11 +302,18 @@ def _candidate_sums(model: nn.Module, family: Family, run: RemovedRun, batches: 
                 if b == 0 and not torch.allclose((y + m).float(), out.float(), rtol=1e-2, atol=1e-3):
                     raise RepairError(f"{where}: its output is not residual + MLP output, so a map on "
                                       "the MLP output cannot repair it; use this model without --repair")
-                eq.add(m, targets[b].double() - y.double())
+                h = seen["h"][keep] if target_layer is not None else targets[b]
+                eq.add(m, h.double() - y.double())
     finally:
         for handle in handles:
             handle.remove()
     return eq
+
+
+def restored(genome: Genome, run: RemovedRun) -> Genome:
+    """`genome` with the run's layers put back as the base's own: the candidate before this cut."""
+    layers = sorted([*genome.layers, *(LayerSpec(i) for i in run.removed)], key=lambda s: s.layer_idx)
+    return Genome(genome.n_layers, genome.n_candidates, tuple(layers), method=genome.method)
 
 
 # ---- the public entry point ---------------------------------------------------------------------
@@ -304,6 +332,7 @@ def repair_model(
     calibration_texts: Sequence[str],
     *,
     ridge: float = DEFAULT_RIDGE,
+    target: str = TARGET,
     max_length: int = 256,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -333,18 +362,34 @@ def repair_model(
     for run in skipped:
         logger.warning("layers %s: a run starting at layer 0 has no kept layer before it; left unrepaired",
                        list(run))
+    if target not in TARGETS:
+        raise RepairError(f"unknown repair target {target!r}; use one of {', '.join(TARGETS)}")
     settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
-                    batch_size=batch_size)
+                    batch_size=batch_size, target=target)
     if not runs:
         return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
     batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)
-    dense = Genome.base_only(family.n_layers, family.n_candidates)
-    targets = _dense_targets(stitcher.build(dense), family, runs, batches)
+    targets: list[Any] = [None] * len(runs)
+    if target == "base":
+        dense = Genome.base_only(family.n_layers, family.n_candidates)
+        targets = _dense_targets(stitcher.build(dense), family, runs, batches)
     maps: dict[int, torch.Tensor] = {}
     fits: list[RunFit] = []
     for k, run in enumerate(runs):
-        model = apply_maps(stitcher.build(genome), family, genome, maps)
-        eq = _candidate_sums(model, family, run, batches, targets[k])
+        where = f"layer {run.layer_idx}"
+        if target == "base":
+            model = apply_maps(stitcher.build(genome), family, genome, maps)
+            eq = _candidate_sums(model, family, run.position, where, batches, targets[k])
+            targets[k] = None  # free the run's targets
+        else:
+            put_back = restored(genome, run)
+            model = apply_maps(stitcher.build(put_back), family, put_back, maps)
+            eq = _candidate_sums(model, family, run.position, where, batches,
+                                 put_back.kept.index(run.removed[-1]))
+        if k == 0 and eq.n_rows < TOKENS_PER_DIM * eq.gram.shape[0]:
+            logger.warning("repair: %d calibration tokens for a %d x %d map (under %d per dimension); the "
+                           "maps may overfit them and hurt other text: give more calibration texts",
+                           eq.n_rows, eq.gram.shape[0], eq.gram.shape[0], TOKENS_PER_DIM)
         t = fit_linear_map(eq, ridge)
         identity = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
         fit = RunFit(run, eq.n_rows, eq.residual(identity), eq.residual(t))
@@ -352,6 +397,5 @@ def repair_model(
                     list(run.removed), run.layer_idx, fit.error_unrepaired, fit.error_repaired, fit.n_tokens)
         maps[run.layer_idx] = t.cpu()
         fits.append(fit)
-        targets[k] = []  # free the run's targets
     model = apply_maps(stitcher.build(genome), family, genome, maps)
     return model, RepairInfo(maps, tuple(fits), tuple(skipped), **settings)

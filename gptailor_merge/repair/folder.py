@@ -26,6 +26,12 @@ from gptailor_merge.repair.fit import DEFAULT_RIDGE, TARGET, RepairInfo, repair_
 logger = logging.getLogger(__name__)
 
 REPAIR_METHODS = ("linear",)
+REPAIR_TEXTS = 128
+"""Search-split texts per text task a repair fits on by default. The map has hidden_size**2
+parameters: on SmolLM2 (hidden 576) at 25% removal, 8 texts per task (2k tokens) overfit and the
+repair raised transfer perplexity, 64 (17k tokens) lowered it (benchmarks/README, "Repair")."""
+TARGET_WORDS = {"self": "this model's own hidden state with each removed run put back (the base's layers)",
+                "base": "the dense base's hidden state"}
 SETTINGS_FILE = "repair.json"
 MAPS_FILE = "repair.safetensors"
 RECIPE_FILE = "mergekit_config.yml"
@@ -41,13 +47,15 @@ class RepairSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["linear"] = Field("linear", description="repair method")
-    target: Literal["base"] = Field(TARGET, description="whose hidden state after a removed run is matched")
+    target: Literal["self", "base"] = Field(
+        TARGET, description="whose hidden state after a removed run is matched: the candidate's own with the "
+                            "run put back (self) or the dense base's (base); see repair.fit")
     tasks: tuple[str, ...] = Field(description="calibration text tasks, as specs that load without a "
                                                "registry (JSONL paths, hf:/disk: specs)")
     task_names: tuple[str, ...] = Field((), description="the tasks' names (for people)")
     split: Literal["search"] = Field("search", description="calibration always uses the search split")
     seed: int = Field(0, description="task example order seed")
-    n_examples_per_task: int | None = Field(32, ge=1, description="search-split texts per task (None: all)")
+    n_examples_per_task: int | None = Field(REPAIR_TEXTS, ge=1, description="search-split texts per task (None: all)")
     max_length: int = Field(256, ge=2, description="tokens per text (BOS included)")
     batch_size: int = Field(16, ge=1, description="texts per forward pass")
     ridge: float = Field(DEFAULT_RIDGE, ge=0.0, description="ridge, relative to mean diag(M^T M)")
@@ -179,7 +187,8 @@ def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSetti
                     tokenizer: Any = None, overwrite: bool = False) -> tuple[Path, RepairInfo]:
     """Fit the repair of `genome` with `settings` and write the repaired folder."""
     texts = list(texts) if texts is not None else calibration_for(settings)
-    model, info = repair_model(family, genome, texts, ridge=settings.ridge, max_length=settings.max_length,
+    model, info = repair_model(family, genome, texts, ridge=settings.ridge, target=settings.target,
+                               max_length=settings.max_length,
                                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
                                stitcher=stitcher, tokenizer=tokenizer)
     settings = settings.model_copy(update={"n_texts": len(texts), "texts_sha256": texts_digest(texts)})
@@ -224,19 +233,16 @@ def check_repair_output(repair: str, method: str, out: Path, repair_out: str | o
 
 
 def repair_pruned(calib: Any, genome: Any, recipe: Any, specs: Sequence[str], config: Any,
-                  n_calibration: int | None, out_dir: Path, *, ridge: float | None = None,
+                  n_texts: int | None, out_dir: Path, *, ridge: float | None = None,
                   overwrite: bool = False) -> Path:
-    """`prune --repair linear`: repair the baseline's genome on its own calibration texts."""
+    """`prune --repair linear`: repair the baseline's genome on the search split of its calibration
+    tasks (`n_texts` per task, the repair's own count: it fits far more parameters than a baseline)."""
     ev = config.eval
-    settings = settings_for(specs, seed=config.search.seed, n_examples_per_task=n_calibration,
+    settings = settings_for(specs, seed=config.search.seed, n_examples_per_task=n_texts,
                             max_length=ev.max_length, batch_size=ev.batch_size, dtype=ev.dtype, device=ev.device,
                             ridge=DEFAULT_RIDGE if ridge is None else ridge)
-    texts = calibration_for(settings)
-    if texts != list(calib.texts):  # the folder must be rebuildable from its settings alone
-        raise RepairError(f"the repair settings' tasks {settings.tasks} do not give the baseline's calibration "
-                          "texts; pass the calibration tasks as JSONL files (--calibration)")
-    folder, _ = repair_and_save(calib.family, genome, recipe, settings, out_dir, texts=texts,
-                                stitcher=calib.stitcher, tokenizer=calib.tokenizer, overwrite=overwrite)
+    folder, _ = repair_and_save(calib.family, genome, recipe, settings, out_dir, stitcher=calib.stitcher,
+                                tokenizer=calib.tokenizer, overwrite=overwrite)
     return folder
 
 
@@ -259,7 +265,8 @@ def card_section(folder: Path) -> list[str]:
              f"Calibration: the first {s.get('n_examples_per_task')} search-split texts of each of "
              f"{', '.join(s.get('task_names') or s.get('tasks', []))} ({s.get('n_texts')} texts, at most "
              f"{s.get('max_length')} tokens each; sha256 of the texts `{s.get('texts_sha256')}`), ridge "
-             f"{s.get('ridge')}, fitted in float64 on {s.get('device')} against the dense base's hidden state.", ""]
+             f"{s.get('ridge')}, fitted in float64 on {s.get('device')} against "
+             f"{TARGET_WORDS.get(s.get('target', 'base'), s.get('target'))}.", ""]
     if runs:
         lines += ["| removed layers | map fused into layer | calibration tokens | relative error unrepaired | "
                   "repaired |", "|---|---|---|---|---|"]

@@ -88,9 +88,10 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
           calibration: Sequence[str] | None = None, n_calibration: int | None = 32,
           options: dict[str, Any] | None = None, overwrite: bool = False,
           progress: bool = True, repair: str | None = None, repair_out: str | os.PathLike | None = None,
-          ridge: float | None = None) -> PruneOutcome:
+          ridge: float | None = None, repair_texts: int | None = None) -> PruneOutcome:
     """Prune `config`'s family to `config.target` with baseline `method`; write `out`. With `repair`
-    ("linear"), also the repaired model folder `repair_out`, fitted on the same calibration texts."""
+    ("linear"), also the repaired model folder `repair_out`, fitted on the search split of the same
+    calibration tasks, `repair_texts` per task (default `repair.folder.REPAIR_TEXTS`)."""
     from transformers import AutoTokenizer
 
     from gptailor_merge.materialize.stitch import Stitcher
@@ -101,6 +102,8 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
     out = Path(out)
     if n_calibration is not None and n_calibration < 1:
         raise ConfigError(f"--n-calibration must be at least 1, got {n_calibration}")
+    if repair_texts is not None and repair_texts < 1:
+        raise ConfigError(f"--repair-texts must be at least 1, got {repair_texts}")
     _check_output(method, out, overwrite)
     if repair is not None:
         from gptailor_merge.repair.folder import check_repair_output
@@ -132,8 +135,8 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
         path = recipe.save(out)
     repaired = None
     if repair is not None:
-        from gptailor_merge.repair.folder import repair_pruned
+        from gptailor_merge.repair.folder import REPAIR_TEXTS, repair_pruned
 
         repaired = repair_pruned(calib, result.genome, recipe, calibration or config.tasks, config,
-                                 n_calibration, repair_out, ridge=ridge, overwrite=overwrite)
+                                 repair_texts or REPAIR_TEXTS, repair_out, ridge=ridge, overwrite=overwrite)
     return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts), repaired)

@@ -1,6 +1,6 @@
 """`optimize --repair linear`: the run's best recipe, repaired, as RUN_DIR/best_model_repaired/.
 
-Calibrated on the search split of the run's text tasks (the texts the baseline seeds used); scored
+Calibrated on the search split of the run's text tasks (`REPAIR_TEXTS` per task); scored
 on the held-out split and added to summary.json as its own row. The repaired model is scored as a
 model, never through the evaluator's genome-keyed prefix cache (which knows only unrepaired layers).
 """
@@ -17,7 +17,6 @@ from gptailor_merge.materialize.recipe import Recipe
 logger = logging.getLogger(__name__)
 
 REPAIRED_DIR = "best_model_repaired"
-N_CALIBRATION = 32  # search-split texts per text task, as optimize's baseline seeds use
 
 
 def check_repair(method: str, tasks: Any) -> None:
@@ -35,10 +34,15 @@ def repair_best(run_dir: Path, evaluator: Any, best_genome: Genome, config: Any,
                 ridge: float | None = None) -> Path:
     """Write the repaired best model; with a held-out `summary`, score it and append its row."""
     from gptailor_merge.repair.fit import DEFAULT_RIDGE
-    from gptailor_merge.repair.folder import calibration_for, repair_and_save, settings_for
+    from gptailor_merge.repair.folder import (
+        REPAIR_TEXTS,
+        calibration_for,
+        repair_and_save,
+        settings_for,
+    )
 
     ev = config.eval
-    settings = settings_for(config.tasks, seed=config.search.seed, n_examples_per_task=N_CALIBRATION,
+    settings = settings_for(config.tasks, seed=config.search.seed, n_examples_per_task=REPAIR_TEXTS,
                             max_length=ev.max_length, batch_size=ev.batch_size, dtype=ev.dtype, device=ev.device,
                             ridge=DEFAULT_RIDGE if ridge is None else ridge)
     recipe = Recipe.load(run_dir / "best.yaml")
