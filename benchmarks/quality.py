@@ -498,7 +498,8 @@ def comparisons(bench: Bench) -> None:
             row["vs_best_baseline"], row["transfer_vs_best_baseline"] = diff(row, best, i)
             row["vs_best_baseline"]["baseline"] = best["method"]
         seeds = by_key.get(("gptailor-seeds-only", fraction))
-        if row["method"].startswith("gptailor") and seeds is not None and seeds is not row:
+        searched = row["method"].startswith("gptailor") and not row["method"].endswith("+repair")
+        if searched and seeds is not None and seeds is not row:
             row["vs_seeds_only"], row["transfer_vs_seeds_only"] = diff(row, seeds, i)
         if row["method"].endswith("+repair"):
             plain = by_key.get((row["method"].removesuffix("+repair"), fraction))

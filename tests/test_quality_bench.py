@@ -72,6 +72,7 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
     assert "vs_unrepaired" in by["shortgpt+repair"]
+    assert "vs_unrepaired" in by["gptailor+repair"] and "vs_seeds_only" not in by["gptailor+repair"]
     # compare.py recomputes an interval from the stored per-example values alone, bitwise
     compare = _load("compare")
     index = [r["method"] for r in rows].index("gptailor")
