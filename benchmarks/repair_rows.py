@@ -91,21 +91,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     old = json.loads(args.source.read_text())
     if not old.get("complete"):
         raise SystemExit(f"--from {args.source}: the quality run is not complete; finish it first")
+    reference = [r for r in old["rows"] if not r["method"].endswith("+repair")
+                 and r["remove_fraction"] in (0.0, args.fraction)]
+    present = {r["method"] for r in reference}
+    needed = dict.fromkeys(("member-base", *Q.REPAIRED_BASELINES, "gptailor", *args.verify))
+    missing = [m for m in needed if m not in present]
+    if missing:
+        raise SystemExit(f"--from {args.source} has no {', '.join(missing)} row at remove "
+                         f"{args.fraction:g}; give the fraction its searches ran at (--fraction)")
     qargs = Q.parse_args(quality_argv(old["args"], args.threads, args.repair_texts))
     started = time.perf_counter()
     ctx = Q.setup(qargs)
-    reference = [r for r in old["rows"] if not r["method"].endswith("+repair")
-                 and r["remove_fraction"] in (0.0, args.fraction)]
     bench = Q.Bench(ctx.family, ctx.tasks, ctx.transfer, ctx.config.search.metric,
                     ctx.config.eval.heldout_examples, len(reference) + len(Q.REPAIRED_BASELINES) + 1)
     bench.rows = list(reference)
     base = next(r for r in reference if r["method"] == "member-base")
     bench.base, bench.counted = bench.scores(base), old["counted_tasks"]
     by_method = {r["method"]: r for r in reference}
-    missing = [m for m in (*Q.REPAIRED_BASELINES, "gptailor", *args.verify) if m not in by_method]
-    if missing:
-        raise SystemExit(f"--from {args.source} has no {', '.join(missing)} row at remove "
-                         f"{args.fraction:g}; give the fraction its searches ran at (--fraction)")
 
     verified = {}
     for method in args.verify:
