@@ -15,7 +15,7 @@ Target (`target`): whose hidden state after the run's last removed layer `M T` s
 - `base`: the dense base's own hidden state (ReplaceMe's target for a single model). For a
   base-only genome with one run both targets are the same; for a merged genome they are not: the
   merged prefix's stream differs from the base's, so `H - Y` then also asks the map to undo the
-  merge, which one map on one MLP output cannot do (SmolLM2 at 25%: relative fit error 0.95 at
+  merge, which one map on one MLP output cannot do (SmolLM2 at 25%: relative fit error still 0.95 at
   the second run, and the repaired model's prose perplexity 9x the unrepaired one's).
 """
 
