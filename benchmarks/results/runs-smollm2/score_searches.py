@@ -1,11 +1,18 @@
 """Ad-hoc: held-out rows of the finished SmolLM2 ablation searches (journals at 18c37b8) with quality.py's own
 functions, against the stored rows of quality-smollm2.json; paired intervals. Not a quality.py table."""
-import json, sys
+import json
+import sys
 from pathlib import Path
-sys.path.insert(0, "/work/bench2/benchmarks"); sys.path.insert(0, "/work/bench2")
-import quality as Q
+
+# run from a worktree at 300c6ee: its benchmarks/ (quality.py, compare.py) and package
+sys.path.insert(0, "/work/bench2/benchmarks")
+sys.path.insert(0, "/work/bench2")
+import quality as Q  # noqa: E402
+from compare import compare  # noqa: E402
+
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring.intervals import interval_text
+
 old = json.loads(Path("/work/sm-out/quality-smollm2.json").read_text())
 args = Q.parse_args(["--family", "smollm2", "--remove", "0.25", "--trials", "60", "--max-examples", "27",
                      "--heldout-examples", "128", "--calibration-texts", "8", "--threads", "1"])
@@ -26,7 +33,6 @@ for name in sys.argv[1:]:
               winner_origin=s["winner_origin"], winner_from_seed=s["winner_from_seed"], removed=list(genome.removed))
 Q.comparisons(bench)
 by = {r["method"]: r for r in bench.rows}
-from compare import compare
 saved = {"rows": bench.rows, "tasks": old["tasks"], "counted_tasks": old["counted_tasks"], "args": old["args"]}
 for name in sys.argv[1:]:
     c = compare(saved, "gptailor", name, fraction=0.25)
