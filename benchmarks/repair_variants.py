@@ -15,26 +15,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality as Q  # noqa: E402
-from transfer import transfer_tasks
-from transformers import AutoTokenizer
+from repair_rows import genome_of  # noqa: E402
 
-from gptailor_merge.baselines import calibration_texts
-from gptailor_merge.core.genome import Genome
-from gptailor_merge.materialize.stitch import Stitcher
-from gptailor_merge.repair.fit import repair_model
-from gptailor_merge.run.resolve import load_tasks, resolve_family
-from gptailor_merge.scoring import evaluate_model
+from gptailor_merge.baselines import calibration_texts  # noqa: E402
+from gptailor_merge.core.genome import Genome  # noqa: E402
+from gptailor_merge.repair.fit import repair_model  # noqa: E402
+from gptailor_merge.scoring import evaluate_model  # noqa: E402
 
 fam_name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
-args = Q.parse_args(["--family", fam_name, "--threads", "1"])
+args = Q.parse_args(["--family", fam_name, "--threads", "1", "--transfer-texts", "48"])
 Q.setup_torch(1)
-config = Q.run_config(Q.family_config(args), args)
-family, names = resolve_family(config, progress=False)
-tasks = load_tasks(config)
-text = [t for t in tasks if t.kind == "perplexity"]
-transfer, _ = transfer_tasks(48)
-stitcher = Stitcher(family, device="cpu", dtype="float32")
-tok = AutoTokenizer.from_pretrained(family.base.path)
+ctx = Q.setup(args)
+family, stitcher, tok, transfer = ctx.family, ctx.stitcher, ctx.tokenizer, ctx.transfer
+text = [t for t in ctx.tasks if t.kind == "perplexity"]
 results = Path(__file__).resolve().parent / "results"
 res = json.loads((results / ("quality-smollm2.json" if fam_name == "smollm2" else "quality-demo-25.json")).read_text())
 out_path = Path(sys.argv[2]) if len(sys.argv) > 2 else results / f"repair-variants-{fam_name}.json"
@@ -50,9 +43,7 @@ def rep(d):
     tr_t = [base[k] - d[k] for k in base if k.startswith("transfer")]
     return {"text": math.exp(sum(fam_t)/len(fam_t)), "transfer": math.exp(sum(tr_t)/len(tr_t)),
             **{k: round(math.exp(d[k]), 1) for k in d}}
-genomes = {"shortgpt": Genome.base_only(family.n_layers, family.n_candidates, rows["shortgpt"]["removed"]),
-           "greedy-ppl": Genome.base_only(family.n_layers, family.n_candidates, rows["greedy-ppl"]["removed"]),
-           "gptailor": Genome.from_dict(rows["gptailor"]["genome"])}
+genomes = {m: genome_of(rows[m], family) for m in ("shortgpt", "greedy-ppl", "gptailor")}
 variants = [("none", None), ("base/8/1e-4", ("base", 8, 1e-4)), ("self/8/1e-4", ("self", 8, 1e-4)),
             ("self/64/1e-4", ("self", 64, 1e-4)), ("base/64/1e-4", ("base", 64, 1e-4)),
             ("self/64/1e-2", ("self", 64, 1e-2)), ("self/64/1e-1", ("self", 64, 1e-1))]

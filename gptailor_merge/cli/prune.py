@@ -59,7 +59,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
                         "map has hidden_size^2 parameters, so it needs more text than a baseline)")
     p.add_argument("--repair-out", type=Path, metavar="DIR",
                    help="repair: the repaired model folder (default: OUT without suffix + '_repaired'); "
-                        "fitted on the same calibration texts as the baseline")
+                        "fitted on the search split of the baseline's calibration tasks (--repair-texts per task)")
 
 
 def _config(args: argparse.Namespace):
