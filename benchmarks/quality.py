@@ -454,8 +454,9 @@ def repair_rows(bench: Bench, evaluator, calib, tokenizer, fraction: float, geno
     `--repair-texts` search-split texts of each text task, scored like every other row."""
     from gptailor_merge.baselines import calibration_texts
     from gptailor_merge.repair.fit import repair_model
+    from gptailor_merge.scoring import text_tasks
 
-    texts = calibration_texts([t for t in bench.tasks if t.kind == "perplexity"], args.repair_texts)
+    texts = calibration_texts(text_tasks(bench.tasks), args.repair_texts)
     for method, genome in genomes.items():
         name = f"{method}+repair"
         if bench.reuse(name, fraction) is not None:
@@ -670,6 +671,7 @@ def setup(args: argparse.Namespace) -> Setup:
     from gptailor_merge.baselines import Calibration, calibration_texts
     from gptailor_merge.materialize.stitch import Stitcher
     from gptailor_merge.run.resolve import load_tasks, resolve_family
+    from gptailor_merge.scoring import text_tasks
     from gptailor_merge.search.search import Evaluator
 
     family_part = family_config(args)
@@ -677,8 +679,7 @@ def setup(args: argparse.Namespace) -> Setup:
     family, names = resolve_family(config, progress=True)
     tasks = load_tasks(config)
     transfer, transfer_info = transfer_tasks(args.transfer_texts)
-    text_tasks = [t for t in tasks if t.kind == "perplexity"]
-    if not text_tasks:
+    if not text_tasks(tasks):
         raise SystemExit("the baselines calibrate on text (perplexity) tasks; this family has none")
     ev, s = config.eval, config.search
     stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
@@ -688,7 +689,7 @@ def setup(args: argparse.Namespace) -> Setup:
                           chance_z=s.chance_z, mc_objective=s.mc_objective)
     transfer_ev = Evaluator(stitcher, tokenizer, transfer, batch_size=ev.batch_size,
                             max_length=ev.max_length, prefix_cache_bytes=0)
-    calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks, args.calibration_texts)),
+    calib = Calibration(stitcher, tokenizer, tuple(calibration_texts(text_tasks(tasks), args.calibration_texts)),
                         batch_size=ev.batch_size, max_length=ev.max_length)
     return Setup(config, family_part, family, names, tasks, transfer, transfer_info, stitcher, tokenizer,
                  evaluator, transfer_ev, calib)
@@ -700,20 +701,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
     from gptailor_merge.core.genome import resolve_target
     from gptailor_merge.run.optimize import search_space
+    from gptailor_merge.scoring import text_tasks
 
     started = time.perf_counter()
     ctx = setup(args)
-    config, family_part, family, names = ctx.config, ctx.family_part, ctx.family, ctx.names
-    tasks, transfer, transfer_info, stitcher, tokenizer = (ctx.tasks, ctx.transfer, ctx.transfer_info,
-                                                           ctx.stitcher, ctx.tokenizer)
-    evaluator, transfer_ev, calib = ctx.evaluator, ctx.transfer_ev, ctx.calib
+    config, family, names, tasks, transfer = ctx.config, ctx.family, ctx.names, ctx.tasks, ctx.transfer
     n_removes = {}
     for fraction in args.remove:
         n_removes[fraction] = family.n_layers - resolve_target(family.n_layers, remove_fraction=fraction)
         if n_removes[fraction] == 0:
             raise SystemExit(f"--remove {fraction} removes no layer of {family.n_layers}; "
                              "give a larger fraction")
-    n, text_tasks = config.eval.heldout_examples, [t for t in tasks if t.kind == "perplexity"]
+    n = config.eval.heldout_examples
     per_fraction = len(BASELINE_METHODS) + 1 + (
         0 if args.skip_ablations else 2 if args.skip_search_ablations else len(SEARCH_ROWS) + 1)
     per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
@@ -731,9 +730,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "heldout_examples": n,
         "tasks": [{"name": t.name, "kind": t.kind, "chance": round(t.chance, 6),
                    "heldout_used": len(t.examples("heldout", n))} for t in tasks],
-        "transfer": transfer_info,
-        "calibration": {"split": "search", "tasks": [t.name for t in text_tasks],
-                        "n_examples_per_task": args.calibration_texts, "n_texts": len(calib.texts),
+        "transfer": ctx.transfer_info,
+        "calibration": {"split": "search", "tasks": [t.name for t in text_tasks(tasks)],
+                        "n_examples_per_task": args.calibration_texts, "n_texts": len(ctx.calib.texts),
                         "used_by": ["baselines", "search baseline seeds"],
                         "repair_examples_per_task": None if args.skip_repair else args.repair_texts},
         "complete": False, "rows": bench.rows,
@@ -742,29 +741,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bench.previous = previous_rows(args.json, result)
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="gptailor-quality-"))
     try:
-        member_rows(bench, evaluator, names)
+        member_rows(bench, ctx.evaluator, names)
         result["counted_tasks"] = bench.counted
         write_result(args.json, result)
         for fraction, n_remove in n_removes.items():
-            genomes = baseline_rows(bench, calib, evaluator, transfer_ev, tokenizer, fraction,
+            genomes = baseline_rows(bench, ctx.calib, ctx.evaluator, ctx.transfer_ev, ctx.tokenizer, fraction,
                                     n_remove, args)
             write_result(args.json, result)
-            fraction_config = run_config(family_part, args, remove_fraction=fraction)
+            fraction_config = run_config(ctx.family_part, args, remove_fraction=fraction)
             space = search_space(fraction_config, family, family.n_layers - n_remove)
             if not args.skip_ablations and genomes:
-                uniform_merge_row(bench, evaluator, transfer_ev, space, fraction_config, genomes,
+                uniform_merge_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, genomes,
                                   fraction)
-                seeds_only_row(bench, evaluator, transfer_ev, space, fraction_config, fraction,
-                               n_remove, stitcher, tokenizer)
+                seeds_only_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, fraction,
+                               n_remove, ctx.stitcher, ctx.tokenizer)
                 write_result(args.json, result)
             baselines = [r for r in bench.rows if r["remove_fraction"] == fraction
                          and r["method"] in BASELINE_METHODS]
-            searched = gptailor_rows(bench, evaluator, transfer_ev, family_part, fraction, runs_dir,
+            searched = gptailor_rows(bench, ctx.evaluator, ctx.transfer_ev, ctx.family_part, fraction, runs_dir,
                                      args, baselines)
             write_result(args.json, result)
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
-                repair_rows(bench, evaluator, calib, tokenizer, fraction, {**to_repair, **searched}, args)
+                repair_rows(bench, ctx.evaluator, ctx.calib, ctx.tokenizer, fraction, {**to_repair, **searched}, args)
             comparisons(bench)
             write_result(args.json, result)  # partial results survive an interrupted run
     finally:

@@ -20,14 +20,14 @@ from repair_rows import genome_of  # noqa: E402
 from gptailor_merge.baselines import calibration_texts  # noqa: E402
 from gptailor_merge.core.genome import Genome  # noqa: E402
 from gptailor_merge.repair.fit import repair_model  # noqa: E402
-from gptailor_merge.scoring import evaluate_model  # noqa: E402
+from gptailor_merge.scoring import evaluate_model, text_tasks  # noqa: E402
 
 fam_name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
 args = Q.parse_args(["--family", fam_name, "--threads", "1", "--transfer-texts", "48"])
 Q.setup_torch(1)
 ctx = Q.setup(args)
 family, stitcher, tok, transfer = ctx.family, ctx.stitcher, ctx.tokenizer, ctx.transfer
-text = [t for t in ctx.tasks if t.kind == "perplexity"]
+text = text_tasks(ctx.tasks)
 results = Path(__file__).resolve().parent / "results"
 res = json.loads((results / ("quality-smollm2.json" if fam_name == "smollm2" else "quality-demo-25.json")).read_text())
 out_path = Path(sys.argv[2]) if len(sys.argv) > 2 else results / f"repair-variants-{fam_name}.json"

@@ -201,11 +201,12 @@ def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_text
     Returns them with the seconds their calibration took when first computed (memoized: greedy-ppl
     costs as much as many trials, and its result depends only on the key below)."""
     from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
+    from gptailor_merge.scoring.task import text_tasks
 
-    text_tasks = [t for t in tasks if t.kind == "perplexity"]
-    if not text_tasks or n_remove == 0:
+    calibration_tasks = text_tasks(tasks)
+    if not calibration_tasks or n_remove == 0:
         return [], 0.0
-    texts = calibration_texts(text_tasks, n_texts)
+    texts = calibration_texts(calibration_tasks, n_texts)
     key = (str(stitcher.family.base.path), stitcher.family.n_layers, tuple(texts), n_remove,
            ev.max_length, ev.dtype, ev.device)
     if key not in _SEED_MEMO:

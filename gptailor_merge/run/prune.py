@@ -69,13 +69,13 @@ def _check_output(method: str, out: Path, overwrite: bool) -> None:
 
 
 def _calibration_tasks(config: RunConfig, specs: Sequence[str] | None) -> list:
-    from gptailor_merge.scoring import load_task
+    from gptailor_merge.scoring import load_task, text_tasks
 
     seed = config.search.seed
     if specs:
         return [load_task(spec, seed=seed) for spec in specs]
     tasks = [load_task(spec, seed=seed) for spec in config.tasks]
-    texts = [t for t in tasks if t.kind == "perplexity"]
+    texts = text_tasks(tasks)
     if not texts:
         raise TaskError(
             f"the config's tasks ({', '.join(config.tasks)}) include no text (perplexity) task to "

@@ -23,9 +23,10 @@ def check_repair(method: str, tasks: Any) -> None:
     """Before the search: a known method and a text task to calibrate on."""
     from gptailor_merge.core.errors import ConfigError
     from gptailor_merge.repair.folder import check_method
+    from gptailor_merge.scoring.task import text_tasks
 
     check_method(method)
-    if not any(t.kind == "perplexity" for t in tasks):
+    if not text_tasks(tasks):
         raise ConfigError("--repair needs a text (perplexity) task among the run's tasks to calibrate on; "
                           "add one (a JSONL file of {\"text\": ...} lines) or drop --repair")
 
@@ -36,7 +37,6 @@ def repair_best(run_dir: Path, evaluator: Any, best_genome: Genome, config: Any,
     from gptailor_merge.repair.fit import DEFAULT_RIDGE
     from gptailor_merge.repair.folder import (
         REPAIR_TEXTS,
-        calibration_for,
         repair_and_save,
         settings_for,
     )
@@ -48,7 +48,7 @@ def repair_best(run_dir: Path, evaluator: Any, best_genome: Genome, config: Any,
     recipe = Recipe.load(run_dir / "best.yaml")
     stitcher = evaluator.stitcher
     folder, info = repair_and_save(stitcher.family, best_genome, recipe, settings, run_dir / REPAIRED_DIR,
-                                   texts=calibration_for(settings), stitcher=stitcher,
+                                   stitcher=stitcher,
                                    tokenizer=evaluator.tokenizer, overwrite=True)
     logger.info("repaired best model in %s (%d maps)", folder, len(info.maps))
     if summary is not None and summary.get("rows"):

@@ -21,10 +21,11 @@ from gptailor_merge.scoring.objectives import (
     mean_of_ratios,
     symmetric_retention,
 )
-from gptailor_merge.scoring.task import Task
+from gptailor_merge.scoring.task import Task, text_tasks
 from gptailor_merge.scoring.tasks import TASKS, load_task, register_task_dir
 
 __all__ = [
+    "text_tasks",
     "TASKS",
     "ChoiceExample",
     "Example",

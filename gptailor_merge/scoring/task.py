@@ -40,6 +40,11 @@ class Task:
         return examples if n_examples is None else examples[:n_examples]
 
 
+def text_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The perplexity tasks among `tasks`: what baselines and repairs calibrate on."""
+    return [task for task in tasks if task.kind == "perplexity"]
+
+
 def shuffled(examples: Sequence[Example], seed: int) -> tuple[Example, ...]:
     """The examples in the fixed order of `seed` (stdlib Random: stable across platforms)."""
     order = list(examples)
