@@ -326,12 +326,19 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
                    n_remove: int, calib_stitcher, tokenizer) -> None:
     """The seeds the full search starts from (the same list), each scored at full fidelity on
     the search split; the best, with no optimizer trial."""
-    from gptailor_merge.run.optimize import baseline_seed_removals
+    from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
+    from gptailor_merge.run.optimize import baseline_seed_removals, remember_seed_removals
     from gptailor_merge.search.search import prioritized_seeds
 
     if bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
     s = config.search
+    rows = {r["method"]: r for r in bench.rows if r["remove_fraction"] == fraction}
+    if all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
+        # the baseline rows already calibrated these removals on the same texts: no second greedy-ppl
+        remember_seed_removals(calib_stitcher, bench.tasks, n_remove, config.eval, s.calibration_texts,
+                               {m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
+                               sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
     extra, calibration_seconds = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
                                                         n_remove, config.eval, s.calibration_texts)
     t0 = time.perf_counter()

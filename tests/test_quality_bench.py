@@ -33,7 +33,14 @@ def quality():
 
 def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_examples(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch, capsys):
+    from gptailor_merge.baselines import core as baselines_core
+    from gptailor_merge.run import optimize as run_optimize
+
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
+    monkeypatch.setattr(run_optimize, "_SEED_MEMO", {})  # no removals from an earlier test
+    calls, get_baseline = [], baselines_core.get_baseline
+    monkeypatch.setattr(baselines_core, "get_baseline",
+                        lambda m: calls.append(baselines_core.canonical_name(m)) or get_baseline(m))
     out = tmp_path_factory.mktemp("quality")
     result = quality.main(["--demo-preset", "tiny", "--remove", "0.25", "--trials", "4",
                            "--max-examples", "8", "--heldout-examples", "6", "--threads", "1",
@@ -69,6 +76,10 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         assert Path(r["recipe"]).is_file() and "vs_seeds_only" in r
         assert r["winner_from_seed"] == (r["winner_origin"] == "seed")
     assert by["gptailor-no-seeds"]["optimizer_trials"] == 4  # no seed at all
+    # the searches' baseline seeds are the baseline rows' removals, calibrated once (greedy-ppl once)
+    assert calls.count("greedy_ppl") == 1
+    seeds = json.loads((out / "runs" / "remove0.25-gptailor" / "baseline_seeds.json").read_text())
+    assert seeds["removals"] == [by[m]["removed"] for m in baselines_core.DEFAULT_SEED_METHODS]
     assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
     assert "vs_unrepaired" in by["shortgpt+repair"]

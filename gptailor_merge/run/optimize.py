@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,21 +195,48 @@ _SEED_MEMO: dict[tuple, tuple[list[list[int]], float]] = {}
 SEED_FILE = "baseline_seeds.json"
 
 
+def _seed_texts(tasks, n_texts: int) -> list[str]:
+    from gptailor_merge.baselines import calibration_texts
+    from gptailor_merge.scoring.task import text_tasks
+
+    calibration_tasks = text_tasks(tasks)
+    return calibration_texts(calibration_tasks, n_texts) if calibration_tasks else []
+
+
+def _seed_key(stitcher, texts: Sequence[str], n_remove: int, ev) -> tuple:
+    return (str(stitcher.family.base.path), stitcher.family.n_layers, tuple(texts), n_remove,
+            ev.max_length, ev.dtype, ev.device)
+
+
+def remember_seed_removals(stitcher, tasks, n_remove: int, ev, n_texts: int,
+                           removals: Mapping[str, Sequence[int]], seconds: float) -> None:
+    """Hand `baseline_seed_removals` what a caller already computed on the same calibration (the
+    quality benchmark's baseline rows), so greedy-ppl is not run twice; `removals` must name every
+    seed method, by any spelling, and `seconds` is what they cost."""
+    from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS, canonical_name
+
+    by_name = {canonical_name(m): list(r) for m, r in removals.items()}
+    missing = [m for m in DEFAULT_SEED_METHODS if canonical_name(m) not in by_name]
+    if missing:
+        raise ValueError(f"remember_seed_removals needs every seed method; missing {missing}")
+    texts = _seed_texts(tasks, n_texts)
+    if texts and n_remove:
+        _SEED_MEMO[_seed_key(stitcher, texts, n_remove, ev)] = (
+            [by_name[canonical_name(m)] for m in DEFAULT_SEED_METHODS], seconds)
+
+
 def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
                            ) -> tuple[list[list[int]], float]:
     """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl),
     calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds.
     Returns them with the seconds their calibration took when first computed (memoized: greedy-ppl
     costs as much as many trials, and its result depends only on the key below)."""
-    from gptailor_merge.baselines import Calibration, baseline_removals, calibration_texts
-    from gptailor_merge.scoring.task import text_tasks
+    from gptailor_merge.baselines import Calibration, baseline_removals
 
-    calibration_tasks = text_tasks(tasks)
-    if not calibration_tasks or n_remove == 0:
+    texts = _seed_texts(tasks, n_texts)
+    if not texts or n_remove == 0:
         return [], 0.0
-    texts = calibration_texts(calibration_tasks, n_texts)
-    key = (str(stitcher.family.base.path), stitcher.family.n_layers, tuple(texts), n_remove,
-           ev.max_length, ev.dtype, ev.device)
+    key = _seed_key(stitcher, texts, n_remove, ev)
     if key not in _SEED_MEMO:
         t0 = time.perf_counter()
         calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size,
