@@ -140,6 +140,12 @@ class Bench:
         self.rows: list[dict] = []
         self.previous: dict[tuple[str, float], dict] = {}
         self.git = git_sha()
+        self.on_row = None  # called after every row: main writes the JSON, so a kill loses no finished row
+
+    def unfinished_rows(self) -> list[dict]:
+        """The rows so far, then the earlier run's rows not reached yet (kept until reused)."""
+        done = {(r["method"], r["remove_fraction"]) for r in self.rows}
+        return [*self.rows, *(r for k, r in self.previous.items() if k not in done)]
 
     def reuse(self, method: str, fraction: float) -> dict | None:
         row = self.previous.get((method, fraction))
@@ -197,6 +203,8 @@ class Bench:
         took = row["seconds"] if row["seconds"] is not None else row["heldout_seconds"]
         print(f"[{len(self.rows):>2}/{self.total}] {row['method']:<24} {where:<13} {what} "
               f"({took:.1f}s)", flush=True)
+        if self.on_row is not None:
+            self.on_row()
 
 
 def _f(v, spec: str = ".3f") -> str:
@@ -746,15 +754,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     if args.resume and args.json.is_file():
         bench.previous = previous_rows(args.json, result)
+    bench.on_row = save = lambda: write_result(args.json, {**result, "rows": bench.unfinished_rows()})
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="gptailor-quality-"))
     try:
         member_rows(bench, ctx.evaluator, names)
         result["counted_tasks"] = bench.counted
-        write_result(args.json, result)
+        save()
         for fraction, n_remove in n_removes.items():
             genomes = baseline_rows(bench, ctx.calib, ctx.evaluator, ctx.transfer_ev, ctx.tokenizer, fraction,
                                     n_remove, args)
-            write_result(args.json, result)
+            save()
             fraction_config = run_config(ctx.family_part, args, remove_fraction=fraction)
             space = search_space(fraction_config, family, family.n_layers - n_remove)
             if not args.skip_ablations and genomes:
@@ -762,17 +771,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                   fraction)
                 seeds_only_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, fraction,
                                n_remove, ctx.stitcher, ctx.tokenizer)
-                write_result(args.json, result)
+                save()
             baselines = [r for r in bench.rows if r["remove_fraction"] == fraction
                          and r["method"] in BASELINE_METHODS]
             searched = gptailor_rows(bench, ctx.evaluator, ctx.transfer_ev, ctx.family_part, fraction, runs_dir,
                                      args, baselines)
-            write_result(args.json, result)
+            save()
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
                 repair_rows(bench, ctx.evaluator, ctx.calib, ctx.tokenizer, fraction, {**to_repair, **searched}, args)
             comparisons(bench)
-            write_result(args.json, result)  # partial results survive an interrupted run
+            save()
     finally:
         if args.runs_dir is None:
             shutil.rmtree(runs_dir, ignore_errors=True)

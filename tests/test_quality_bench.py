@@ -157,6 +157,38 @@ def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
         quality.main([*argv, "--resume"])
 
 
+def test_quality_benchmark_keeps_every_finished_row_when_killed(
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
+    out = tmp_path_factory.mktemp("killed")
+    argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
+            "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
+            "--runs-dir", str(out / "runs"), "--skip-ablations", "--skip-repair"]
+    score_loaded, calls = quality.score_loaded, []
+
+    def killed_at_the_second_member(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return score_loaded(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(quality, "score_loaded", killed_at_the_second_member)
+        with pytest.raises(KeyboardInterrupt):
+            quality.main(argv)
+    saved = json.loads((out / "q.json").read_text())
+    assert saved["complete"] is False and [r["method"] for r in saved["rows"]] == ["member-base"]
+    first = quality.main([*argv, "--resume"])
+    assert first["rows"][0] == saved["rows"][0]  # kept, not scored again
+    # a resume killed early keeps the earlier run's rows it had not reached yet
+    with monkeypatch.context() as m:
+        m.setattr(quality, "baseline_rows", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            quality.main([*argv, "--resume"])
+    kept = json.loads((out / "q.json").read_text())["rows"]
+    assert kept == json.loads(json.dumps(first["rows"]))
+
+
 def test_quality_benchmark_smollm2_without_a_built_family_names_the_builder(
         quality, tmp_path, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tmp_path))
