@@ -380,17 +380,17 @@ def thin(items: Sequence, max_points: int) -> list:
 
 
 def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
-            max_points: int = 0) -> dict:
+            max_points: int = 0, scored: dict | None = None) -> dict:
     """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time;
     with `max_points`, only that many of the best-so-far changes are scored on held-out data
-    (each costs a full held-out evaluation)."""
+    (each costs a full held-out evaluation; `scored`, genome id -> held-out Score, are not scored again)."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.scoring import symmetric_retention
     from gptailor_merge.search.journal import Journal
 
     trials = Journal(run_dir / "journal.jsonl").load()
     top = max(t.fidelity for t in trials)
-    changes, best, elapsed, cache = [], None, 0.0, {}
+    changes, best, elapsed, scores = [], None, 0.0, dict(scored or {})
     for t in trials:
         elapsed += t.seconds
         if t.status == "ok" and t.fidelity == top and (best is None or t.loss < best.loss):
@@ -398,14 +398,12 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
             changes.append((t, elapsed))
     points = []
     for t, at in thin(changes, max_points):
-        if t.genome_id not in cache:
-            score = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
-            cache[t.genome_id] = symmetric_retention(score, bench.base[0], bench.tasks,
-                                                     metric=bench.metric,
-                                                     counted=bench.counted).retention_sym
+        if t.genome_id not in scores:
+            scores[t.genome_id] = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
+        retention = symmetric_retention(scores[t.genome_id], bench.base[0], bench.tasks,
+                                        metric=bench.metric, counted=bench.counted).retention_sym
         points.append({"trial": t.index, "seconds": round(at, 2), "origin": t.origin,
-                       "search_retention": round(t.retention, 6),
-                       "retention_sym": round(cache[t.genome_id], 6)})
+                       "search_retention": round(t.retention, 6), "retention_sym": round(retention, 6)})
     data = {"points": points, "best_so_far_changes": len(changes),
             "trials": len(trials), "trial_seconds": round(elapsed, 2),
             "baselines": [{"method": r["method"], "seconds": r["seconds"],
@@ -459,7 +457,9 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
                         heldout_seconds=heldout_seconds, **extra)
         if method == "gptailor":
             best_genome = genome
-            row["anytime"] = anytime(bench, evaluator, out, baselines, args.anytime_points)
+            # the winner is the curve's last point: its held-out score is the row's own
+            row["anytime"] = anytime(bench, evaluator, out, baselines, args.anytime_points,
+                                     scored={genome.genome_id: score})
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 

@@ -41,6 +41,8 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     calls, get_baseline = [], baselines_core.get_baseline
     monkeypatch.setattr(baselines_core, "get_baseline",
                         lambda m: calls.append(baselines_core.canonical_name(m)) or get_baseline(m))
+    handed, anytime = {}, quality.anytime
+    monkeypatch.setattr(quality, "anytime", lambda *a, **k: handed.update(k["scored"]) or anytime(*a, **k))
     out = tmp_path_factory.mktemp("quality")
     result = quality.main(["--demo-preset", "tiny", "--remove", "0.25", "--trials", "4",
                            "--max-examples", "8", "--heldout-examples", "6", "--threads", "1",
@@ -82,6 +84,11 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert seeds["removals"] == [by[m]["removed"] for m in baselines_core.DEFAULT_SEED_METHODS]
     assert all(s in ("base", "removed") for s in by["gptailor-removal-only"]["layer_map"])
     assert by["gptailor"]["anytime"]["points"][-1]["trial"] == by["gptailor"]["winner_trial"]
+    assert by["gptailor"]["anytime"]["points"][-1]["retention_sym"] == pytest.approx(
+        by["gptailor"]["retention_sym"], abs=1e-6)  # the winner's point is the row's own score,
+    from gptailor_merge.core.genome import Genome  # handed over, not scored a second time
+
+    assert list(handed) == [Genome.from_dict(by["gptailor"]["genome"]).genome_id]
     assert "vs_unrepaired" in by["shortgpt+repair"]
     assert "vs_unrepaired" in by["gptailor+repair"] and "vs_seeds_only" not in by["gptailor+repair"]
     # compare.py recomputes an interval from the stored per-example values alone, bitwise
