@@ -126,13 +126,18 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         repair_rows.main(["--from", str(out / "tampered.json"), "--json", str(out / "t.json")])
 
 
+def _small_run(out: Path) -> list[str]:
+    """A seconds-long quality run (full search and baselines only) writing into `out`."""
+    return ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
+            "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
+            "--runs-dir", str(out / "runs"), "--skip-ablations", "--skip-repair"]
+
+
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("resume")
-    argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
-            "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
-            "--runs-dir", str(out / "runs"), "--skip-ablations", "--skip-repair"]
+    argv = _small_run(out)
     first = quality.main(argv)
     # an interrupted run: the last row never written, its search's summary gone
     cut = {**first, "complete": False, "rows": first["rows"][:-1]}
@@ -168,9 +173,7 @@ def test_quality_benchmark_keeps_every_finished_row_when_killed(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     out = tmp_path_factory.mktemp("killed")
-    argv = ["--demo-preset", "tiny", "--remove", "0.25", "--trials", "3", "--max-examples", "4",
-            "--heldout-examples", "4", "--threads", "1", "--json", str(out / "q.json"),
-            "--runs-dir", str(out / "runs"), "--skip-ablations", "--skip-repair"]
+    argv = _small_run(out)
     score_loaded, calls = quality.score_loaded, []
 
     def killed_at_the_second_member(*args, **kwargs):
