@@ -330,23 +330,29 @@ def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, basel
               lambda_scan={f"{g.layers[0].lam:g}": round(r, 6) for g, r in scored})
 
 
+def share_seed_removals(bench: Bench, stitcher, config, fraction: float, n_remove: int) -> None:
+    """Hand the baseline rows' removal sets to the searches' seed memo (the same calibration texts),
+    so the seeds-only row and every search reuse them: greedy-ppl runs once per fraction."""
+    from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
+    from gptailor_merge.run.optimize import remember_seed_removals
+
+    rows = {r["method"]: r for r in bench.rows if r["remove_fraction"] == fraction}
+    if all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
+        remember_seed_removals(stitcher, bench.tasks, n_remove, config.eval, config.search.calibration_texts,
+                               {m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
+                               sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
+
+
 def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction: float,
                    n_remove: int, calib_stitcher, tokenizer) -> None:
     """The seeds the full search starts from (the same list), each scored at full fidelity on
     the search split; the best, with no optimizer trial."""
-    from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
-    from gptailor_merge.run.optimize import baseline_seed_removals, remember_seed_removals
+    from gptailor_merge.run.optimize import baseline_seed_removals
     from gptailor_merge.search.search import prioritized_seeds
 
     if bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
     s = config.search
-    rows = {r["method"]: r for r in bench.rows if r["remove_fraction"] == fraction}
-    if all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
-        # the baseline rows already calibrated these removals on the same texts: no second greedy-ppl
-        remember_seed_removals(calib_stitcher, bench.tasks, n_remove, config.eval, s.calibration_texts,
-                               {m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
-                               sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
     extra, calibration_seconds = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
                                                         n_remove, config.eval, s.calibration_texts)
     t0 = time.perf_counter()
@@ -759,24 +765,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         member_rows(bench, ctx.evaluator, names)
         result["counted_tasks"] = bench.counted
-        save()
+        save()  # counted_tasks is known only once the member rows are
         for fraction, n_remove in n_removes.items():
             genomes = baseline_rows(bench, ctx.calib, ctx.evaluator, ctx.transfer_ev, ctx.tokenizer, fraction,
                                     n_remove, args)
-            save()
             fraction_config = run_config(ctx.family_part, args, remove_fraction=fraction)
+            share_seed_removals(bench, ctx.stitcher, fraction_config, fraction, n_remove)
             space = search_space(fraction_config, family, family.n_layers - n_remove)
             if not args.skip_ablations and genomes:
                 uniform_merge_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, genomes,
                                   fraction)
                 seeds_only_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, fraction,
                                n_remove, ctx.stitcher, ctx.tokenizer)
-                save()
             baselines = [r for r in bench.rows if r["remove_fraction"] == fraction
                          and r["method"] in BASELINE_METHODS]
             searched = gptailor_rows(bench, ctx.evaluator, ctx.transfer_ev, ctx.family_part, fraction, runs_dir,
                                      args, baselines)
-            save()
+            save()  # the full search's row gained its anytime curve after it was written
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
                 repair_rows(bench, ctx.evaluator, ctx.calib, ctx.tokenizer, fraction, {**to_repair, **searched}, args)

@@ -136,9 +136,17 @@ def _small_run(out: Path) -> list[str]:
 def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
+    from gptailor_merge.baselines import core as baselines_core
+    from gptailor_merge.run import optimize as run_optimize
+
+    monkeypatch.setattr(run_optimize, "_SEED_MEMO", {})
+    calls, get_baseline = [], baselines_core.get_baseline
+    monkeypatch.setattr(baselines_core, "get_baseline",
+                        lambda m: calls.append(baselines_core.canonical_name(m)) or get_baseline(m))
     out = tmp_path_factory.mktemp("resume")
     argv = _small_run(out)
     first = quality.main(argv)
+    assert calls.count("greedy_ppl") == 1  # without the ablations too, the search's seeds reuse the row
     # an interrupted run: the last row never written, its search's summary gone
     cut = {**first, "complete": False, "rows": first["rows"][:-1]}
     (out / "q.json").write_text(json.dumps(cut))
