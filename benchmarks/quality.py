@@ -356,7 +356,7 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
     extra, calibration_seconds = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
                                                         n_remove, config.eval, s.calibration_texts)
     t0 = time.perf_counter()
-    seeds = prioritized_seeds(space, extra, max(1, int(s.seed_fraction * s.n_trials)))
+    seeds = prioritized_seeds(space, list(extra.values()), max(1, int(s.seed_fraction * s.n_trials)))
     genome, ret, _ = search_best(evaluator, seeds, max(s.rungs()))
     seconds = calibration_seconds + time.perf_counter() - t0  # what the seeds cost the search
     score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
@@ -386,10 +386,11 @@ def thin(items: Sequence, max_points: int) -> list:
 
 
 def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
-            max_points: int = 0, scored: dict | None = None) -> dict:
+            max_points: int = 0, scored: dict | None = None, winner=None) -> dict:
     """Held-out retention_sym of the best-so-far recipe against trials and the trials' own time;
     with `max_points`, only that many of the best-so-far changes are scored on held-out data
-    (each costs a full held-out evaluation; `scored`, genome id -> held-out Score, are not scored again)."""
+    (each costs a full held-out evaluation; `scored`, genome id -> held-out Score, are not scored
+    again). `winner`, the genome the run returned (chosen on validation), ends the curve."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.scoring import symmetric_retention
     from gptailor_merge.search.journal import Journal
@@ -402,14 +403,27 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
         if t.status == "ok" and t.fidelity == top and (best is None or t.loss < best.loss):
             best = t
             changes.append((t, elapsed))
+    entries = [(t, at, Genome.from_dict(t.genome)) for t, at in changes]
+    tail = []  # the validation pick, where it is not the search's last best (maybe a seed no rung promoted)
+    if winner is not None and (not entries or entries[-1][2].genome_id != winner.genome_id):
+        tail = [(next((t for t in trials if t.genome_id == winner.genome_id), None), elapsed, winner)]
+    if max_points > 0 and tail:
+        entries = (thin(entries, max_points - 1) if max_points > 1 else []) + tail
+    else:
+        entries = thin(entries, max_points) + tail
     points = []
-    for t, at in thin(changes, max_points):
-        if t.genome_id not in scores:
-            scores[t.genome_id] = evaluator.score(Genome.from_dict(t.genome), "heldout", bench.n)
-        retention = symmetric_retention(scores[t.genome_id], bench.base[0], bench.tasks,
+    for t, at, genome in entries:
+        if genome.genome_id not in scores:
+            scores[genome.genome_id] = evaluator.score(genome, "heldout", bench.n)
+        retention = symmetric_retention(scores[genome.genome_id], bench.base[0], bench.tasks,
                                         metric=bench.metric, counted=bench.counted).retention_sym
-        points.append({"trial": t.index, "seconds": round(at, 2), "origin": t.origin,
-                       "search_retention": round(t.retention, 6), "retention_sym": round(retention, 6)})
+        point = {"trial": t.index if t else None, "seconds": round(at, 2),
+                 "origin": t.origin if t else "seed",
+                 "search_retention": round(t.retention, 6) if t else None,
+                 "retention_sym": round(retention, 6)}
+        if winner is not None and genome.genome_id == winner.genome_id:
+            point["chosen_on"] = "validation"
+        points.append(point)
     data = {"points": points, "best_so_far_changes": len(changes),
             "trials": len(trials), "trial_seconds": round(elapsed, 2),
             "baselines": [{"method": r["method"], "seconds": r["seconds"],
@@ -442,13 +456,16 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
         # a run folder (config.yaml) resumes, even one killed before its first trial was journaled
         resume = out if (out / "config.yaml").is_file() else None
         outcome = optimize(config, progress=False, resume=resume, heldout=False)
-        s = outcome.summary["search"]
+        s, chosen = outcome.summary["search"], outcome.summary["selection"]
         genome = Genome.from_dict(outcome.summary["best_genome"])
         score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
         extra = {
             "trials": s["trials"], "optimizer_trials": s["optimizer_trials"],
-            "origins": s["origins"], "winner_trial": s["best_trial"],
-            "winner_from_seed": s["winner_from_seed"], "winner_origin": s["winner_origin"],
+            "origins": s["origins"], "winner_trial": chosen["winner"]["trial"],
+            "winner_from_seed": chosen["winner"]["origin"] == "seed",
+            "winner_origin": chosen["winner"]["origin"],
+            "selection": {k: chosen[k] for k in ("source", "message", "best_finalist_vs_best_seed")},
+            "search_best_trial": s["best_trial"],
             "search_trial_seconds": s["trial_seconds"], "resumed": resume is not None,
             "removed": list(genome.removed), "layer_map": genome.describe(), "genome": genome.to_dict(),
             "search": {k: s[k] for k in ("optimizer", "rungs", "evaluated", "full_fidelity_evaluations",
@@ -465,7 +482,7 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
             best_genome = genome
             # the winner is the curve's last point: its held-out score is the row's own
             row["anytime"] = anytime(bench, evaluator, out, baselines, args.anytime_points,
-                                     scored={genome.genome_id: score})
+                                     scored={genome.genome_id: score}, winner=genome)
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 

@@ -448,9 +448,9 @@ def test_max_examples_above_the_tasks_is_clamped_and_the_summary_says_so(finishe
     from gptailor_merge.scoring import load_task
 
     config = json.loads(json.dumps(__import__("yaml").safe_load((finished_run / "config.yaml").read_text())))
-    smallest = min(len(load_task(t).search) for t in config["tasks"])  # the smallest search split
-    assert budgets["max_examples"] == smallest < 1000
-    assert summary["search"]["rungs"] == budgets["rungs"] and max(budgets["rungs"]) == smallest
+    largest = max(len(load_task(t).search) for t in config["tasks"])  # the largest search split
+    assert budgets["max_examples"] == largest < 1000
+    assert summary["search"]["rungs"] == budgets["rungs"] and max(budgets["rungs"]) == largest
 
 
 def test_evaluate_a_model_folder_without_tasks_names_them_and_builds_nothing(fam, tmp_path, capsys, monkeypatch):

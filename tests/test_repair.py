@@ -207,13 +207,13 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
 
     recipe, folder = tmp_path / "pruned.yaml", tmp_path / "pruned_repaired"
     rc = main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"), "--out", str(recipe),
-               "--n-calibration", "5", "--repair", "linear", "--repair-texts", "12", "--repair-out", str(folder)])
+               "--n-calibration", "5", "--repair", "linear", "--repair-texts", "8", "--repair-out", str(folder)])
     assert rc == 0, capsys.readouterr().err
     assert {"model.safetensors", "config.json", "mergekit_config.yml", "repair.safetensors",
             "repair.json"} <= {p.name for p in folder.iterdir()}
     body = json.loads((folder / "repair.json").read_text())
     # the repair fits on its own count of texts, not the baseline's 5
-    assert body["settings"]["n_texts"] == 12 and body["settings"]["target"] == "self"
+    assert body["settings"]["n_texts"] == 8 and body["settings"]["target"] == "self"
     assert body["result"]["runs"][0]["removed"] == [2] and body["result"]["runs"][0]["layer"] == 1
     maps = load_file(str(folder / "repair.safetensors"))
     assert set(maps) == {"layer.1"} and maps["layer.1"].dtype == torch.float64

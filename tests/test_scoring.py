@@ -315,9 +315,11 @@ def test_lm_eval_task_spec_builds_the_same_examples_lm_eval_scores(model, tokeni
     write_lm_eval_task(tmp_path, [{"context": ex.context, "choices": list(ex.choices), "answer": ex.answer}
                                   for ex in examples])
     task = load_task(f"lm_eval:unit_mc@{tmp_path}")
-    assert task.kind == "multiple_choice" and len(task.search) + len(task.heldout) == 12
-    assert {ex.context for ex in (*task.search, *task.heldout)} == {ex.context for ex in examples}
-    ours = multiple_choice(model, tokenizer, list(task.search + task.heldout), batch_size=4, max_length=128)
+    assert task.kind == "multiple_choice" and len(task.search + task.validation + task.heldout) == 12
+    every = (*task.search, *task.validation, *task.heldout)
+    assert {ex.context for ex in every} == {ex.context for ex in examples}
+    ours = multiple_choice(model, tokenizer, list(task.search + task.validation + task.heldout),
+                           batch_size=4, max_length=128)
     theirs = evaluate_lm_eval(model, tokenizer, ["unit_mc"], include_path=tmp_path,
                               include_defaults=False, batch_size=4, max_length=128)
     assert theirs["unit_mc"]["acc"] == pytest.approx(ours["acc"])

@@ -74,9 +74,10 @@ def test_single_file_split_is_disjoint_deterministic_and_seeded(tmp_path):
     path = write_jsonl(tmp_path / "arc.jsonl", mc_rows(11))
     task = load_task(path, seed=0)
     assert task.name == "arc" and task.kind == "multiple_choice"
-    assert task.search and task.heldout
-    assert not set(task.search) & set(task.heldout)
-    assert set(task.search) | set(task.heldout) == set(read_jsonl(path))
+    assert task.search and task.validation and task.heldout
+    splits = [set(task.search), set(task.validation), set(task.heldout)]
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
+    assert splits[0] | splits[1] | splits[2] == set(read_jsonl(path))
     assert load_task(path, seed=0) == task
     assert task.chance == pytest.approx(1 / 3)
 
@@ -86,13 +87,13 @@ def test_the_split_of_an_example_depends_on_its_content_never_on_the_seed(tmp_pa
     path = write_jsonl(tmp_path / "arc.jsonl", rows)
     by_seed = [load_task(path, seed=seed) for seed in (0, 1, 5)]
     for task in by_seed[1:]:
-        assert set(task.search) == set(by_seed[0].search)  # same members
-        assert set(task.heldout) == set(by_seed[0].heldout)
+        for split in ("search", "validation", "heldout"):  # same members
+            assert set(getattr(task, split)) == set(getattr(by_seed[0], split))
     assert by_seed[1].search != by_seed[0].search  # the seed orders them
     # an example keeps its split when other examples are added or removed
     fewer = load_task(write_jsonl(tmp_path / "fewer.jsonl", rows[:25]), seed=3)
-    assert set(fewer.search) <= set(by_seed[0].search)
-    assert set(fewer.heldout) <= set(by_seed[0].heldout)
+    for split in ("search", "validation", "heldout"):
+        assert set(getattr(fewer, split)) <= set(getattr(by_seed[0], split))
 
 
 def test_sibling_search_and_heldout_files_are_used_as_splits(tmp_path):
@@ -102,13 +103,39 @@ def test_sibling_search_and_heldout_files_are_used_as_splits(tmp_path):
         write_jsonl(tmp_path / "qa.jsonl", mc_rows(1))  # ignored when the pair exists
         task = load_task(spec)
         assert task.name == "qa"
-        assert set(task.search) == set(read_jsonl(search)) and len(task.heldout) == 2
+        assert set(task.search) | set(task.validation) == set(read_jsonl(search))  # carved from search
+        assert task.search and task.validation and len(task.heldout) == 2
     assert task.chance == pytest.approx((4 / 3 + 2 / 2) / 6)
+
+
+def test_validation_is_carved_from_search_by_content_and_leaves_heldout_as_it_was(tmp_path):
+    from gptailor_merge.scoring.task import carve_validation, split_examples
+
+    examples = read_jsonl(write_jsonl(tmp_path / "arc.jsonl", mc_rows(60)))
+    two_way = split_examples(examples, seed=0)
+    task = load_task(tmp_path / "arc.jsonl", seed=0)
+    assert task.heldout == two_way[1]  # held-out is exactly the two-way split's
+    assert set(task.search) | set(task.validation) == set(two_way[0])
+    assert 10 <= len(task.validation) <= 50  # about half of the search examples
+    # a search example's fate depends on its content alone: carving a subset keeps each in place
+    kept, validation = carve_validation(two_way[0][:20])
+    assert set(kept) <= set(task.search) and set(validation) <= set(task.validation)
+    # the validation split keeps the seeded order (a prefix of a larger budget)
+    other = load_task(tmp_path / "arc.jsonl", seed=4)
+    assert set(other.validation) == set(task.validation) and other.validation != task.validation
+
+
+def test_a_task_built_in_code_without_validation_says_so_when_scored_there():
+    from gptailor_merge.scoring.task import make_task
+
+    task = make_task("t", [TextExample("a"), TextExample("b")], [TextExample("c")], "t")
+    with pytest.raises(TaskError, match="no validation examples"):
+        task.examples("validation")
 
 
 def test_low_budget_examples_are_a_prefix_of_high_budget_ones(tmp_path):
     task = load_task(write_jsonl(tmp_path / "arc.jsonl", mc_rows(40)), seed=3)
-    for split in ("search", "heldout"):
+    for split in ("search", "validation", "heldout"):
         assert task.examples(split, 5) == task.examples(split, 12)[:5]
         assert task.examples(split, 12) == task.examples(split)[:12]
         assert task.examples(split, 1000) == task.examples(split)
@@ -133,13 +160,15 @@ def test_too_few_examples_for_a_split_raise(tmp_path):
 def test_register_task_dir_registers_tasks_and_perplexity_domains(tmp_path):
     write_jsonl(tmp_path / "tasks/unit_reg_mc.search.jsonl", mc_rows(3))
     write_jsonl(tmp_path / "tasks/unit_reg_mc.heldout.jsonl", mc_rows(5)[3:])
-    write_jsonl(tmp_path / "text/unit_reg_code.search.jsonl", [{"text": "def f(): pass"}])
+    write_jsonl(tmp_path / "text/unit_reg_code.search.jsonl", [{"text": "def f(): pass"},
+                                                               {"text": "y = 2"}])
     write_jsonl(tmp_path / "text/unit_reg_code.heldout.jsonl", [{"text": "x = 1"}])
     names = register_task_dir(tmp_path)
     assert names == ["unit_reg_mc", "ppl_unit_reg_code"]
     assert register_task_dir(tmp_path) == names  # same files: a no-op
     task = load_task("unit_reg_mc", seed=0)
-    assert task.kind == "multiple_choice" and len(task.search) == 3 and len(task.heldout) == 2
+    assert task.kind == "multiple_choice" and len(task.search) + len(task.validation) == 3
+    assert len(task.heldout) == 2
     assert load_task("ppl_unit_reg_code").heldout == (TextExample("x = 1"),)
     assert "unit_reg_mc" in TASKS
 
@@ -151,9 +180,12 @@ def test_other_files_under_a_registered_name_fail_unless_replacing(tmp_path):
     register_task_dir(tmp_path / "a")
     with pytest.raises(TaskError, match="already registered from other files"):
         register_task_dir(tmp_path / "b")
-    assert len(load_task("unit_rebind").search) == 3
+    def n_search(task):  # search and the validation carved from it: the search file's rows
+        return len(task.search) + len(task.validation)
+
+    assert n_search(load_task("unit_rebind")) == 3
     register_task_dir(tmp_path / "b", replace=True)  # e.g. a demo family of another preset
-    assert len(load_task("unit_rebind").search) == 4
+    assert n_search(load_task("unit_rebind")) == 4
 
 
 def test_unknown_task_name_suggests_a_close_match_and_lists_known(tmp_path):
@@ -175,19 +207,21 @@ def test_disk_dataset_spec_uses_search_and_heldout_splits(tmp_path):
     })
     splits.save_to_disk(str(tmp_path / "mmlu_mini"))
     task = load_task(f"disk:{tmp_path / 'mmlu_mini'}")
-    assert task.name == "mmlu_mini" and len(task.search) == 2 and len(task.heldout) == 4
+    assert task.name == "mmlu_mini" and len(task.search) + len(task.validation) == 2
+    assert len(task.heldout) == 4
     single = datasets.Dataset.from_list([{"query": r["context"], "choices": r["choices"],
                                           "gold": r["answer"]} for r in rows])
     single.save_to_disk(str(tmp_path / "single"))
     task = load_task(f"disk:{tmp_path / 'single'}", seed=0)
-    assert set(task.search) | set(task.heldout) == set(read_jsonl(write_jsonl(tmp_path / "r.jsonl", rows)))
+    assert (set(task.search) | set(task.validation) | set(task.heldout)
+            == set(read_jsonl(write_jsonl(tmp_path / "r.jsonl", rows))))
 
 
 def test_hf_dataset_spec_loads_a_local_folder_offline(tmp_path):
     pytest.importorskip("datasets")
     write_jsonl(tmp_path / "hfdata/train.jsonl", mc_rows(8))
     task = load_task(f"hf:{tmp_path / 'hfdata'}:train", seed=0)
-    assert task.name == "hfdata" and len(task.search) + len(task.heldout) == 8
+    assert task.name == "hfdata" and len(task.search) + len(task.validation) + len(task.heldout) == 8
     assert task.search and task.heldout and not set(task.search) & set(task.heldout)
     with pytest.raises(TaskError, match="cannot load dataset"):
         load_task(f"hf:{tmp_path / 'missing'}:train")

@@ -120,7 +120,7 @@ def test_optimize_writes_run_folder_and_mergekit_matches_stitch(search_setup, tm
     from gptailor_merge.run.optimize import optimize
 
     root, base, cands = search_setup
-    outcome = optimize(_config(root, base, cands, tmp_path / "run"), progress=False)
+    outcome = optimize(_config(root, base, cands, tmp_path / "run", min_rung_examples=1), progress=False)
     run = outcome.run_dir
     for name in ("config.yaml", "run.json", "journal.jsonl", "best.yaml", "summary.md", "summary.json"):
         assert (run / name).is_file(), name
@@ -132,6 +132,17 @@ def test_optimize_writes_run_folder_and_mergekit_matches_stitch(search_setup, tm
     assert summary["mergekit_vs_stitch_max_abs_diff"] <= 1e-4
     models = [r["model"] for r in summary["rows"]]
     assert models[:4] == ["base", "cand0", "cand1", "cand2"] and "gptailor-best" in models
+    # the winner was chosen on validation against the baseline seeds, and the summary shows the best one
+    chosen = summary["selection"]
+    assert chosen["source"] in ("search", "seed") and chosen["message"].endswith("returning it")
+    assert {c["kind"] for c in chosen["contenders"]} == {"finalist", "seed"}
+    baseline = next(r for r in summary["rows"] if r["model"].startswith("best-baseline ("))
+    winner = next(r for r in summary["rows"] if r["model"] == "gptailor-best")
+    assert winner["vs_best_baseline"]["baseline"] == chosen["best_seed"]["name"]
+    assert winner["selected_from"] == chosen["source"]
+    assert all(s in ("base", "removed") for s in baseline.get("layer_map", ["base"]))
+    assert "vs best baseline" in (run / "summary.md").read_text()
+    assert "Winner:" in (run / "summary.md").read_text()
     # successive halving, counted from the journal: an evaluated trial climbs rungs upwards and either
     # reaches the top one or stops below it, which saves one full-fidelity evaluation
     s, top = summary["search"], summary["search"]["rungs"][-1]

@@ -81,7 +81,23 @@ class SearchConfig(_Strict):
     seed: int = Field(0, description="seed of the optimizer and of example order")
     max_examples: int = Field(90, ge=1, description="examples per task at full fidelity")
     eta: int = Field(3, ge=2, description="successive-halving reduction factor")
-    n_rungs: int = Field(3, ge=1, description="fidelity rungs (max/eta^2, max/eta, max for 3)")
+    n_rungs: int = Field(3, ge=1, description="fidelity rungs (max/eta^2, max/eta, max for 3), "
+                                              "less those under min_rung_examples")
+    min_rung_examples: int = Field(30, ge=1, description="no rung decides on fewer examples per "
+                                                         "task (about 30 for the normal approximation "
+                                                         "of a paired mean); smaller rungs are dropped")
+    promotion: Literal["race", "asha"] = Field(
+        "race", description="how a trial earns more examples: race (paired against the incumbent "
+        "on the same examples; dropped only once clearly worse, as SMAC and irace do) or asha "
+        "(top 1/eta of the rung's unpaired losses)")
+    race_z: float = Field(1.96, gt=0, description="race: a challenger is dropped once its paired "
+                                                  "difference plus race_z standard errors is below "
+                                                  "zero")
+    finalists: int = Field(3, ge=1, description="distinct best full-fidelity genomes re-scored on the "
+                                                "validation split with the baseline seeds; the "
+                                                "winner is picked there")
+    validation_examples: int | None = Field(None, ge=1, description="validation examples per task "
+                                                                    "for the finalists (None: all)")
     lambda_range: tuple[float, float] = Field((0.3, 1.0), description="task-arithmetic / TIES lambda bounds")
     density_range: tuple[float, float] = Field((0.3, 1.0), description="TIES density bounds")
     max_sources: int | None = Field(None, ge=1, description="most candidates merged into one layer")
@@ -132,9 +148,12 @@ class SearchConfig(_Strict):
         return self
 
     def rungs(self) -> list[int]:
-        """Example budgets per rung, smallest first; each a prefix of the next."""
-        out = sorted({max(1, self.max_examples // self.eta**k) for k in range(self.n_rungs)})
-        return out
+        """Example budgets per rung, smallest first; each a prefix of the next. A rung under
+        `min_rung_examples` is dropped (the top rung always stays), so nothing is decided on fewer
+        examples than the paired test's noise allows."""
+        floor = min(self.min_rung_examples, self.max_examples)
+        return sorted({n for n in (self.max_examples // self.eta**k for k in range(self.n_rungs))
+                       if n >= floor} | {self.max_examples})
 
 
 DEFAULT_BATCH_SIZE = 16

@@ -83,9 +83,12 @@ def mergekit_heldout_diff(run_dir: Path, evaluator, stitched: Score, device: str
     return model_dir, max_diff
 
 
-def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_dir: Path, config) -> dict:
+def heldout_summary(family, names, evaluator, selection, result, run_dir: Path, config) -> dict:
+    """Members, the winner (`selection.winner`, chosen on validation), the best baseline seed and
+    the Pareto rows, scored on held-out; the winner's row carries `vs_best_baseline`."""
     from gptailor_merge.scoring import counted_tasks
 
+    best_genome = selection.winner.genome
     n = config.eval.heldout_examples
     tasks, metric = evaluator.tasks, evaluator.metric
     members = member_scores(family, names, evaluator, n)
@@ -105,7 +108,17 @@ def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_d
         return row
 
     best_stitched = evaluator.score(best_genome, "heldout", n)
-    rows.append(tailored("gptailor-best", best_genome, best_stitched))
+    winner = tailored("gptailor-best", best_genome, best_stitched)
+    winner["selected_from"] = selection.source
+    rows.append(winner)
+    seed = selection.best_seed
+    if seed is not None:
+        seed_score = (best_stitched if seed.genome.genome_id == best_genome.genome_id
+                      else evaluator.score(seed.genome, "heldout", n))
+        rows.append(tailored(f"best-baseline ({seed.name})", seed.genome, seed_score))
+        winner["vs_best_baseline"] = {"baseline": seed.name,
+                                      **paired_bootstrap(best_stitched, seed_score, base_score,
+                                                         tasks, counted, metric=metric)}
     for trial in sorted(result.pareto, key=lambda t: t.loss)[:MAX_PARETO_ROWS]:
         if trial.genome_id == best_genome.genome_id:
             continue
@@ -127,6 +140,7 @@ def heldout_summary(family, names, evaluator, best_genome: Genome, result, run_d
         "best_genome": best_genome.to_dict(),
         "best_layer_map": best_genome.describe(),
         "mergekit_vs_stitch_max_abs_diff": max_diff,
+        "selection": selection.to_dict(),
         "search": {
             **result.summary(),
             "objective_tasks": [t.name for t in evaluator.objective_tasks()],
@@ -145,6 +159,20 @@ def _objective_line(search: dict, tasks: list[str]) -> list[str]:
     return [f"Objective: {', '.join(kept)}; left out, the dense base being within "
             f"{search['chance_z']:g} standard errors of chance on the top rung: {', '.join(left_out)} "
             f"(still scored above)."]
+
+
+def _selection_lines(selection: dict | None, search: dict) -> list[str]:
+    """How the winner was chosen: on validation, against the best baseline seed, in plain words."""
+    if not selection:
+        return []
+    w = selection["winner"]
+    origin = "a baseline seed" if selection["source"] == "seed" else f"the search ({w['origin']})"
+    n = selection.get("validation_examples")
+    return [f"Winner: {w['name']}, from {origin}, chosen on the validation split "
+            f"({'all' if n is None else n} examples per task; finalists and baseline seeds "
+            f"scored there): {selection['message']}.",
+            f"Budget: {search['trials']} trials, rungs {search['rungs']} examples per task, "
+            f"{search['search_seconds']} s of search."]
 
 
 def _fmt(v) -> str:
@@ -169,7 +197,7 @@ def summary_markdown(summary: dict) -> str:
         return f"{t} (n={n_per_task[t]}){mark}" if t in n_per_task else f"{t}{mark}"
 
     head = ["model", "layers", "params", *map(head_of, tasks), "retention_sym", "text", "worst task",
-            "vs best member (diff of mean log ratio, 95% CI)"]
+            "vs best member (diff of mean log ratio, 95% CI)", "vs best baseline"]
     lines = [
         f"# gptailor-merge run: held-out results ({summary['target_layers']} of {summary['n_layers']} layers kept)",
         "",
@@ -188,14 +216,17 @@ def summary_markdown(summary: dict) -> str:
             r["model"], str(r["layers"]), f"{r['params']:,}", *(cell(r["tasks"][t]) for t in tasks),
             _fmt(r.get("retention_sym")), _fmt(r.get("retention_sym_text")),
             f"{worst['task']} {worst['ratio']:.3f}" if worst else "-",
-            interval_text(r.get("vs_best_member"))]) + " |")
+            interval_text(r.get("vs_best_member")), interval_text(r.get("vs_best_baseline"))]) + " |")
     s = summary["search"]
+    selection = summary.get("selection")
     lines += [
         "",
         f"Search: {s['trials']} trials ({s['evaluated']} evaluated, {s.get('optimizer_trials', '?')} from the "
         f"optimizer, optimizer {s['optimizer']}), rungs {s['rungs']} examples per task; "
         f"{s['full_fidelity_evaluations']} full-fidelity evaluations; {s['search_seconds']} s. "
-        f"Best trial {s.get('best_trial', '?')} ({'a seed' if s.get('winner_from_seed') else 'from the optimizer'}).",
+        f"Best trial on the search split: {s.get('best_trial', '?')} "
+        f"({'a seed' if s.get('winner_from_seed') else 'from the optimizer'}).",
+        *_selection_lines(selection, s),
         *_objective_line(s, tasks),
         f"Best recipe: `{summary['best_recipe']}`; mergekit vs stitcher held-out max |diff| = "
         f"{summary['mergekit_vs_stitch_max_abs_diff']:.2e}.",

@@ -90,18 +90,25 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     ev = config.eval
     evaluator = build_evaluator(config, family, tasks)
     stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
-    extra, calibration_seconds = (
+    seed_removals, calibration_seconds = (
         run_seed_removals(run_dir, stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
-                          s.calibration_texts) if s.seeds else ([], 0.0))
-    result = _search(config, space, evaluator, run_dir, extra, progress)
+                          s.calibration_texts) if s.seeds else ({}, 0.0))
+    result = _search(config, space, evaluator, run_dir, list(seed_removals.values()), progress)
     budgets = {"max_examples": config.search.max_examples, "rungs": config.search.rungs(),
                "n_trials": config.search.n_trials, "max_examples_clamped_from": clamped and clamped["asked"]}
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
 
+    from gptailor_merge.search.selection import select_on_validation
+
+    selection = select_on_validation(evaluator, result.trials, result.rungs[-1], seed_removals,
+                                     finalists=s.finalists, n_examples=s.validation_examples,
+                                     progress=progress)
+    logger.info("%s", selection.message)
     refs = FamilyRefs.of(family)
-    best_genome = Genome.from_dict(result.best.genome)
-    best_recipe = _save_recipe(best_genome, refs, result.best, run_dir / "best.yaml", ev.dtype)
+    best_genome = selection.winner.genome
+    best_recipe = _save_recipe(best_genome, refs, selection.winner.trial, run_dir / "best.yaml",
+                               ev.dtype, selection)
     pareto_dir = run_dir / "pareto"
     pareto_dir.mkdir(exist_ok=True)
     for trial in result.pareto:
@@ -113,7 +120,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
 
             repair_best(run_dir, evaluator, best_genome, config, None)
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
-                   "best_layer_map": best_genome.describe(),
+                   "best_layer_map": best_genome.describe(), "selection": selection.to_dict(),
                    "search": {**result.summary(), "workers": s.workers, "budgets": budgets,
                               "seed_calibration_seconds": round(calibration_seconds, 1)},
                    "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
@@ -123,7 +130,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
 
     from gptailor_merge.run.heldout import heldout_summary
 
-    summary = heldout_summary(family, names, evaluator, best_genome, result, run_dir, config)
+    summary = heldout_summary(family, names, evaluator, selection, result, run_dir, config)
     summary["search"]["workers"] = s.workers
     summary["search"]["budgets"] = budgets
     summary["search"]["seed_calibration_seconds"] = round(calibration_seconds, 1)
@@ -178,7 +185,8 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
     from gptailor_merge.search.loop import run_search, run_search_async
 
     s = config.search
-    kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta, seed=s.seed,
+    kwargs = dict(optimizer=s.optimizer, n_trials=s.n_trials, rungs=s.rungs(), eta=s.eta,
+                  promotion=s.promotion, race_z=s.race_z, seed=s.seed,
                   time_budget_s=s.time_budget_s, use_seeds=s.seeds, extra_seed_removals=extra_seeds,
                   seed_fraction=s.seed_fraction, local_fraction=s.local_fraction, progress=progress)
     if s.workers == 1:
@@ -189,9 +197,9 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
         return run_search_async(space, pool, run_dir, **kwargs)
 
 
-# (base folder, calibration texts, n_remove, max_length, dtype, device) -> (removal sets, seconds):
-# a process that runs several searches on one family (the benchmarks) calibrates once
-_SEED_MEMO: dict[tuple, tuple[list[list[int]], float]] = {}
+# (base folder, calibration texts, n_remove, max_length, dtype, device) -> (removal set by baseline,
+# seconds): a process that runs several searches on one family (the benchmarks) calibrates once
+_SEED_MEMO: dict[tuple, tuple[dict[str, list[int]], float]] = {}
 SEED_FILE = "baseline_seeds.json"
 
 
@@ -222,20 +230,21 @@ def remember_seed_removals(stitcher, tasks, n_remove: int, ev, n_texts: int,
     texts = _seed_texts(tasks, n_texts)
     if texts and n_remove:
         _SEED_MEMO[_seed_key(stitcher, texts, n_remove, ev)] = (
-            [by_name[canonical_name(m)] for m in DEFAULT_SEED_METHODS], seconds)
+            {m: by_name[canonical_name(m)] for m in DEFAULT_SEED_METHODS}, seconds)
 
 
 def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
-                           ) -> tuple[list[list[int]], float]:
-    """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl),
-    calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds.
-    Returns them with the seconds their calibration took when first computed (memoized: greedy-ppl
-    costs as much as many trials, and its result depends only on the key below)."""
+                           ) -> tuple[dict[str, list[int]], float]:
+    """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl) by
+    name, calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds
+    and are judged against the finalists on validation. Returns them with the seconds their
+    calibration took when first computed (memoized: greedy-ppl costs as much as many trials, and
+    its result depends only on the key below)."""
     from gptailor_merge.baselines import Calibration, baseline_removals
 
     texts = _seed_texts(tasks, n_texts)
     if not texts or n_remove == 0:
-        return [], 0.0
+        return {}, 0.0
     key = _seed_key(stitcher, texts, n_remove, ev)
     if key not in _SEED_MEMO:
         t0 = time.perf_counter()
@@ -243,28 +252,32 @@ def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_text
                             max_length=ev.max_length, prefix_cache_bytes=ev.prefix_cache_bytes)
         removals = baseline_removals(calib, n_remove)
         logger.info("baseline seeds: %s", removals)
-        _SEED_MEMO[key] = ([list(r) for r in removals.values()], time.perf_counter() - t0)
+        _SEED_MEMO[key] = ({m: list(r) for m, r in removals.items()}, time.perf_counter() - t0)
     removals, seconds = _SEED_MEMO[key]
-    return [list(r) for r in removals], seconds
+    return {m: list(r) for m, r in removals.items()}, seconds
 
 
 def run_seed_removals(run_dir: Path, stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int
-                      ) -> tuple[list[list[int]], float]:
+                      ) -> tuple[dict[str, list[int]], float]:
     """`baseline_seed_removals`, kept in the run folder so a resumed run does not calibrate again
     (the fingerprint check has already made sure the settings are the run's own)."""
     path = run_dir / SEED_FILE
     if path.is_file():
         data = json.loads(path.read_text())
-        return data["removals"], data["seconds"]
+        return dict(zip(data["methods"], data["removals"], strict=True)), data["seconds"]
     removals, seconds = baseline_seed_removals(stitcher, tokenizer, tasks, n_remove, ev, n_texts)
-    write_json_atomic(path, {"removals": removals, "seconds": round(seconds, 3), "n_texts": n_texts})
+    write_json_atomic(path, {"methods": list(removals), "removals": list(removals.values()),
+                             "seconds": round(seconds, 3), "n_texts": n_texts})
     return removals, seconds
 
 
-def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial, path: Path, dtype: str) -> Path:
-    meta = {
-        "trial": trial.index,
-        "search_scores": {"n_examples": trial.fidelity, "retention": round(trial.retention, 6),
-                          "tasks": trial.rungs[-1].metrics},
-    }
+def _save_recipe(genome: Genome, refs: FamilyRefs, trial: Trial | None, path: Path, dtype: str,
+                 selection=None) -> Path:
+    meta: dict = {"trial": trial.index if trial else None}
+    if trial is not None:
+        meta["search_scores"] = {"n_examples": trial.fidelity, "retention": round(trial.retention, 6),
+                                 "tasks": trial.rungs[-1].metrics}
+    if selection is not None:
+        meta["selection"] = {"source": selection.source, "message": selection.message,
+                             "validation_objective": selection.winner.to_dict()["validation_objective"]}
     return genome_to_recipe(genome, refs, dtype=dtype, metadata=meta).save(path)

@@ -32,16 +32,17 @@ from gptailor_merge.search.journal import Journal, write_json_atomic
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3  # 3: the validation split carved from search, racing
 # settings that change what a trial scores; everything else is a budget or says where trials run
 SCORE_SEARCH_FIELDS = ("optimizer", "merge_methods", "seed", "max_examples", "eta", "n_rungs", "lambda_range",
                        "density_range", "max_sources", "use_candidates", "seeds", "metric", "chance_z",
-                       "mc_objective", "seed_fraction", "local_fraction", "calibration_texts")
+                       "mc_objective", "seed_fraction", "local_fraction", "calibration_texts",
+                       "min_rung_examples", "promotion", "race_z")
 SCORE_EVAL_FIELDS = ("max_length", "dtype")
 # what flags (or --config) given with --resume may change: budgets, and where or how trials run
 RESUME_MAY_CHANGE = ("search.n_trials", "search.time_budget_s", "search.workers", "search.ray_address",
                      "eval.device", "eval.batch_size", "eval.heldout_examples",
-                     "eval.prefix_cache_bytes")
+                     "eval.prefix_cache_bytes", "search.finalists", "search.validation_examples")
 
 
 # ---- lock -----------------------------------------------------------------------------------------
@@ -221,10 +222,10 @@ def merge_resume(saved: RunConfig, requested: RunConfig, run_dir: Path) -> RunCo
 
 # ---- fingerprint ----------------------------------------------------------------------------------
 def task_hash(task) -> str:
-    """sha256 of a task's examples (which are search, which held-out; not their seeded order, which
-    the seed already fixes): an edited file changes it."""
+    """sha256 of a task's examples (which are search, validation, held-out; not their seeded order,
+    which the seed already fixes): an edited file changes it."""
     payload = json.dumps([sorted(json.dumps(dataclasses.asdict(e), sort_keys=True, default=str) for e in split)
-                          for split in (task.search, task.heldout)])
+                          for split in (task.search, task.validation, task.heldout)])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -269,16 +270,17 @@ def check_fingerprint(run_dir: Path, current: dict, resumed: bool) -> None:
 
 
 def clamp_max_examples(config: RunConfig, tasks: Sequence) -> tuple[RunConfig, dict | None]:
-    """`search.max_examples` above the smallest search split cannot be used: clamp it, say so, and
-    return what was asked and used (for the summary)."""
+    """`search.max_examples` above the largest search split cannot be used: clamp it, say so, and
+    return what was asked and used (for the summary). A task with fewer search examples than a
+    rung scores all of its own there."""
     if not tasks:
         return config, None
-    smallest = min(tasks, key=lambda t: len(t.search))
-    asked, held = config.search.max_examples, len(smallest.search)
+    largest = max(tasks, key=lambda t: len(t.search))
+    asked, held = config.search.max_examples, len(largest.search)
     if asked <= held:
         return config, None
     clamped = config.model_copy(update={"search": config.search.model_copy(update={"max_examples": held})})
-    logger.warning("search.max_examples %d is more than task %r's search split holds (%d); using %d "
-                   "examples per task at full fidelity, rungs %s", asked, smallest.name, held, held,
+    logger.warning("search.max_examples %d is more than the largest search split (task %r) holds (%d); using %d "
+                   "examples per task at full fidelity, rungs %s", asked, largest.name, held, held,
                    clamped.search.rungs())
     return clamped, {"asked": asked, "used": held, "rungs": clamped.search.rungs()}

@@ -12,7 +12,7 @@ from typing import Any
 
 from gptailor_merge.core.errors import TaskError
 from gptailor_merge.scoring.examples import parse_records
-from gptailor_merge.scoring.task import SPLITS, Task, make_task, shuffled, split_examples
+from gptailor_merge.scoring.task import SOURCE_SPLITS, Task, make_task, shuffled, split_examples
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,12 @@ def task_from_dataset(spec: str, *, seed: int = 0) -> Task:
     else:
         name, dataset, split = _load_disk(rest, spec)
     if isinstance(dataset, datasets.DatasetDict):
-        if split is None and all(s in dataset for s in SPLITS):
+        if split is None and all(s in dataset for s in SOURCE_SPLITS):
             search, heldout = (shuffled(parse_records(dataset[s], f"{spec}[{s}]"), seed)
-                               for s in SPLITS)
-            return make_task(name, search, heldout, spec)
+                               for s in SOURCE_SPLITS)
+            validation = (shuffled(parse_records(dataset["validation"], f"{spec}[validation]"), seed)
+                          if "validation" in dataset else None)  # else carved from search
+            return make_task(name, search, heldout, spec, validation=validation, carve=True)
         if split is None and len(dataset) == 1:
             split = next(iter(dataset))
         if split not in dataset:
@@ -74,4 +76,4 @@ def task_from_dataset(spec: str, *, seed: int = 0) -> Task:
         dataset = dataset[split]
     search, heldout = split_examples(parse_records(dataset, spec), seed)
     logger.debug("task %s from %s: %d search, %d held-out", name, spec, len(search), len(heldout))
-    return make_task(name, search, heldout, spec)
+    return make_task(name, search, heldout, spec, carve=True)

@@ -23,6 +23,8 @@ DEFAULT_BOOTSTRAP = 2000
 def _values(score: Score, task: Task, metric: str, which: str) -> dict[str, np.ndarray]:
     ts = score.tasks.get(task.name)
     keys = ("nll_sum", "tokens") if task.kind == "perplexity" else (metric,)
+    if metric == "choice_nll" and task.kind == "multiple_choice":
+        keys = ("choice_nll",)
     if ts is None or any(k not in ts.per_example for k in keys):
         raise TaskError(f"the {which} score of {task.name!r} has no per-example values; score it "
                         f"with scoring.evaluate_model (held-out rows keep them) to get intervals.")
@@ -35,6 +37,8 @@ def _log_ratio_draws(model: dict, ref: dict, task: Task, metric: str, idx: np.nd
         def nll(v: dict) -> np.ndarray:
             return v["nll_sum"][idx].sum(axis=1) / np.maximum(v["tokens"][idx].sum(axis=1), 1.0)
         return nll(ref) - nll(model)
+    if metric == "choice_nll":  # the likelihood objective: the change in the gold choice's cross-entropy
+        return ref[metric][idx].mean(axis=1) - model[metric][idx].mean(axis=1)
     acc = model[metric][idx].mean(axis=1)
     gap_ref = ref[metric][idx].mean(axis=1) - task.chance
     gap = np.maximum(acc - task.chance, ABOVE_CHANCE_FLOOR)
@@ -44,9 +48,12 @@ def _log_ratio_draws(model: dict, ref: dict, task: Task, metric: str, idx: np.nd
 
 def paired_bootstrap(a: Score, b: Score, reference: Score, tasks: Sequence[Task],
                      counted: Sequence[str], *, metric: str = "acc",
-                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, mc: str = "accuracy") -> dict:
     """`{"diff", "ci95": [lo, hi], "n_boot"}`: mean log ratio of A minus B over `counted` tasks,
-    i.e. log(retention_sym(A) / retention_sym(B)); > 0 means A is better."""
+    i.e. log(retention_sym(A) / retention_sym(B)); > 0 means A is better. `mc="likelihood"` uses
+    the search objective's multiple-choice form (`scoring.objectives`) instead of accuracy."""
+    if mc == "likelihood":
+        metric = "choice_nll"
     chosen = [t for t in tasks if t.name in set(counted)]
     if not chosen:
         raise TaskError("paired_bootstrap needs at least one counted task.")

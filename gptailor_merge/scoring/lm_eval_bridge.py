@@ -106,4 +106,4 @@ def task_from_lm_eval(spec: str, *, seed: int = 0):
             raise TaskError(f"lm-eval task {name!r} document {i}: answer {target} out of range")
         examples.append(ChoiceExample(context, tuple(str(c) for c in choices), int(target)))
     search, heldout = split_examples(examples, seed)
-    return make_task(name, search, heldout, source=spec)
+    return make_task(name, search, heldout, source=spec, carve=True)

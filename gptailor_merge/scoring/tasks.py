@@ -1,7 +1,8 @@
-"""Tasks: named example sets with a search split and a held-out split, in a fixed seeded order.
+"""Tasks: named example sets with search, validation and held-out splits, in a fixed seeded order.
 
 `load_task` takes a JSONL path, an `hf:NAME[:CONFIG]:SPLIT` or `disk:PATH[:SPLIT]` dataset spec,
-or a name in `TASKS`; `register_task_dir` registers a folder of `*.search/*.heldout.jsonl` pairs.
+or a name in `TASKS`; `register_task_dir` registers a folder of `*.search/*.heldout.jsonl` pairs
+(validation is carved out of each search file by content hash, `task.carve_validation`).
 Fidelity: `task.examples(split, n)` is a prefix of the seeded order. No torch, no model.
 """
 
@@ -16,7 +17,14 @@ from pathlib import Path
 from gptailor_merge.core.errors import TaskError
 from gptailor_merge.core.registry import Registry, did_you_mean
 from gptailor_merge.scoring.examples import Kind, read_jsonl
-from gptailor_merge.scoring.task import SPLITS, Task, make_task, shuffled, split_examples
+from gptailor_merge.scoring.task import (
+    SOURCE_SPLITS,
+    SPLITS,
+    Task,
+    make_task,
+    shuffled,
+    split_examples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +45,12 @@ def task_from_file(path: str | Path, *, seed: int = 0, name: str | None = None,
     """Sibling `STEM.search.jsonl` + `STEM.heldout.jsonl` if both exist, else a seeded split of `path`."""
     path = Path(path)
     name = name or task_name_of(path)
-    pair = [path.parent / f"{task_name_of(path)}.{split}.jsonl" for split in SPLITS]
+    pair = [path.parent / f"{task_name_of(path)}.{split}.jsonl" for split in SOURCE_SPLITS]
     if all(p.is_file() for p in pair):
         search, heldout = (shuffled(read_jsonl(p, kind), seed) for p in pair)
-        return make_task(name, search, heldout, f"{pair[0]} + {pair[1].name}")
+        return make_task(name, search, heldout, f"{pair[0]} + {pair[1].name}", carve=True)
     search, heldout = split_examples(read_jsonl(path, kind), seed)
-    return make_task(name, search, heldout, str(path))
+    return make_task(name, search, heldout, str(path), carve=True)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class FileTaskLoader:
     def __call__(self, *, seed: int = 0) -> Task:
         search, heldout = (shuffled(read_jsonl(p, self.kind), seed)
                            for p in (self.search_path, self.heldout_path))
-        return make_task(self.name, search, heldout, f"{self.search_path} + {self.heldout_path.name}")
+        return make_task(self.name, search, heldout, f"{self.search_path} + {self.heldout_path.name}",
+                         carve=True)
 
 
 def _register_pairs(folder: Path, kind: Kind, prefix: str, replace: bool) -> list[str]:

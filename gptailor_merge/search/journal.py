@@ -18,7 +18,8 @@ from gptailor_merge.core.errors import JournalError
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_VERSION = 1  # the `v` of each record; records without one (before versioning) read as 1
+JOURNAL_VERSION = 2  # the `v` of each record; records without one (before versioning) read as 1
+READABLE_VERSIONS = (1, 2)  # 2 added `RungResult.paired`; a version-1 rung reads with none
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class RungResult:
     losses: dict[str, float]  # task -> loss (lower is better)
     retention: float  # mean retention against the dense base at this budget
     seconds: float
+    # per objective task, per-example `loss` and `weight` (search.racing.paired_values): what a
+    # challenger is paired against when this rung is the incumbent's
+    paired: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ class Trial:
     def from_dict(cls, data: dict) -> Trial:
         data = dict(data)
         version = data.pop("v", 1)
-        if version != JOURNAL_VERSION:
-            raise ValueError(f"format version {version!r}; this gptailor-merge reads version {JOURNAL_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"format version {version!r}; this gptailor-merge reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
         rungs = tuple(RungResult(**r) for r in data.pop("rungs"))
         return cls(rungs=rungs, **data)
 

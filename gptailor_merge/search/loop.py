@@ -23,6 +23,7 @@ from typing import Protocol
 from gptailor_merge.core.errors import GenomeError, ResumeError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.search.journal import Journal, RungResult, Trial
+from gptailor_merge.search.racing import keeps_racing
 from gptailor_merge.search.search import (
     Proposer,
     SearchResult,
@@ -120,8 +121,25 @@ def _replay(opt, space: SearchSpace, done: Sequence[Trial], board: _Board) -> No
         board.record(trial)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """How a trial earns the next rung: `race` pairs it with the incumbent (the best full-fidelity
+    trial) on the same examples and drops it only once clearly worse (`search.racing`); `asha`
+    keeps the top 1/eta of the rung's unpaired losses (the rule before racing)."""
+
+    rule: str = "race"
+    eta: int = 3
+    race_z: float = 1.96
+
+    def promotes(self, outcome: RungResult, board: _Board) -> bool:
+        if self.rule == "asha":
+            return promoted(board.rung_losses[outcome.n_examples], 1.0 - outcome.retention, self.eta)
+        incumbent = board.best.rungs[-1].paired if board.best is not None else None
+        return keeps_racing(outcome.paired, incumbent or None, self.race_z)
+
+
 def _advance(run: _Running, outcome: RungResult | BaseException, board: _Board, rungs: Sequence[int],
-             eta: int) -> int | None:
+             promotion: Promotion) -> int | None:
     """The next rung to score, or None when the trial is finished (top rung, not promoted, failed)."""
     if isinstance(outcome, BaseException):
         run.error = f"{type(outcome).__name__}: {outcome}"
@@ -131,7 +149,7 @@ def _advance(run: _Running, outcome: RungResult | BaseException, board: _Board, 
         return None
     run.results.append(outcome)
     level = rungs.index(outcome.n_examples)
-    if level == len(rungs) - 1 or not promoted(board.rung_losses[outcome.n_examples], 1.0 - outcome.retention, eta):
+    if level == len(rungs) - 1 or not promotion.promotes(outcome, board):
         return None
     return rungs[level + 1]
 
@@ -191,6 +209,8 @@ def run_search_async(
     n_trials: int,
     rungs: Sequence[int],
     eta: int = 3,
+    promotion: str = "race",
+    race_z: float = 1.96,
     seed: int = 0,
     time_budget_s: float | None = None,
     use_seeds: bool = True,
@@ -209,6 +229,7 @@ def run_search_async(
     done = journal.load()[:n_trials]
     opt = make_optimizer(optimizer, space.parametrization(seed), n_trials, num_workers=pool.size)
     board = _Board(rungs)
+    rule = Promotion(promotion, eta, race_z)
     limit = max(1, int(seed_fraction * n_trials))
     if any(t.extra.get("origin", "seed") != "seed" for t in done):  # the seed phase is over: a run
         limit = sum(1 for t in done if t.extra.get("origin") == "seed")  # extended by --trials keeps it
@@ -280,7 +301,7 @@ def run_search_async(
             break
         job, outcome = pool.next_result()
         run = running[job.key]
-        next_rung = _advance(run, outcome, board, rungs, eta)
+        next_rung = _advance(run, outcome, board, rungs, rule)
         if next_rung is not None:  # promoted: the freed worker scores the next rung
             pool.submit(Job(run.key, job.genome, next_rung))
             continue

@@ -33,6 +33,7 @@ from gptailor_merge.scoring import (
     symmetric_retention,
 )
 from gptailor_merge.search.journal import RungResult, Trial
+from gptailor_merge.search.racing import paired_values
 from gptailor_merge.search.space import SearchSpace, paper_seeds
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ class Evaluator:
         score = self.score(genome, split, n_examples)
         reference = self.reference(split, n_examples)
         ret = self._yardstick(score, reference)
+        paired = paired_values(score, reference, self.tasks, [t.name for t in self.objective_tasks()],
+                               mc=self.mc_objective, metric=self.metric)
         return RungResult(n_examples, {k: dict(v.metrics) for k, v in score.tasks.items()},
-                          self._losses(ret), ret.retention_sym, time.perf_counter() - t0)
+                          self._losses(ret), ret.retention_sym, time.perf_counter() - t0, paired)
 
     def reference(self, split: str, n_examples: int | None) -> Score:
         key = (split, n_examples)

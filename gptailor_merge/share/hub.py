@@ -300,7 +300,8 @@ def results_table(summary: dict) -> str:
     from gptailor_merge.scoring.intervals import interval_text
 
     rows = [r for r in summary.get("rows", [])
-            if r["kind"] in ("member", "dense") or r["model"] == "gptailor-best"]
+            if r["kind"] in ("member", "dense") or r["model"] == "gptailor-best"
+            or r["model"].startswith("best-baseline")]
     if not rows:
         return ""
     tasks = list(rows[0]["tasks"])
@@ -308,17 +309,24 @@ def results_table(summary: dict) -> str:
     heads = [f"{t} ({'acc ↑' if 'acc' in rows[0]['tasks'][t] else 'ppl ↓'}"
              f"{', n=' + str(n_per_task[t]) if t in n_per_task else ''})" for t in tasks]
     head = ["model", "layers", "params", *heads, "retention_sym", "worst task",
-            "vs best member (95% CI)"]
+            "vs best member (95% CI)", "vs best baseline (95% CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        name = "**this model**" if r["model"] == "gptailor-best" else f"{r['model']} (family member)"
+        name = ("**this model**" if r["model"] == "gptailor-best" else
+                f"{r['model']} (single-model pruning of the base)" if r["kind"] == "tailored" else
+                f"{r['model']} (family member)")
         worst = r.get("worst_task")
         lines.append("| " + " | ".join([name, str(r["layers"]), f"{r['params']:,}",
                                          *(_cell(r["tasks"][t]) for t in tasks),
                                          fmt(r.get("retention_sym")),
                                          f"{worst['task']} {worst['ratio']:.3f}" if worst else "—",
-                                         interval_text(r.get("vs_best_member"))]) + " |")
+                                         interval_text(r.get("vs_best_member")),
+                                         interval_text(r.get("vs_best_baseline"))]) + " |")
+    selection = summary.get("selection")
+    if selection:
+        lines += ["", f"How this model was chosen: {selection['message']} (validation split, "
+                      f"disjoint from the search and held-out examples)."]
     return "\n".join(lines)
 
 

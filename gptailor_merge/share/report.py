@@ -399,6 +399,26 @@ def _pareto_table(record: RunRecord) -> list[str]:
     return lines
 
 
+def _selection_section(selection: dict | None) -> list[str]:
+    """The finalists and baseline seeds as scored on validation, and which one the run returned."""
+    if not selection:
+        return []
+    n = selection.get("validation_examples")
+    lines = ["## Winner chosen on validation", "", selection["message"] + ".", "",
+             f"Validation split, {'all' if n is None else n} examples per task; the objective is the "
+             "search's (exp of the mean log ratio against the dense base), `retention_sym` the reported "
+             "yardstick.", "",
+             "| contender | kind | origin | search retention | validation objective | validation retention_sym |",
+             "|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    winner = selection["winner"]["genome_id"]
+    for c in selection["contenders"]:
+        mark = " **(returned)**" if c["genome_id"] == winner else ""
+        lines.append(f"| {c['name']}{mark} | {c['kind']} | {c['origin']} | {fmt(c['search_retention'])} | "
+                     f"{fmt(c['validation_objective'])} | {fmt(c['validation_retention_sym'])} |")
+    return [*lines, ""]
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write `run_dir/report.md` and its figures under `run_dir/figures/`; returns report.md."""
     record = RunRecord.load(run_dir)
@@ -425,6 +445,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
                   "Run it with `mergekit-yaml best.yaml out/`.", "",
                   f"![layer map]({FIGURES_DIR}/{LAYER_MAP_PNG})", "",
                   layer_map_markdown(record.best_genome, names), ""]
+    lines += _selection_section((record.summary or {}).get("selection"))
     plot_pareto_front(trials, record.top, figures / PARETO_PNG, best=record.best_trial)
     lines += ["## Pareto front (search split)", "",
               "Per-task search losses of the trials that reached full fidelity; a trial is on the front when no "

@@ -1,0 +1,160 @@
+"""The winner, chosen on validation: the search's best few genomes against the baseline seeds.
+
+The largest of many noisy full-fidelity reads is biased upward (the winner's curse), so the search
+split never picks the returned model. The best `finalists` distinct full-fidelity genomes and every
+baseline seed (a single-model removal set with the base's layers) are re-scored on the validation
+split, which neither the search nor any baseline read. The best searched genome is returned only
+where it beats the best seed there with a paired bootstrap interval above zero on the search
+objective, and is not below it on the reported yardstick; otherwise the seed is returned, and the
+message says so. Held-out is not touched here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.scoring import counted_tasks, symmetric_retention
+from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
+from gptailor_merge.search.journal import Trial
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One genome scored on validation: a finalist of the search or a baseline seed."""
+
+    name: str  # "trial 42" or the baseline's name ("greedy_ppl", "shortgpt=angular")
+    kind: str  # "finalist" | "seed"
+    genome: Genome
+    trial: Trial | None  # its search trial, where the search evaluated it
+    objective: float  # exp(mean log ratio) on validation, the search's objective form
+    retention_sym: float  # the reported yardstick (accuracy on multiple choice) on validation
+    score: object = field(repr=False, compare=False)  # scoring.Score on validation
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "genome_id": self.genome.genome_id,
+                "trial": self.trial.index if self.trial else None,
+                "origin": self.trial.origin if self.trial else "seed",
+                "search_retention": round(self.trial.retention, 6) if self.trial else None,
+                "validation_objective": _r(self.objective),
+                "validation_retention_sym": _r(self.retention_sym)}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the run returns and why: the winner, the best seed, and every contender's scores."""
+
+    winner: Contender
+    best_seed: Contender | None
+    contenders: tuple[Contender, ...]
+    vs_best_seed: dict | None  # the best finalist against the best seed, objective form
+    source: str  # "search" | "seed": where the returned winner came from
+    message: str
+    n_examples: int | None
+
+    def to_dict(self) -> dict:
+        return {"winner": self.winner.to_dict(), "source": self.source, "message": self.message,
+                "best_seed": self.best_seed.to_dict() if self.best_seed else None,
+                "best_finalist_vs_best_seed": self.vs_best_seed,
+                "validation_examples": self.n_examples,
+                "contenders": [c.to_dict() for c in self.contenders]}
+
+
+def _r(v: float) -> float | None:
+    return round(v, 6) if v is not None and math.isfinite(v) else None
+
+
+def finalist_trials(trials: Sequence[Trial], top: int, n: int) -> list[Trial]:
+    """The `n` distinct genomes with the lowest full-fidelity search loss."""
+    best: dict[str, Trial] = {}
+    for t in sorted((t for t in trials if t.status == "ok" and t.fidelity == top),
+                    key=lambda t: (t.loss, t.index)):
+        best.setdefault(t.genome_id, t)
+    return list(best.values())[:n]
+
+
+def seed_genomes(n_layers: int, n_candidates: int, removals: Mapping[str, Sequence[int]]
+                 ) -> dict[str, Genome]:
+    """Each baseline's removal set with the base's layers, by name; baselines that chose the same
+    set share one entry (`shortgpt=angular`)."""
+    by_id: dict[str, tuple[list[str], Genome]] = {}
+    for name, removed in removals.items():
+        g = Genome.base_only(n_layers, n_candidates, removed)
+        by_id.setdefault(g.genome_id, ([], g))[0].append(name)
+    return {"=".join(names): g for names, g in by_id.values()}
+
+
+def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
+                         seed_removals: Mapping[str, Sequence[int]], *, finalists: int = 3,
+                         n_examples: int | None = None, progress: bool = False) -> Selection:
+    """Score the finalists and the baseline seeds on validation and pick the winner (module
+    docstring). `evaluator` is the search's (`search.Evaluator`)."""
+    from tqdm.auto import tqdm
+
+    fam = evaluator.stitcher.family
+    by_genome = {t.genome_id: t for t in trials if t.status == "ok"}
+    entries: list[tuple[str, str, Genome, Trial | None]] = [
+        (f"trial {t.index}", "finalist", Genome.from_dict(t.genome), t)
+        for t in finalist_trials(trials, top, finalists)]
+    for name, g in seed_genomes(fam.n_layers, fam.n_candidates, seed_removals).items():
+        entries.append((name, "seed", g, by_genome.get(g.genome_id)))
+    if not entries:
+        raise ValueError("nothing to select: no trial reached full fidelity and there are no seeds")
+    reference = evaluator.reference("validation", n_examples)
+    tasks = evaluator.tasks
+    objective_names = [t.name for t in evaluator.objective_tasks()]
+    counted = counted_tasks(reference, tasks, metric=evaluator.metric,
+                            chance_z=evaluator.chance_z or 2.0)
+    scored: dict[str, object] = {}
+    contenders = []
+    for name, kind, genome, trial in tqdm(entries, desc="validation", disable=not progress):
+        gid = genome.genome_id
+        if gid not in scored:
+            scored[gid] = evaluator.score(genome, "validation", n_examples)
+        score = scored[gid]
+        objective = symmetric_retention(score, reference, tasks, metric=evaluator.metric,
+                                        counted=objective_names, mc=evaluator.mc_objective)
+        yardstick = symmetric_retention(score, reference, tasks, metric=evaluator.metric,
+                                        counted=counted)
+        contenders.append(Contender(name, kind, genome, trial, objective.retention_sym,
+                                    yardstick.retention_sym, score))
+    return decide(contenders, reference, tasks, objective_names, evaluator.metric,
+                  evaluator.mc_objective, n_examples)
+
+
+def decide(contenders: Sequence[Contender], reference, tasks, objective_names: Sequence[str],
+           metric: str, mc: str, n_examples: int | None) -> Selection:
+    """The rule of the module docstring over scored contenders."""
+    finalists = [c for c in contenders if c.kind == "finalist"]
+    seeds = [c for c in contenders if c.kind == "seed"]
+    best_seed = max(seeds, key=lambda c: (c.objective, c.retention_sym)) if seeds else None
+    best = max(finalists, key=lambda c: (c.objective, c.retention_sym)) if finalists else None
+    if best is None:
+        return Selection(best_seed, best_seed, tuple(contenders), None, "seed",
+                         f"no searched genome reached full fidelity; returning {best_seed.name}'s "
+                         f"removal", n_examples)
+    if best_seed is None:
+        return Selection(best, None, tuple(contenders), None, "search",
+                         f"{best.name} ({best.trial.origin}) is the best finalist on validation; "
+                         f"the run had no baseline seeds to compare it with", n_examples)
+    if best.genome.genome_id == best_seed.genome.genome_id:
+        return Selection(best_seed, best_seed, tuple(contenders), None, "seed",
+                         f"the search's best genome is {best_seed.name}'s removal itself; "
+                         f"returning it", n_examples)
+    interval = paired_bootstrap(best.score, best_seed.score, reference, tasks, objective_names,
+                                metric=metric, mc=mc)
+    wins = interval["ci95"][0] > 0 and best.retention_sym >= best_seed.retention_sym
+    if wins:
+        return Selection(best, best_seed, tuple(contenders), interval, "search",
+                         f"{best.name} ({best.trial.origin}) beat {best_seed.name}'s removal on "
+                         f"validation by {interval_text(interval)}; returning it", n_examples)
+    why = ("its paired interval is not above zero" if interval["ci95"][0] <= 0 else
+           "it is below it on the reported yardstick")
+    return Selection(best_seed, best_seed, tuple(contenders), interval, "seed",
+                     f"no genome beat {best_seed.name}'s removal on validation ({best.name}: "
+                     f"{interval_text(interval)}, {why}); returning it", n_examples)
