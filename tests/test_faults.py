@@ -525,3 +525,29 @@ def test_card_and_published_recipe_carry_no_local_path_and_model_id_fills_base_m
                  "--model-id", "nobody=a/b"]) == 2
     assert "not family members" in _err(capsys)
     assert not (tmp_path / "u2").exists()
+
+
+def test_evaluate_a_model_folder_on_the_demo_task_names_its_error_suggests(tiny_demo_family, capsys,
+                                                                            monkeypatch):
+    import gptailor_merge.demo as demo
+
+    monkeypatch.setattr(demo, "build_demo_family", lambda *a, **k: tiny_demo_family)
+    member = tiny_demo_family.members["math"]
+    assert main(["-q", "evaluate", str(member), "--tasks", "prose_cloze", "ppl_math", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| prose_cloze | acc |" in out and "| ppl_math | ppl |" in out
+
+
+def test_evaluate_a_hand_written_mergekit_recipe_reads_the_layer_count_from_its_base(
+        tiny_demo_family, tmp_path, capsys, monkeypatch):
+    import gptailor_merge.demo as demo
+
+    monkeypatch.setattr(demo, "build_demo_family", lambda *a, **k: tiny_demo_family)
+    base = tiny_demo_family.members["base"]
+    recipe = tmp_path / "handwritten.yaml"  # stock mergekit: no gptailor metadata at all
+    recipe.write_text(yaml.safe_dump({
+        "merge_method": "passthrough", "base_model": str(base), "dtype": "float32",
+        "slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]},
+                   {"sources": [{"model": str(base), "layer_range": [3, 4]}]}]}))
+    assert main(["-q", "evaluate", str(recipe), "--limit", "2"]) == 0, _err(capsys)
+    assert "| math_answer | acc |" in capsys.readouterr().out

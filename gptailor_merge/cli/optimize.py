@@ -94,7 +94,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", type=Path, help="a recipe YAML (materialized in memory) or a model folder")
     p.add_argument("--tasks", nargs="+", help="task names or JSONL files (default: the demo tasks)")
-    p.add_argument("--split", choices=("search", "heldout"), default="heldout")
+    p.add_argument("--split", choices=("search", "validation", "heldout"), default="heldout")
     p.add_argument("--limit", type=int, help="examples per task (a prefix of the seeded order)")
     p.add_argument("--json", type=Path, help="write {model, split, tasks} JSON here")
     p.add_argument("--device", default="cpu")
@@ -117,9 +117,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from gptailor_merge.core.errors import TaskError
 
         raise TaskError(f"evaluate {args.target} needs --tasks: give task JSONL files, registered names or "
-                        f"hf:/disk:/lm_eval: specs (the demo's tasks are {' '.join(DEMO_TASKS)}; a recipe "
-                        "without --tasks is scored on those)")
-    if not args.tasks:
+                        f"hf:/disk:/lm_eval: specs, or the demo's tasks by name ({' '.join(DEMO_TASKS)}; "
+                        "a recipe without --tasks is scored on those)")
+    if not args.tasks or set(specs) & set(DEMO_TASKS):  # the demo's task names work wherever suggested
         from gptailor_merge.demo import build_demo_family
         from gptailor_merge.scoring import register_task_dir
 
@@ -138,11 +138,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         from gptailor_merge.family.family import Family
-        from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
+        from gptailor_merge.materialize.recipe import Recipe, recipe_family_refs, recipe_to_genome
         from gptailor_merge.materialize.stitch import Stitcher
 
         recipe = Recipe.load(args.target)
-        refs = recipe.family_refs()
+        refs = recipe_family_refs(recipe)
         family = Family.load(refs.base, refs.candidates)
         model = Stitcher(family, device=args.device, dtype=recipe.data.get("dtype") or "float32").build(
             recipe_to_genome(recipe, refs))

@@ -131,6 +131,25 @@ class Recipe:
         return FamilyRefs(str(base), tuple(map(str, candidates)), int(n), tuple(fam.get("names") or ()))
 
 
+def recipe_family_refs(recipe: Recipe) -> FamilyRefs:
+    """`recipe.family_refs()`, and for a hand-written mergekit recipe (no `gptailor:` metadata)
+    the layer count read from its base model's config, so any stock recipe can be evaluated."""
+    try:
+        return recipe.family_refs()
+    except RecipeError:
+        base = recipe.data.get("base_model")
+        if not base:
+            raise
+    from transformers import AutoConfig
+
+    try:
+        n_layers = AutoConfig.from_pretrained(str(base)).num_hidden_layers
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"recipe has no `gptailor.n_layers` and its base_model {str(base)!r} has no "
+                          f"readable config ({exc}); give base_model as a model folder or Hub id") from exc
+    return recipe.family_refs(int(n_layers))
+
+
 class _Dumper(yaml.SafeDumper):
     """Writes short lists of scalars (layer ranges, removed layers) inline, for readable recipes."""
 
