@@ -566,6 +566,8 @@ def table(rows: Sequence[dict], tasks, transfer) -> str:
         winner = "-"
         if r.get("winner_origin"):
             winner = f"#{r['winner_trial']} {r['winner_origin']}"
+            if (r.get("selection") or {}).get("source") == "seed":
+                winner += " (seed returned)"
         lines.append("| " + " | ".join([
             r["method"], f"{r['remove_fraction']:g}", str(r["layers"]),
             *(cell(r["tasks"].get(t.name, {})) for t in tasks),
@@ -593,7 +595,9 @@ def footnote(bench: Bench, args: argparse.Namespace) -> str:
         "chance)), floored); text: the same over the perplexity tasks; transfer: over the transfer "
         "texts. Intervals: difference in mean log ratio, paired bootstrap 95% over held-out "
         f"examples ({N_BOOT} resamples); > 0 means the row is better. Trials (opt.): all trials "
-        "(those not seeds); winner: the winning trial and where it came from. Seconds: the "
+        "(those not seeds); winner: the returned trial and where it came from, chosen on the "
+        "validation split against the baseline seeds ('seed returned': no searched genome beat "
+        "the best seed there with a paired interval above zero). Seconds: the "
         "method's own compute (baselines: calibration + selection; searches: the trials' own time "
         "as first run plus the calibration of their baseline seeds as first measured; seeds-only: "
         "that calibration plus scoring the seeds).",
