@@ -41,6 +41,9 @@ def test_write_report_writes_markdown_that_embeds_three_figures_and_the_summary_
     assert summary_table in text
     assert "| layer | position in the pruned model | taken from |" in text
     assert "pareto/" in text  # the front's recipes are named
+    # the validation pick: every finalist and seed, the returned one marked
+    assert "## Winner chosen on validation" in text and "**(returned)**" in text
+    assert "| best-baseline (" in text
     assert not list(tiny_run.rglob("*.tmp"))
 
 
