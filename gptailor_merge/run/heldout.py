@@ -172,7 +172,8 @@ def _selection_lines(selection: dict | None, search: dict) -> list[str]:
             f"({'all' if n is None else n} examples per task; finalists and baseline seeds "
             f"scored there): {selection['message']}.",
             f"Budget: {search['trials']} trials, rungs {search['rungs']} examples per task, "
-            f"{search['search_seconds']} s of search."]
+            f"{search.get('trial_seconds', search['search_seconds'])} s of trials (as first run; "
+            f"a resumed run replays them)."]
 
 
 def _fmt(v) -> str:
