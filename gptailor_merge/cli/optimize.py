@@ -119,11 +119,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise TaskError(f"evaluate {args.target} needs --tasks: give task JSONL files, registered names or "
                         f"hf:/disk:/lm_eval: specs, or the demo's tasks by name ({' '.join(DEMO_TASKS)}; "
                         "a recipe without --tasks is scored on those)")
-    if not args.tasks or set(specs) & set(DEMO_TASKS):  # the demo's task names work wherever suggested
+    from gptailor_merge.scoring import TASKS
+
+    # the demo's task names work wherever they are suggested; names already registered (a demo
+    # family of another preset, a task folder) keep their files
+    named_demo = set(specs) & set(DEMO_TASKS)
+    if not args.tasks or (named_demo and not set(DEMO_TASKS) & set(TASKS.names())):
         from gptailor_merge.demo import build_demo_family
         from gptailor_merge.scoring import register_task_dir
 
-        register_task_dir(build_demo_family(progress=not args.quiet).root, replace=True)
+        register_task_dir(build_demo_family(progress=not args.quiet).root, replace=not args.tasks)
     from gptailor_merge.core.config import check_device
     from gptailor_merge.run.resolve import checked_task
 
