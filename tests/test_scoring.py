@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from torch import nn  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
+from gptailor_merge.core.errors import ConfigError  # noqa: E402
 from gptailor_merge.scoring.evaluate import (  # noqa: E402
     Score,
     TaskScore,
@@ -354,3 +355,69 @@ def test_chance_level_tasks_use_binomial_standard_errors():
     assert chance_level_tasks(score, tasks, z=0.0) == []
     assert chance_level_tasks(score, tasks, z=3.0) == ["near", "clear"]
     assert chance_level_tasks(_gate_score(near=0.2, clear=0.5), tasks, z=0.0) == ["near"]
+
+
+def _tiny_model(arch: str, tokenizer, attn: str = "sdpa"):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    config = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=8, max_position_embeddings=256, bos_token_id=1,
+                                  eos_token_id=2, pad_token_id=0)
+    config._attn_implementation = attn
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
+                                       ("qwen2", "sdpa"), ("qwen3", "sdpa")])
+@pytest.mark.parametrize("max_length", [128, 7])
+def test_shared_context_choices_equal_one_sequence_per_choice(arch, attn, max_length, tokenizer):
+    """The packed row (context once, every choice behind it) gives lm-eval's per-choice
+    log-likelihoods; max_length 7 truncates contexts differently per choice (rows of their own)."""
+    from gptailor_merge.scoring.multiple_choice import choices_loglikelihoods
+
+    model = _tiny_model(arch, tokenizer, attn)
+    examples = MC * 3
+    kwargs = {"batch_size": 3, "max_length": max_length, "boundaries": (4, 9)}
+    reference = choices_loglikelihoods(model, tokenizer, examples, shared_context=False, **kwargs)
+    shared = choices_loglikelihoods(model, tokenizer, examples, shared_context=True, **kwargs)
+    assert shared == pytest.approx(reference, abs=1e-4)
+    a, _ = multiple_choice_details(model, tokenizer, examples, shared_context=False, **kwargs)
+    b, _ = multiple_choice_details(model, tokenizer, examples, **kwargs)  # default: shared
+    assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"])
+
+
+def test_shared_context_packs_choices_behind_one_context_and_splits_truncated_ones():
+    from gptailor_merge.scoring.shared_context import pack_example
+
+    (row,) = pack_example(0, [1, 5, 6], [[7, 8], [9]], max_length=16)
+    assert row.tokens == (1, 5, 6, 7) and row.positions == (0, 1, 2, 3) and row.segments == (0, 0, 0, 1)
+    assert row.scored == ((0, (2, 3), (7, 8)), (1, (2,), (9,)))
+    # max_length 3: choice 0 keeps context [5, 6] ((1,5,6,7,8)[-4:][:-1]), choice 1 keeps [1, 5, 6]
+    short, long = pack_example(0, [1, 5, 6], [[7, 8], [9]], max_length=3)
+    assert short.tokens == (5, 6, 7) and short.scored == ((0, (1, 2), (7, 8)),)
+    assert long.tokens == (1, 5, 6) and long.scored == ((1, (2,), (9,)),)
+
+
+def test_token_batches_stay_within_their_token_bound_and_restart_at_boundaries():
+    from gptailor_merge.scoring.shared_context import padding_fraction, token_batches
+
+    lengths = [5, 9, 3, 9, 2, 7, 4, 8]
+    batches = list(token_batches(lengths, max_tokens=18, max_rows=3, boundaries=[3]))
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert all(len(b) * max(lengths[i] for i in b) <= 18 and len(b) <= 3 for b in batches)
+    assert all(max(b) < 3 or min(b) >= 3 for b in batches)  # no batch crosses the boundary
+    assert batches[:2] == [[1, 0], [2]]
+    assert 0.0 <= padding_fraction(lengths, batches) < 0.3
+    with pytest.raises(ConfigError):
+        next(token_batches(lengths, 0, 3))
+
+
+def test_shared_context_demanded_of_a_model_that_cannot_take_it_is_a_clear_error(tokenizer):
+    from gptailor_merge.scoring.multiple_choice import choices_loglikelihoods
+
+    model = FixedLogits(len(tokenizer))
+    with pytest.raises(ConfigError, match="shared-context"):
+        choices_loglikelihoods(model, tokenizer, MC, shared_context=True)
+    assert len(choices_loglikelihoods(model, tokenizer, MC)) == sum(len(ex.choices) for ex in MC)

@@ -176,6 +176,10 @@ class EvalConfig(_Strict):
     prefix_cache_bytes: int = Field(DEFAULT_PREFIX_CACHE_BYTES, ge=0,
                                     description="memory for hidden states of shared leading layers, "
                                     "reused across trials (scores stay bitwise the same); 0: off")
+    shared_context: bool = Field(True, description="score a multiple-choice example's choices in "
+                                 "one packed row, the context once (llama, mistral, qwen2/3 with "
+                                 "sdpa or eager attention; others fall back); false: one sequence "
+                                 "per choice, as lm-eval (equal within float rounding)")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

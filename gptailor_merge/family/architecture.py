@@ -163,13 +163,15 @@ class LayerwiseForward:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.stack.embed_tokens(input_ids)
 
-    def layer_kwargs(self, reference: torch.Tensor, attention_mask: torch.Tensor | None
-                     ) -> list[dict[str, Any]]:
+    def layer_kwargs(self, reference: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position_ids: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Per layer, its keyword arguments for this batch; `reference`: any (B, T, H) hidden
-        state (its dtype and device set the mask's and the rotary embeddings')."""
+        state (its dtype and device set the mask's and the rotary embeddings'). A 4D
+        `attention_mask` is used as given (transformers' rule), with its `position_ids`."""
         seq_len = reference.shape[1]
         cache_position = torch.arange(seq_len, device=reference.device)
-        position_ids = cache_position.unsqueeze(0)
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
         mask_kwargs = {"config": self.stack.config, self._embeds_name: reference,
                        "attention_mask": attention_mask, self._cache_name: None,
                        "position_ids": position_ids}

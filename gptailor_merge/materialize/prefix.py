@@ -33,15 +33,18 @@ logger = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = LAYERWISE_MODEL_TYPES
 
 
-def batch_key(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> bytes:
-    """Digest of the exact batch (shape and bytes of input_ids and attention_mask)."""
+def batch_key(*tensors: torch.Tensor | None) -> bytes:
+    """Digest of the exact batch (dtype, shape and bytes of input_ids, attention_mask, and
+    position_ids where given; a bool 4D mask is hashed as bytes, not widened)."""
     digest = hashlib.blake2b(digest_size=16)
-    for tensor in (input_ids, attention_mask):
+    for tensor in tensors:
         if tensor is None:
             digest.update(b"none")
             continue
-        array = tensor.detach().to("cpu", torch.long).contiguous().numpy()
-        digest.update(repr(tuple(array.shape)).encode())
+        tensor = tensor.detach().to("cpu")
+        tensor = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+        array = tensor.contiguous().numpy()
+        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
         digest.update(array.tobytes())
     return digest.digest()
 
@@ -162,27 +165,39 @@ class PrefixCachedLM(nn.Module):
     def config(self):
         return self.model.config
 
-    @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **_: Any):
-        from transformers.modeling_outputs import CausalLMOutputWithPast
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
 
+    @torch.inference_mode()
+    def final_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H) hidden states after the final norm, resuming from the deepest cached prefix;
+        what `lm_head` reads (shared-context scoring gathers only the rows it scores)."""
         cache, steps, n_layers = self.cache, self.steps, len(self.layers)
-        batch = batch_key(input_ids, attention_mask)
+        batch = batch_key(input_ids, attention_mask, position_ids)
         depth, hidden = cache.lookup(self.prefix_ids, batch) if cache.max_bytes else (0, None)
         if hidden is None:
             hidden_states = steps.embed(input_ids)
         else:
             hidden_states = hidden.to(input_ids.device) if hidden.device != input_ids.device else hidden
         # masks and rotary embeddings take dtype and device from the hidden states
-        layer_kwargs = steps.layer_kwargs(hidden_states, attention_mask)
+        layer_kwargs = steps.layer_kwargs(hidden_states, attention_mask, position_ids)
         for position in range(depth, n_layers):
             hidden_states = self.layers[position](hidden_states, **layer_kwargs[position])
             if cache.wants(position + 1, n_layers):
                 cache.store(self.prefix_ids[position], batch, hidden_states)
         cache.stats.skipped += depth
         cache.stats.computed += n_layers - depth
-        return CausalLMOutputWithPast(logits=steps.head(hidden_states))
+        return steps.stack.norm(hidden_states)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, **_: Any):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        hidden_states = self.final_hidden_states(input_ids, attention_mask, position_ids)
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden_states))
 
 
 class PrefixReuse:

@@ -60,7 +60,8 @@ def member_scores(family, names, evaluator, n: int | None) -> list[tuple[str, Sc
                                              dtype=evaluator.stitcher.dtype)
         out.append((name, evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
                                          n_examples=n, batch_size=evaluator.batch_size,
-                                         max_length=evaluator.max_length)))
+                                         max_length=evaluator.max_length,
+                                         shared_context=evaluator.shared_context)))
         del model
     return out
 
@@ -74,7 +75,7 @@ def mergekit_heldout_diff(run_dir: Path, evaluator, stitched: Score, device: str
     model, tokenizer = load_model_folder(model_dir, device=device)
     merged = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout",
                             n_examples=stitched.n_examples, batch_size=evaluator.batch_size,
-                            max_length=evaluator.max_length)
+                            max_length=evaluator.max_length, shared_context=evaluator.shared_context)
     diffs = [abs(merged.tasks[k].metrics[m] - ts.metrics[m])
              for k, ts in stitched.tasks.items() for m in ("acc", "acc_norm", "nll") if m in ts.metrics]
     max_diff = max(diffs) if diffs else 0.0

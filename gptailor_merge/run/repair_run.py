@@ -66,7 +66,8 @@ def _heldout_row(folder: Path, evaluator: Any, genome: Genome, config: Any, coun
     n = config.eval.heldout_examples
     model, tokenizer = load_model_folder(folder, device=config.eval.device)
     score = evaluate_model(model, tokenizer, evaluator.tasks, split="heldout", n_examples=n,
-                           batch_size=evaluator.batch_size, max_length=evaluator.max_length)
+                           batch_size=evaluator.batch_size, max_length=evaluator.max_length,
+                           shared_context=evaluator.shared_context)
     base = evaluator.reference("heldout", n)
     family = evaluator.stitcher.family
     return _row("gptailor-best+repair", "tailored+repair", genome.n_kept,

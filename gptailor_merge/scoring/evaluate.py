@@ -49,14 +49,16 @@ class Score:
 
 def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "search",
                n_examples: int | None = None, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH,
-               progress: bool = False, boundaries: Sequence[int] = ()) -> TaskScore:
-    """One task on the first `n_examples` of `split`; `boundaries` as in `evaluate_model`."""
+               progress: bool = False, boundaries: Sequence[int] = (),
+               shared_context: bool | None = None) -> TaskScore:
+    """One task on the first `n_examples` of `split`; `boundaries` and `shared_context` as in
+    `evaluate_model`."""
     examples = task.examples(split, n_examples)
     if task.kind == "multiple_choice":
         choice_examples = [ex for ex in examples if isinstance(ex, ChoiceExample)]
         metrics, per_example = multiple_choice_details(
             model, tokenizer, choice_examples, batch_size=batch_size, max_length=max_length,
-            progress=progress, boundaries=boundaries)
+            progress=progress, boundaries=boundaries, shared_context=shared_context)
     else:
         texts = [ex.text for ex in examples if isinstance(ex, TextExample)]
         metrics, per_example = perplexity_details(
@@ -68,12 +70,13 @@ def score_task(model: nn.Module, tokenizer: Any, task: Task, *, split: str = "se
 def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
                    split: str = "search", n_examples: int | None = None, batch_size: int = 16,
                    max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
-                   boundaries: Sequence[int] = ()) -> Score:
+                   boundaries: Sequence[int] = (), shared_context: bool | None = None) -> Score:
     """Scores every task; a budget-b score uses a prefix of the examples of a budget-B one.
 
     `boundaries` (example counts, e.g. the search's rung budgets) restart the length-sorted
     batching, so a budget-b run's batches open a budget-B run's and prefix reuse spans rungs;
-    they change no result beyond float rounding of the batch shapes."""
+    they change no result beyond float rounding of the batch shapes. `shared_context`: multiple
+    choice in packed rows (None: where the model supports it; False: one sequence per choice)."""
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise TaskError(f"task names must be unique, got {names}.")
@@ -85,7 +88,8 @@ def evaluate_model(model: nn.Module, tokenizer: Any, tasks: Sequence[Task], *,
             start = time.perf_counter()
             scores[task.name] = score_task(model, tokenizer, task, split=split, n_examples=n_examples,
                                            batch_size=batch_size, max_length=max_length,
-                                           progress=progress, boundaries=boundaries)
+                                           progress=progress, boundaries=boundaries,
+                                           shared_context=shared_context)
             logger.debug("%s (%s, n=%s): %s in %.1fs", task.name, split, n_examples,
                         scores[task.name].metrics, time.perf_counter() - start)
     finally:

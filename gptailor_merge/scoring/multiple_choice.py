@@ -25,6 +25,7 @@ from gptailor_merge.core.config import DEFAULT_MAX_LENGTH
 from gptailor_merge.core.errors import ConfigError, TaskError
 from gptailor_merge.scoring.batching import map_rows, model_device
 from gptailor_merge.scoring.examples import ChoiceExample
+from gptailor_merge.scoring.shared_context import choice_loglikelihoods, supports_shared_context
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,17 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return context_ids, whole[len(context_ids) :]
 
 
+def _check_continuations(context: str, continuations: Sequence[str],
+                         encoded: Sequence[Sequence[int]], max_length: int) -> None:
+    for text, continuation_ids in zip(continuations, encoded, strict=True):
+        if not continuation_ids:
+            raise TaskError(f"continuation {text!r} of context {context[-40:]!r} encodes "
+                            f"to no token; it cannot be scored.")
+        if len(continuation_ids) > max_length:
+            raise ConfigError(f"a continuation has {len(continuation_ids)} tokens, more than "
+                              f"max_length={max_length}; raise max_length.")
+
+
 def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
                    batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH, progress: bool = False,
                    boundaries: Sequence[int] = ()) -> list[float]:
@@ -70,12 +82,7 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
     the left, as in lm-eval. `boundaries` (request counts) only change the batching."""
     pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
     for (context, continuation), (_, continuation_ids) in zip(requests, pairs, strict=True):
-        if not continuation_ids:
-            raise TaskError(f"continuation {continuation!r} of context {context[-40:]!r} encodes "
-                            f"to no token; it cannot be scored.")
-        if len(continuation_ids) > max_length:
-            raise ConfigError(f"a continuation has {len(continuation_ids)} tokens, more than "
-                              f"max_length={max_length}; raise max_length.")
+        _check_continuations(context, [continuation], [continuation_ids], max_length)
     # the model sees context + continuation minus its last token, cut to max_length from the left
     inputs = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in pairs]
     device = model_device(model)
@@ -115,19 +122,17 @@ def multiple_choice(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceE
 
 def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample],
                             *, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH,
-                            progress: bool = False, boundaries: Sequence[int] = ()
+                            progress: bool = False, boundaries: Sequence[int] = (),
+                            shared_context: bool | None = None
                             ) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
     """`multiple_choice`'s metrics plus, per example, `acc` and `acc_norm` (1.0 right, 0.0 wrong)
-    and `choice_nll` (`gold_choice_nll`): paired intervals resample these."""
+    and `choice_nll` (`gold_choice_nll`): paired intervals resample these. `shared_context` as in
+    `choices_loglikelihoods`."""
     if not examples:
         raise TaskError("no multiple-choice examples to score.")
-    requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
-    starts = [0]
-    for ex in examples:
-        starts.append(starts[-1] + len(ex.choices))
-    lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, max_length=max_length,
-                         progress=progress,
-                         boundaries=[starts[b] for b in boundaries if 0 < b < len(examples)])
+    lls = choices_loglikelihoods(model, tokenizer, examples, batch_size=batch_size,
+                                 max_length=max_length, progress=progress, boundaries=boundaries,
+                                 shared_context=shared_context)
     right: list[float] = []
     right_norm: list[float] = []
     gold_nll: list[float] = []
@@ -145,6 +150,40 @@ def multiple_choice_details(model: nn.Module, tokenizer: Any, examples: Sequence
                "choice_nll": sum(gold_nll) / n, "n": n}
     return metrics, {"acc": tuple(right), "acc_norm": tuple(right_norm),
                      "choice_nll": tuple(gold_nll)}
+
+
+def choices_loglikelihoods(model: nn.Module, tokenizer: Any, examples: Sequence[ChoiceExample], *,
+                           batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH,
+                           progress: bool = False, boundaries: Sequence[int] = (),
+                           shared_context: bool | None = None) -> list[float]:
+    """Every choice's log-likelihood, example after example. `shared_context` None packs each
+    example's choices in one row where the model supports it (`scoring.shared_context`), True
+    demands it, False scores each choice as its own sequence (lm-eval's way; the reference)."""
+    if shared_context is None:
+        shared_context = supports_shared_context(model)
+    elif shared_context and not supports_shared_context(model):
+        raise ConfigError("shared-context scoring needs a llama, mistral or qwen2/3 model with sdpa "
+                          "or eager attention; pass shared_context=None to fall back.")
+    if not shared_context:
+        requests = [(ex.context, continuation(choice)) for ex in examples for choice in ex.choices]
+        starts = [0]
+        for ex in examples:
+            starts.append(starts[-1] + len(ex.choices))
+        return loglikelihoods(model, tokenizer, requests, batch_size=batch_size,
+                              max_length=max_length, progress=progress,
+                              boundaries=[starts[b] for b in boundaries if 0 < b < len(examples)])
+    contexts, continuations = [], []
+    for ex in examples:
+        pairs = [encode_pair(tokenizer, ex.context, continuation(choice)) for choice in ex.choices]
+        _check_continuations(ex.context, [continuation(c) for c in ex.choices],
+                             [cont for _, cont in pairs], max_length)
+        contexts.append(pairs[0][0])  # the context's own encoding: the same for every choice
+        continuations.append([cont for _, cont in pairs])
+    per_example = choice_loglikelihoods(model, contexts, continuations, max_length=max_length,
+                                        max_tokens=batch_size * max_length, max_rows=batch_size,
+                                        pad_id=tokenizer.pad_token_id or 0, progress=progress,
+                                        boundaries=boundaries)
+    return [value for values in per_example for value in values]
 
 
 def gold_choice_nll(loglikelihoods: Sequence[float], answer: int) -> float:

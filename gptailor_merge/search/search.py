@@ -61,6 +61,9 @@ class Evaluator:
     # multiple-choice form of the search objective (scoring.objectives): "likelihood" compares the
     # gold choice's cross-entropy, "accuracy" the reported yardstick's accuracy ratio
     mc_objective: str = "accuracy"
+    # multiple choice in packed rows, the context once (scoring.shared_context); False: one
+    # sequence per choice; None: where the model supports it. Equal within float rounding
+    shared_context: bool | None = None
     _references: dict = field(default_factory=dict)
     _objective: list | None = field(default=None, init=False, repr=False)
     prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
@@ -75,7 +78,8 @@ class Evaluator:
             model = self.prefix.wrap(model, genome)
         return evaluate_model(model, self.tokenizer, self.tasks, split=split, n_examples=n_examples,
                               batch_size=self.batch_size, max_length=self.max_length,
-                              boundaries=self.boundaries(split))
+                              boundaries=self.boundaries(split),
+                              shared_context=self.shared_context)
 
     def boundaries(self, split: str) -> tuple[int, ...]:
         """Batching restarts of `split`: the rungs on the search split (held-out scores stay
@@ -227,7 +231,7 @@ def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
                      metric=config.search.metric, rungs=tuple(config.search.rungs()),
                      chance_z=config.search.chance_z, mc_objective=config.search.mc_objective,
-                     prefix_cache_bytes=ev.prefix_cache_bytes)
+                     prefix_cache_bytes=ev.prefix_cache_bytes, shared_context=None if ev.shared_context else False)
 
 
 def make_optimizer(name: str, parametrization: ng.p.Parameter, budget: int,
