@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from gptailor_merge.bench.throughput import format_throughput, throughput  # noqa: E402
 from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES  # noqa: E402
 from gptailor_merge.core.genome import Genome  # noqa: E402
 from gptailor_merge.materialize.prefix import layer_keys  # noqa: E402
-from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
-from gptailor_merge.scoring import Task, evaluate_model  # noqa: E402
+from gptailor_merge.materialize.stitch import Stitcher, torch_dtype  # noqa: E402
+from gptailor_merge.scoring import Task, evaluate_model, load_model_folder  # noqa: E402
 from gptailor_merge.search.loop import run_search  # noqa: E402
 from gptailor_merge.search.search import Evaluator  # noqa: E402
 from gptailor_merge.search.space import SearchSpace  # noqa: E402
@@ -305,14 +306,16 @@ def record_trace(family, tokenizer, tasks, args, run_dir: Path) -> tuple[list[Ca
 
 # ---- variants ---------------------------------------------------------------------------------
 class StitchVariant:
-    """(b) / (c): a fresh Evaluator over the family; `prefix_bytes` 0 is the plain stitcher."""
+    """(b) / (c) / (d): a fresh Evaluator over the family; `prefix_bytes` 0 is the plain
+    stitcher; `shared_context` False scores each choice as its own sequence (the path before
+    shared-context multiple choice), None packs them where the model allows."""
 
     def __init__(self, family, tokenizer, tasks, args, prefix_bytes: int,
-                 stitcher: Stitcher | None = None) -> None:
+                 stitcher: Stitcher | None = None, shared_context: bool | None = False) -> None:
         stitcher = stitcher or make_stitcher(family, args)
         self.evaluator = Evaluator(stitcher, tokenizer, tasks, batch_size=args.batch_size,
                                    max_length=args.max_length, prefix_cache_bytes=prefix_bytes,
-                                   rungs=tuple(getattr(args, "rungs", ())))
+                                   rungs=tuple(getattr(args, "rungs", ())), shared_context=shared_context)
         self.device = self.evaluator.stitcher.device
         self.skips: list[float] = []
         self.materialize: list[float] = []  # seconds in Stitcher.build per call (its own timer)
@@ -537,7 +540,7 @@ def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[
         fresh = [materialize["mergekit"][k] for k in timed if materialize["mergekit"][k] > 0]
         med = {"mergekit": _median([times["mergekit"][k] for k in timed]),
                **{k: _median([times[k][i] for i in idx])
-                  for k in ("stitch", "stitch_prefix", "floor", "score_floor")}}
+                  for k in ("stitch", "stitch_prefix", "stitch_prefix_shared", "floor", "score_floor")}}
         per_rung[n] = {
             "calls": len(idx), "mergekit_calls": len(timed), "mergekit_materialized": len(fresh),
             "median_s": med,
@@ -546,6 +549,7 @@ def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[
             "layers_built_mean": statistics.fmean([built[i] for i in idx]) if idx else float("nan"),
             "mergekit_over_stitch": med["mergekit"] / med["stitch"],
             "mergekit_over_stitch_prefix": med["mergekit"] / med["stitch_prefix"],
+            "stitch_prefix_over_shared": med["stitch_prefix"] / med["stitch_prefix_shared"],
             "stitch_over_floor": med["stitch"] / med["floor"],
             "score_floor_over_floor": med["score_floor"] / med["floor"],
             "stitch_prefix_over_floor": med["stitch_prefix"] / med["floor"],
@@ -573,7 +577,8 @@ def trace_totals(times: dict[str, list[float]], n_calls: int, mergekit_index: Se
     a = seconds["mergekit"]
     return {"seconds": seconds,
             "trace_ratio_mergekit_over_stitch": None if a is None else a / seconds["stitch"],
-            "trace_ratio_mergekit_over_stitch_prefix": None if a is None else a / seconds["stitch_prefix"]}
+            "trace_ratio_mergekit_over_stitch_prefix": None if a is None else a / seconds["stitch_prefix"],
+            "trace_ratio_stitch_prefix_over_shared": seconds["stitch_prefix"] / seconds["stitch_prefix_shared"]}
 
 
 def _ratio(value: float | None) -> str:
@@ -591,6 +596,9 @@ def print_table(per_rung: dict, totals: dict, skip_fraction: float, n_calls: int
           f"(c) stitch + prefix {s['stitch_prefix']:.1f} s; "
           f"a/b = {_ratio(totals['trace_ratio_mergekit_over_stitch'])}, "
           f"a/c = {_ratio(totals['trace_ratio_mergekit_over_stitch_prefix'])}")
+    print(f"(d) stitch + prefix + shared-context multiple choice {s['stitch_prefix_shared']:.1f} s; "
+          f"c/d = {_ratio(totals['trace_ratio_stitch_prefix_over_shared'])} ((a)-(c) score each "
+          f"choice as its own sequence)")
     head = (f"{'rung n':>7} {'calls':>5} {'mk':>3} {'(a) mergekit':>12} {'(b) stitch':>10} "
             f"{'(c) +prefix':>11} {'floor':>8} {'score fl':>8} {'a/b':>5} {'a/c':>5} {'b/floor':>7} "
             f"{'c/floor':>7} {'skip':>5} {'built':>5} {'mk new':>6} {'mk mat':>7} {'st mat':>7}")
@@ -622,6 +630,15 @@ def spread(indices: Sequence[int], count: int) -> list[int]:
     return sorted({indices[round(k * step)] for k in range(count)})
 
 
+def throughput_section(family, tokenizer, tasks, args) -> dict:
+    """`bench.throughput` on the dense base (loaded from its folder, as `evaluate` would)."""
+    model, _ = load_model_folder(family.base.path, device=args.device, dtype=torch_dtype(args.dtype))
+    section = throughput(model, tokenizer, tasks, batch_size=args.batch_size, max_length=args.max_length)
+    print(format_throughput(section), flush=True)
+    del model
+    return section
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=("synthetic", "demo", "smollm2"), default="synthetic")
@@ -644,6 +661,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="time (a) on N calls per rung, evenly spaced over the trace (it is slow); "
                         "0: all (needed for the trace ratios)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--throughput", action="store_true",
+                   help="first, the throughput section: the base on every held-out example of the "
+                        "tasks, per-choice vs shared-context multiple choice, against a bare-matmul floor")
     p.add_argument("--no-check-lean", dest="check_lean", action="store_false",
                    help="skip checking, through mergekit, that (a)'s lean recipes give the same "
                         "models as the full ones")
@@ -667,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  f"({', '.join(t.name for t in tasks)})")
             tasks = [t for t in tasks if t.name in args.tasks]
         tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+        section = throughput_section(family, tokenizer, tasks, args) if args.throughput else None
         t0 = time.perf_counter()
         calls, rungs = record_trace(family, tokenizer, tasks, args, work / "run")
         print(f"trace: {args.trials} trials -> {len(calls)} score calls at rungs {rungs} "
@@ -678,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         floor = FloorVariant(family, tokenizer, tasks, args)
         variants = {"stitch": StitchVariant(family, tokenizer, tasks, args, 0),
                     "stitch_prefix": prefixed,
+                    "stitch_prefix_shared": StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes,
+                                                          shared_context=None),
                     "floor": floor,
                     "score_floor": ScoreFloorVariant(family, tokenizer, tasks, args, stitcher=floor.stitcher),
                     "mergekit": MergekitVariant(family, tokenizer, tasks, args, work)}
@@ -702,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "trace_ratio_mergekit_over_stitch": totals["trace_ratio_mergekit_over_stitch"],
         "trace_ratio_mergekit_over_stitch_prefix": totals["trace_ratio_mergekit_over_stitch_prefix"],
         "trace_seconds": totals["seconds"],
+        "trace_ratio_stitch_prefix_over_shared": totals["trace_ratio_stitch_prefix_over_shared"],
+        "throughput": section,
         "mergekit_materializations": sum(v > 0 for v in materialize["mergekit"]),
         "expected_materializations": trial_runs(calls) if len(mergekit_index) == len(calls) else None,
         "lean_recipe_check": lean_check,

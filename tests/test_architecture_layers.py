@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "gptailor_merge"
 
 STAGES = ("core", "family", "materialize", "scoring", "demo", "baselines", "repair", "search",
-          "share", "run", "cli")
+          "share", "run", "bench", "cli")
 """Lowest first: a module may import its own stage and the ones before it, never a later one.
 The package's own `__init__` and `__main__` (entry points) sit above every stage."""
 

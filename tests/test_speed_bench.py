@@ -35,6 +35,7 @@ def test_per_rung_detail_counts_mergekit_materializations_only_where_it_merged(s
     genome = Genome.base_only(4, 1)
     calls = [speed.Call(genome, "search", n) for n in (1, 1, 1, 3)]
     times = {"stitch": [1.0, 2.0, 3.0, 9.0], "stitch_prefix": [0.5, 1.0, 1.5, 4.0],
+             "stitch_prefix_shared": [0.25, 0.5, 0.75, 2.0],
              "floor": [0.9, 1.9, 2.5, 8.0], "score_floor": [0.95, 1.8, 2.9, 8.5],
              "mergekit": [4.0, 5.0, 12.0]}
     materialize = {"mergekit": [2.0, 3.0, 0.0], "stitch": [0.01, 0.02, 0.5, 0.04]}
@@ -49,12 +50,14 @@ def test_per_rung_detail_counts_mergekit_materializations_only_where_it_merged(s
 
 
 def test_trace_ratios_are_whole_trace_totals_and_need_mergekit_on_every_call(speed):
-    times = {"stitch": [1.0, 2.0, 3.0], "stitch_prefix": [0.5, 1.0, 1.5], "floor": [1, 1, 1],
+    times = {"stitch": [1.0, 2.0, 3.0], "stitch_prefix": [0.5, 1.0, 1.5],
+             "stitch_prefix_shared": [0.25, 0.5, 0.75], "floor": [1, 1, 1],
              "score_floor": [1, 1, 1], "mergekit": [4.0, 3.0, 5.0]}
     totals = speed.trace_totals(times, 3, [0, 1, 2])
     assert totals["seconds"]["mergekit"] == 12.0 and totals["seconds"]["stitch"] == 6.0
     assert totals["trace_ratio_mergekit_over_stitch"] == pytest.approx(2.0)
     assert totals["trace_ratio_mergekit_over_stitch_prefix"] == pytest.approx(4.0)
+    assert totals["trace_ratio_stitch_prefix_over_shared"] == pytest.approx(2.0)
     partial = speed.trace_totals({**times, "mergekit": [4.0]}, 3, [1])
     assert partial["trace_ratio_mergekit_over_stitch"] is None and partial["seconds"]["mergekit"] is None
 
@@ -88,7 +91,7 @@ def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(s
 def test_tiny_synthetic_run_writes_every_target_and_counts_each_new_layer_once(speed, tmp_path, capsys):
     out = tmp_path / "speed.json"
     result = speed.main(["--family", "synthetic", "--trials", "5", "--max-examples", "3",
-                         "--max-length", "32", "--threads", "1", "--json", str(out)])
+                         "--max-length", "32", "--threads", "1", "--json", str(out), "--throughput"])
     assert json.loads(out.read_text())["score_calls"] == result["score_calls"] > 0
     for key in ("time_ratio_mergekit_over_stitch", "stitch_over_floor"):
         assert set(result[key]) == {str(n) for n in result["rungs"]}
@@ -105,4 +108,12 @@ def test_tiny_synthetic_run_writes_every_target_and_counts_each_new_layer_once(s
     assert result["lean_recipe_check"]["genomes"] and result["lean_recipe_check"]["max_abs_diff"] == 0.0
     # with a cache larger than the trace, (b) builds each distinct merged or selected layer once
     assert sum(result["layers_built"]) == result["distinct_layers"] > 0
-    assert "a/b =" in capsys.readouterr().out
+    assert result["trace_ratio_stitch_prefix_over_shared"] == pytest.approx(
+        totals["stitch_prefix"] / totals["stitch_prefix_shared"])
+    section = result["throughput"]
+    (mc,) = [row for row in section["tasks"].values() if "per_choice_s" in row]
+    assert mc["argmax_differences"] == 0 and mc["max_abs_loglik_diff"] < 1e-4
+    assert mc["counts"]["shared"]["tokens"] < mc["counts"]["per_choice"]["tokens"]
+    assert section["floor"]["tokens_per_s_full_logits"] > 0 and section["heldout_row_speedup"] > 0
+    out = capsys.readouterr().out
+    assert "a/b =" in out and "c/d =" in out and "| shared |" in out
