@@ -447,7 +447,8 @@ class MergekitVariant:
         self.materialize.append(time.perf_counter() - start if fresh else 0.0)
         evaluate_model(model, self.tokenizer, self.tasks, split=call.split,
                        n_examples=call.n_examples, batch_size=args.batch_size,
-                       max_length=args.max_length, boundaries=boundaries(args, call))
+                       max_length=args.max_length, boundaries=boundaries(args, call),
+                       shared_context=False)  # (a)-(c) and the floors: one sequence per choice
         sync(torch.device(args.device))
         return time.perf_counter() - start
 
@@ -503,7 +504,7 @@ class ScoreFloorVariant(FloorVariant):
         start = time.perf_counter()
         evaluate_model(model, self.tokenizer, self.tasks, split=call.split, n_examples=call.n_examples,
                        batch_size=self.args.batch_size, max_length=self.args.max_length,
-                       boundaries=boundaries(self.args, call))
+                       boundaries=boundaries(self.args, call), shared_context=False)
         sync(self.stitcher.device)
         return time.perf_counter() - start
 
@@ -664,6 +665,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput", action="store_true",
                    help="first, the throughput section: the base on every held-out example of the "
                         "tasks, per-choice vs shared-context multiple choice, against a bare-matmul floor")
+    p.add_argument("--throughput-only", action="store_true", help="the throughput section, no trace")
     p.add_argument("--no-check-lean", dest="check_lean", action="store_false",
                    help="skip checking, through mergekit, that (a)'s lean recipes give the same "
                         "models as the full ones")
@@ -687,7 +689,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  f"({', '.join(t.name for t in tasks)})")
             tasks = [t for t in tasks if t.name in args.tasks]
         tokenizer = AutoTokenizer.from_pretrained(family.base.path)
-        section = throughput_section(family, tokenizer, tasks, args) if args.throughput else None
+        section = (throughput_section(family, tokenizer, tasks, args)
+               if args.throughput or args.throughput_only else None)
+        if args.throughput_only:
+            result = {"benchmark": "speed", "git": git_sha(), "hardware": hardware(),
+                      "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                      "family": args.family, "throughput": section}
+            write_result(args.json, result)
+            print(f"wrote {args.json}")
+            return result
         t0 = time.perf_counter()
         calls, rungs = record_trace(family, tokenizer, tasks, args, work / "run")
         print(f"trace: {args.trials} trials -> {len(calls)} score calls at rungs {rungs} "
