@@ -18,11 +18,9 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from gptailor_merge.bench.environment import git_sha, hardware, setup_torch, write_result  # noqa: E402,F401
 from gptailor_merge.bench.throughput import format_throughput, throughput  # noqa: E402
 from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES  # noqa: E402
 from gptailor_merge.core.genome import Genome  # noqa: E402
@@ -53,48 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- environment ------------------------------------------------------------------------------
-def git_sha() -> dict:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
-
-
-def hardware() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        import transformers
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def setup_torch(threads: int | None) -> None:
-    """Every benchmark's start: the torch thread count, transformers' bars and chatter off."""
-    import transformers
-
-    if threads:
-        torch.set_num_threads(threads)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
-def write_result(path: Path, result: dict) -> None:
-    """The result JSON, written atomically (a killed run leaves the previous file whole)."""
-    from gptailor_merge.core.atomic import write_json_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, result)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -13,9 +13,12 @@ from transformers import AutoModelForCausalLM
 from gptailor_merge.core.errors import RepairError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.materialize.stitch import Stitcher
+from gptailor_merge.repair.calibration import repair_texts
 from gptailor_merge.repair.fit import (
     NormalEquations,
+    Rows,
     apply_maps,
+    fit_cosine_map,
     fit_linear_map,
     fuse_map,
     removed_runs,
@@ -207,7 +210,8 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
 
     recipe, folder = tmp_path / "pruned.yaml", tmp_path / "pruned_repaired"
     rc = main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"), "--out", str(recipe),
-               "--n-calibration", "5", "--repair", "linear", "--repair-texts", "8", "--repair-out", str(folder)])
+               "--n-calibration", "5", "--repair", "linear", "--repair-texts", "8", "--repair-out", str(folder),
+               "--keep-repair"])
     assert rc == 0, capsys.readouterr().err
     assert {"model.safetensors", "config.json", "mergekit_config.yml", "repair.safetensors",
             "repair.json"} <= {p.name for p in folder.iterdir()}
@@ -235,6 +239,19 @@ def test_prune_repair_folder_is_rebuilt_bitwise_by_materialize_and_loads_in_tran
     assert model.config.num_hidden_layers == 3 and torch.isfinite(_logits(model)).all()
 
 
+def test_prune_repair_keeps_its_folder_only_where_validation_says_so(cli_setup, tmp_path, capsys):
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.run.prune import prune
+
+    config = RunConfig.from_dict(yaml.safe_load((cli_setup / "config.yaml").read_text()))
+    folder = tmp_path / "rep"
+    outcome = prune(config, "reverse", tmp_path / "r.yaml", repair="linear", repair_out=folder, progress=False)
+    choice = outcome.repair_choice
+    assert choice["kept"] is (choice["repaired_vs_unrepaired"]["ci95"][0] > 0)
+    assert folder.is_dir() is choice["kept"] and (outcome.repaired is not None) is choice["kept"]
+    assert "on validation" in choice["message"]
+
+
 def test_materialize_repair_needs_calibration_and_refuses_bad_settings(cli_setup, tmp_path, capsys):
     from gptailor_merge.cli.app import main
 
@@ -256,7 +273,8 @@ def test_push_card_of_a_repaired_folder_says_what_was_repaired(cli_setup, tmp_pa
 
     folder = tmp_path / "rep"
     assert main(["-q", "prune", "--method", "reverse", "--family", str(cli_setup / "config.yaml"),
-                 "--out", str(tmp_path / "r.yaml"), "--repair", "linear", "--repair-out", str(folder)]) == 0
+                 "--out", str(tmp_path / "r.yaml"), "--repair", "linear", "--repair-out", str(folder),
+                 "--keep-repair"]) == 0
     assert main(["-q", "push", str(folder), "me/repaired", "--dry-run", str(tmp_path / "up")]) == 0
     card = (tmp_path / "up" / "README.md").read_text()
     assert "## Repair of the cuts" in card and "differ from what the recipe alone gives" in card
@@ -264,46 +282,141 @@ def test_push_card_of_a_repaired_folder_says_what_was_repaired(cli_setup, tmp_pa
     assert (tmp_path / "up" / "repair.safetensors").is_file()
 
 
-def test_optimize_repair_writes_the_repaired_best_model_and_its_heldout_row(cli_setup, tmp_path):
+def test_optimize_repair_keeps_the_repair_only_as_validation_chose_and_says_so(cli_setup, tmp_path):
     from gptailor_merge.core.config import RunConfig
     from gptailor_merge.run.optimize import optimize
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())
     data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 4, "max_examples": 6, "seeds": False})
     outcome = optimize(RunConfig.from_dict(data), progress=False, repair="linear")
+    winner = outcome.summary["selection"]["winner"]
+    repair = outcome.summary["repair"]
+    assert repair["kept"] is winner["repaired"]
+    assert repair["validation"]["repaired_vs_unrepaired"]["ci95"][0] > 0 if repair["kept"] else True
+    assert all("repair" in c for c in outcome.summary["selection"]["contenders"]), "every contender is repaired"
     folder = outcome.run_dir / "best_model_repaired"
-    assert (folder / "repair.safetensors").is_file() and (folder / "model.safetensors").is_file()
     rows = {r["model"]: r for r in outcome.summary["rows"]}
-    row = rows["gptailor-best+repair"]
-    assert row["kind"] == "tailored+repair" and row["layers"] == 3
-    repaired_runs = json.loads((folder / "repair.json").read_text())["result"]["runs"]
-    same = row["tasks"]["txt"]["ppl"] == rows["gptailor-best"]["tasks"]["txt"]["ppl"]
-    assert same != bool(repaired_runs), "a map changes the held-out score; no map leaves it as it was"
-    assert json.loads((outcome.run_dir / "summary.json").read_text())["rows"][-1]["model"] == "gptailor-best+repair"
-    assert "gptailor-best+repair" in (outcome.run_dir / "summary.md").read_text()
+    assert folder.is_dir() is repair["kept"] and ("gptailor-best+repair" in rows) is repair["kept"]
+    if repair["kept"]:
+        assert (folder / "repair.safetensors").is_file() and (folder / "model.safetensors").is_file()
+        assert rows["gptailor-best+repair"]["kind"] == "tailored+repair"
+    md = (outcome.run_dir / "summary.md").read_text()
+    assert "Repair (chosen on validation): the repair " in md
 
 
-def test_optimize_repair_without_a_text_task_fails_before_the_search(cli_setup, tmp_path):
-    from gptailor_merge.core.config import RunConfig
+def test_repair_calibrates_on_multiple_choice_tasks_unless_told_text_only(cli_setup, tmp_path):
     from gptailor_merge.core.errors import ConfigError
-    from gptailor_merge.run.optimize import optimize
+    from gptailor_merge.run.repair_run import check_repair
+    from gptailor_merge.scoring import load_task
 
     mc = tmp_path / "mc.jsonl"
-    mc.write_text("".join(json.dumps({"context": "the cat", "choices": ["sat", "ran"], "answer": i % 2}) + "\n"
+    mc.write_text("".join(json.dumps({"context": f"the cat {i}", "choices": ["sat", "ran"], "answer": i % 2}) + "\n"
                           for i in range(10)))
-    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
-    data.update(out_dir=str(tmp_path / "run"), tasks=[str(mc)], search={"n_trials": 4, "max_examples": 4})
+    tasks = [load_task(str(mc))]
+    check_repair("linear", tasks, "all")
     with pytest.raises(ConfigError, match="text"):
-        optimize(RunConfig.from_dict(data), progress=False, repair="linear")
-    assert not (tmp_path / "run" / "journal.jsonl").exists()
+        check_repair("linear", tasks, "text")
 
 
-def test_optimize_repair_without_heldout_still_writes_the_repaired_folder(cli_setup, tmp_path):
+def test_optimize_repair_without_heldout_still_decides_the_repair(cli_setup, tmp_path):
     from gptailor_merge.core.config import RunConfig
     from gptailor_merge.run.optimize import optimize
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())
     data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 3, "max_examples": 4, "seeds": False})
     outcome = optimize(RunConfig.from_dict(data), progress=False, repair="linear", heldout=False)
-    assert (outcome.run_dir / "best_model_repaired" / "repair.json").is_file()
+    kept = outcome.summary["repair"]["kept"]
+    assert (outcome.run_dir / "best_model_repaired" / "repair.json").is_file() is kept
     assert outcome.summary["rows"] == []
+
+
+# ---- cosine objective and calibration sources -------------------------------------------------------
+def test_cosine_fit_lowers_its_own_objective_from_the_least_squares_start():
+    gen = torch.Generator().manual_seed(1)
+    rows = Rows()
+    t_true = torch.eye(8) + 0.3 * torch.randn(8, 8, generator=gen)
+    for _ in range(3):
+        m, y = torch.randn(50, 8, generator=gen), torch.randn(50, 8, generator=gen)
+        h = (y + m @ t_true) * (1 + torch.rand(50, 1, generator=gen) * 3)  # scale noise: cosine ignores it
+        rows.add(m, y, h + 0.05 * torch.randn(50, 8, generator=gen))
+    eq = NormalEquations()
+    for m, y, h in zip(rows.m, rows.y, rows.h, strict=True):
+        eq.add(m, h - y)
+    start = fit_linear_map(eq, 0.0)
+    t, before, after = fit_cosine_map(rows, start, steps=30)
+
+    def reference(tt):  # the objective written out independently, in float64
+        m, y, h = (torch.cat(v).double() for v in (rows.m, rows.y, rows.h))
+        p = y + m @ tt.double()
+        return float((1 - (p * h).sum(-1) / (p.norm(dim=-1) * h.norm(dim=-1))).mean())
+
+    assert before == pytest.approx(reference(start), rel=1e-4)
+    assert after == pytest.approx(reference(t), rel=1e-4)
+    assert after < 0.5 * before, "the cosine map fits the direction the scaled targets share"
+    assert t.dtype == torch.float64
+
+
+def test_cosine_repair_on_a_model_records_both_objectives_and_changes_the_map(llama_family):
+    genome = Genome.base_only(4, 3, removed=[2])
+    kwargs = dict(batch_size=8, max_length=32)
+    _, ls = repair_model(llama_family, genome, _texts(), **kwargs)
+    _, cos = repair_model(llama_family, genome, _texts(), objective="cosine", cosine_steps=10, **kwargs)
+    assert ls.fits[0].cosine_fit is None and cos.objective == "cosine"
+    assert cos.fits[0].cosine_fit < cos.fits[0].cosine_lstsq
+    assert not torch.equal(cos.maps[1], ls.maps[1])
+    assert cos.to_json()["runs"][0]["cosine_fit"] < cos.to_json()["runs"][0]["cosine_lstsq"]
+    with pytest.raises(RepairError, match="unknown repair objective"):
+        repair_model(llama_family, genome, _texts(), objective="l1", **kwargs)
+
+
+def test_a_multiple_choice_context_with_its_gold_continuation_enters_the_fit(llama_family):
+    from gptailor_merge.scoring.examples import ChoiceExample, TextExample
+    from gptailor_merge.scoring.task import make_task
+
+    texts = [TextExample(t) for t in _texts(12)]
+    mc = [ChoiceExample(f"the fox {w} and the", ("cat", "dog"), i % 2) for i, w in enumerate(WORDS)]
+    text_task = make_task("txt", texts[:6], texts[6:], "test")
+    mc_task = make_task("mc", mc[:7], mc[7:], "test")
+    only_text = repair_texts([text_task, mc_task], None, "text")
+    every = repair_texts([text_task, mc_task], None, "all")
+    assert only_text == [ex.text for ex in text_task.search]
+    assert every[len(only_text):] == [ex.context + " " + ex.choices[ex.answer] for ex in mc_task.search]
+    genome = Genome.base_only(4, 3, removed=[2])
+    _, a = repair_model(llama_family, genome, only_text, batch_size=8, max_length=32)
+    _, b = repair_model(llama_family, genome, every, batch_size=8, max_length=32)
+    assert b.fits[0].n_tokens > a.fits[0].n_tokens and not torch.equal(a.maps[1], b.maps[1])
+
+
+def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(cli_setup, tmp_path, capsys):
+    """The winner's folder is written from the maps fitted during the validation pick (not fitted
+    again); `materialize --repair` from its recipe and repair.json gives the same bytes."""
+    from gptailor_merge.cli.app import main
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.family.family import Family
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.run.repair_run import FinalistRepair, write_repaired
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.selection import Contender
+
+    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
+    config = RunConfig.from_dict({**data, "out_dir": str(tmp_path / "run")})
+    family = Family.load(config.family.base, config.family.candidates)
+    evaluator = build_evaluator(config, family, load_tasks(config))
+    genome = Genome.from_choices(4, 3, [2], [(), (1,), (), (0, 2)])  # a merged layer 3; layer 1 takes the map
+    repairer = FinalistRepair(evaluator, config)
+    score, record = repairer(genome, None)
+    assert record["maps"] == 1 and genome.genome_id in repairer.fits
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    genome_to_recipe(genome, FamilyRefs.of(family)).save(run_dir / "best.yaml")
+    winner = Contender("trial 1", "finalist", genome, None, 1.0, 1.0, score, True,
+                       {"kept": True, "message": "kept by hand"})
+    summary = {"rows": []}
+    folder = write_repaired(run_dir, repairer, winner, config, summary)
+    assert summary["repair"]["kept"] is True and summary["repair"]["settings"]["sources"] == "all"
+    again = tmp_path / "again"
+    assert main(["-q", "materialize", str(folder / "mergekit_config.yml"), str(again), "--repair", "linear",
+                 "--repair-settings", str(folder / "repair.json")]) == 0, capsys.readouterr().err
+    for name in ("model.safetensors", "repair.safetensors"):
+        assert (again / name).read_bytes() == (folder / name).read_bytes(), name

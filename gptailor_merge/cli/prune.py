@@ -57,6 +57,9 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repair-texts", type=int, default=None, metavar="N",
                    help="repair: search-split texts per calibration task to fit on (default 128; the "
                         "map has hidden_size^2 parameters, so it needs more text than a baseline)")
+    p.add_argument("--keep-repair", action="store_true",
+                   help="repair: keep the repaired folder even where it does not beat the recipe's model on "
+                        "the validation split (the comparison is still printed)")
     p.add_argument("--repair-out", type=Path, metavar="DIR",
                    help="repair: the repaired model folder (default: OUT without suffix + '_repaired'); "
                         "fitted on the search split of the baseline's calibration tasks (--repair-texts per task)")
@@ -102,12 +105,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     n_calibration=args.n_calibration, options=_options(args, method),
                     overwrite=args.overwrite, progress=not args.quiet, repair=args.repair,
                     repair_out=args.repair_out, ridge=args.ridge,
-                    repair_texts=args.repair_texts)
+                    repair_texts=args.repair_texts, keep_repair=args.keep_repair)
     removed = outcome.result.removed
     kind = "model folder" if outcome.result.collapsed is not None else "recipe"
     print(f"{method}: removed layers {removed} of {outcome.n_layers} "
           f"(calibrated on {outcome.n_texts} texts of {', '.join(outcome.calibration_tasks)}, search split)")
     print(f"wrote {kind} {outcome.out}")
     if outcome.repaired is not None:
-        print(f"wrote repaired model folder {outcome.repaired} ({args.repair} repair, the same calibration tasks' search split)")
+        print(f"wrote repaired model folder {outcome.repaired} ({args.repair} repair, the same calibration "
+              f"tasks' search split): {outcome.repair_choice['message']}")
+    elif outcome.repair_choice is not None:
+        print(f"no repaired folder written: {outcome.repair_choice['message']}")
     return 0

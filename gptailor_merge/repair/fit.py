@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,15 @@ TOKENS_PER_DIM = 10
 
 TARGET = "self"
 TARGETS = ("self", "base")
+
+OBJECTIVE = "lstsq"
+OBJECTIVES = ("lstsq", "cosine")
+"""`lstsq`: min ||M T - (H - Y)||^2 (closed form). `cosine` (ReplaceMe's cosine variant): min mean
+(1 - cos(Y + M T, H)) over tokens, from the least-squares map, by L-BFGS on the stored rows. The next
+layer reads the stream through an RMSNorm, which discards its scale, so the direction is what must
+land; the price is keeping the rows (3 x tokens x hidden floats) instead of the sums."""
+COSINE_STEPS = 50
+"""L-BFGS iterations of the cosine fit (each one pass over the rows, plus line-search passes)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,54 @@ class NormalEquations:
         """||M T - D|| / ||D|| from the sums (no rows kept)."""
         sq = (t * (self.gram @ t)).sum() - 2 * (t * self.cross).sum() + self.target_sq
         return float(sq.clamp_min(0.0).sqrt()) / max(self.target_sq, 1e-300) ** 0.5
+
+
+@dataclass
+class Rows:
+    """The fit's rows kept for the cosine objective: M, Y and H per batch (float32, CPU)."""
+
+    m: list[torch.Tensor] = field(default_factory=list)
+    y: list[torch.Tensor] = field(default_factory=list)
+    h: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, m: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
+        for store, value in ((self.m, m), (self.y, y), (self.h, h)):
+            store.append(value.detach().float().cpu())
+
+    def cosine_distance(self, t: torch.Tensor) -> torch.Tensor:
+        """mean over tokens of 1 - cos(Y + M T, H) (differentiable in `t`)."""
+        total, n = t.new_zeros(()), 0
+        for m, y, h in zip(self.m, self.y, self.h, strict=True):
+            total = total + (1 - torch.nn.functional.cosine_similarity(y + m @ t, h, dim=-1)).sum()
+            n += m.shape[0]
+        return total / max(n, 1)
+
+
+def fit_cosine_map(rows: Rows, start: torch.Tensor, steps: int = COSINE_STEPS) -> tuple[torch.Tensor, float, float]:
+    """(T, cosine distance at `start`, at T): L-BFGS from `start` (the least-squares map) on the
+    mean cosine distance; float32 on CPU, deterministic for a fixed thread count."""
+    if steps < 1:
+        raise RepairError(f"cosine steps must be at least 1, got {steps}")
+    if any(x.is_inference() for x in rows.m):  # collected under inference_mode: autograd needs copies
+        rows = Rows([x.clone() for x in rows.m], [x.clone() for x in rows.y], [x.clone() for x in rows.h])
+    t = start.detach().float().cpu().contiguous().clone().requires_grad_(True)
+    with torch.no_grad():
+        before = float(rows.cosine_distance(t))
+    opt = torch.optim.LBFGS([t], lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = rows.cosine_distance(t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        after = float(rows.cosine_distance(t))
+    if not math.isfinite(after) or after > before:  # never worse than its start
+        return start.double(), before, before
+    return t.detach().double(), before, after
 
 
 def fit_linear_map(eq: NormalEquations, ridge: float = DEFAULT_RIDGE) -> torch.Tensor:
@@ -178,6 +236,8 @@ class RunFit:
     n_tokens: int
     error_unrepaired: float  # ||M - D|| / ||D||: the cut with T = identity (no repair)
     error_repaired: float  # ||M T - D|| / ||D||
+    cosine_lstsq: float | None = None  # mean 1 - cos(Y + M T, H) at the least-squares map (cosine fit)
+    cosine_fit: float | None = None  # ... at the cosine map
 
 
 @dataclass(frozen=True)
@@ -193,15 +253,21 @@ class RepairInfo:
     max_length: int
     batch_size: int
     target: str = TARGET
+    objective: str = OBJECTIVE
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        def cosine(f: RunFit) -> dict:
+            return ({} if f.cosine_fit is None else
+                    {"cosine_lstsq": round(f.cosine_lstsq, 6), "cosine_fit": round(f.cosine_fit, 6)})
+
         return {
             "target": self.target,
+            "objective": self.objective,
             "ridge": self.ridge,
             "runs": [{"removed": list(f.run.removed), "layer": f.run.layer_idx, "position": f.run.position,
                       "n_tokens": f.n_tokens, "error_unrepaired": round(f.error_unrepaired, 6),
-                      "error_repaired": round(f.error_repaired, 6)} for f in self.fits],
+                      "error_repaired": round(f.error_repaired, 6), **cosine(f)} for f in self.fits],
             "skipped_runs_at_layer_0": [list(s) for s in self.skipped],
         }
 
@@ -256,11 +322,12 @@ def _dense_targets(model: nn.Module, family: Family, runs: Sequence[RemovedRun],
 
 
 def _candidate_sums(model: nn.Module, family: Family, position: int, where: str, batches: _Batches,
-                    targets: list[torch.Tensor] | int) -> NormalEquations:
+                    targets: list[torch.Tensor] | int, rows: Rows | None = None) -> NormalEquations:
     """Runs `model` up to its layer at `position` (the kept layer before the run) and sums the
     normal equations of M T ~ H - Y, with M that layer's MLP output and Y the residual stream M is
     added to. `targets`: H per batch (precomputed), or the position in `model` whose output is H
-    (the run put back in the same model, so Y and H come from one pass)."""
+    (the run put back in the same model, so Y and H come from one pass). `rows`, where given,
+    also keeps M, Y and H (the cosine objective needs the rows, not only the sums)."""
     layers = DecoderLayout.of_family(family).layers(model)
     layer = layers[position]
     down_projection(layer, where)
@@ -304,6 +371,8 @@ def _candidate_sums(model: nn.Module, family: Family, position: int, where: str,
                                       "the MLP output cannot repair it; use this model without --repair")
                 h = seen["h"][keep] if target_layer is not None else targets[b]
                 eq.add(m, h.double() - y.double())
+                if rows is not None:
+                    rows.add(m, y, h)
     finally:
         for handle in handles:
             handle.remove()
@@ -333,6 +402,8 @@ def repair_model(
     *,
     ridge: float = DEFAULT_RIDGE,
     target: str = TARGET,
+    objective: str = OBJECTIVE,
+    cosine_steps: int = COSINE_STEPS,
     max_length: int = 256,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -364,8 +435,10 @@ def repair_model(
                        list(run))
     if target not in TARGETS:
         raise RepairError(f"unknown repair target {target!r}; use one of {', '.join(TARGETS)}")
+    if objective not in OBJECTIVES:
+        raise RepairError(f"unknown repair objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
-                    batch_size=batch_size, target=target)
+                    batch_size=batch_size, target=target, objective=objective)
     if not runs:
         return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
     batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)
@@ -377,24 +450,32 @@ def repair_model(
     fits: list[RunFit] = []
     for k, run in enumerate(runs):
         where = f"layer {run.layer_idx}"
+        rows = Rows() if objective == "cosine" else None
         if target == "base":
             model = apply_maps(stitcher.build(genome), family, genome, maps)
-            eq = _candidate_sums(model, family, run.position, where, batches, targets[k])
+            eq = _candidate_sums(model, family, run.position, where, batches, targets[k], rows)
             targets[k] = None  # free the run's targets
         else:
             put_back = restored(genome, run)
             model = apply_maps(stitcher.build(put_back), family, put_back, maps)
             eq = _candidate_sums(model, family, run.position, where, batches,
-                                 put_back.kept.index(run.removed[-1]))
+                                 put_back.kept.index(run.removed[-1]), rows)
         if k == 0 and eq.n_rows < TOKENS_PER_DIM * eq.gram.shape[0]:
             logger.warning("repair: %d calibration tokens for a %d x %d map (under %d per dimension); the "
                            "maps may overfit them and hurt other text: give more calibration texts",
                            eq.n_rows, eq.gram.shape[0], eq.gram.shape[0], TOKENS_PER_DIM)
         t = fit_linear_map(eq, ridge)
+        cosines: tuple[float | None, float | None] = (None, None)
+        if rows is not None:
+            t, *cosines = fit_cosine_map(rows, t, cosine_steps)
+            t = t.to(eq.gram.device)
+            rows = None
         identity = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
-        fit = RunFit(run, eq.n_rows, eq.residual(identity), eq.residual(t))
-        logger.info("repair of layers %s into layer %d: relative error %.4f -> %.4f on %d tokens",
-                    list(run.removed), run.layer_idx, fit.error_unrepaired, fit.error_repaired, fit.n_tokens)
+        fit = RunFit(run, eq.n_rows, eq.residual(identity), eq.residual(t), *cosines)
+        logger.info("repair of layers %s into layer %d: relative error %.4f -> %.4f on %d tokens%s",
+                    list(run.removed), run.layer_idx, fit.error_unrepaired, fit.error_repaired, fit.n_tokens,
+                    "" if fit.cosine_fit is None else
+                    f"; cosine distance {fit.cosine_lstsq:.5f} (least squares) -> {fit.cosine_fit:.5f}")
         maps[run.layer_idx] = t.cpu()
         fits.append(fit)
     model = apply_maps(stitcher.build(genome), family, genome, maps)

@@ -21,11 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gptailor_merge.core.errors import ConfigError, RepairError
 from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
 from gptailor_merge.family.family import copy_tokenizer
-from gptailor_merge.repair.fit import DEFAULT_RIDGE, TARGET, RepairInfo, repair_model
+from gptailor_merge.repair.calibration import repair_texts
+from gptailor_merge.repair.fit import (
+    COSINE_STEPS,
+    DEFAULT_RIDGE,
+    OBJECTIVE,
+    TARGET,
+    RepairInfo,
+    repair_model,
+)
 
 logger = logging.getLogger(__name__)
 
 REPAIR_METHODS = ("linear",)
+SOURCES = "all"
+"""Default calibration: every objective task's search examples (repair.calibration), chosen on the
+demo family's validation split at 25% (benchmarks/README, "Repair: calibration and objective")."""
 REPAIR_TEXTS = 128
 """Search-split texts per text task a repair fits on by default. The map has hidden_size**2
 parameters: on SmolLM2 (hidden 576) at 25% removal, 8 texts per task (2k tokens) overfit and the
@@ -50,7 +61,14 @@ class RepairSettings(BaseModel):
     target: Literal["self", "base"] = Field(
         TARGET, description="whose hidden state after a removed run is matched: the candidate's own with the "
                             "run put back (self) or the dense base's (base); see repair.fit")
-    tasks: tuple[str, ...] = Field(description="calibration text tasks, as specs that load without a "
+    objective: Literal["lstsq", "cosine"] = Field(
+        OBJECTIVE, description="least squares on the stream (lstsq) or ReplaceMe's cosine distance, from the "
+                               "least-squares map (cosine); see repair.fit")
+    cosine_steps: int = Field(COSINE_STEPS, ge=1, description="L-BFGS iterations of the cosine fit")
+    sources: Literal["text", "all"] = Field(
+        SOURCES, description="calibrate on the text tasks only (text) or on every task, multiple-choice "
+                             "contexts with their gold continuation included (all); see repair.calibration")
+    tasks: tuple[str, ...] = Field(description="calibration tasks, as specs that load without a "
                                                "registry (JSONL paths, hf:/disk: specs)")
     task_names: tuple[str, ...] = Field((), description="the tasks' names (for people)")
     split: Literal["search"] = Field("search", description="calibration always uses the search split")
@@ -104,13 +122,15 @@ def portable_spec(spec: str) -> str:
 
 
 def settings_for(specs: Sequence[str], *, seed: int, **fields: Any) -> RepairSettings:
-    """Settings over the text (perplexity) tasks among `specs`; other tasks are dropped."""
+    """Settings over the tasks among `specs` that `sources` calibrates on (with `text`, the
+    perplexity tasks; other tasks are dropped)."""
     from gptailor_merge.scoring import load_task
 
+    sources = fields.get("sources") or SOURCES
     kept, names = [], []
     for spec in specs:
         task = load_task(spec, seed=seed)
-        if task.kind == "perplexity":
+        if task.kind == "perplexity" or sources == "all":
             kept.append(portable_spec(str(spec)))
             names.append(task.name)
     if not kept:
@@ -133,11 +153,10 @@ def settings_for_recipe(recipe_path: str | os.PathLike, specs: Sequence[str], **
 
 def calibration_for(settings: RepairSettings) -> list[str]:
     """The settings' calibration texts; checks them against the recorded digest, if any."""
-    from gptailor_merge.baselines.core import calibration_texts
     from gptailor_merge.scoring import load_task
 
     tasks = [load_task(spec, seed=settings.seed) for spec in settings.tasks]
-    texts = calibration_texts(tasks, settings.n_examples_per_task)
+    texts = repair_texts(tasks, settings.n_examples_per_task, settings.sources)
     if settings.texts_sha256 is not None and texts_digest(texts) != settings.texts_sha256:
         raise RepairError(
             f"the calibration tasks {', '.join(settings.tasks)} no longer give the texts the repair was "
@@ -188,6 +207,7 @@ def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSetti
     """Fit the repair of `genome` with `settings` and write the repaired folder."""
     texts = list(texts) if texts is not None else calibration_for(settings)
     model, info = repair_model(family, genome, texts, ridge=settings.ridge, target=settings.target,
+                               objective=settings.objective, cosine_steps=settings.cosine_steps,
                                max_length=settings.max_length,
                                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
                                stitcher=stitcher, tokenizer=tokenizer)
@@ -260,12 +280,16 @@ def card_section(folder: Path) -> list[str]:
     body = json.loads(path.read_text())
     s, result = body.get("settings", {}), body.get("result", {})
     runs = result.get("runs", [])
+    what = ("examples (texts; multiple-choice contexts with their gold continuation)"
+            if s.get("sources") == "all" else "texts")
+    objective = ("least squares" if s.get("objective", "lstsq") == "lstsq" else
+                 f"cosine distance ({s.get('cosine_steps')} L-BFGS steps from the least-squares map)")
     lines = ["## Repair of the cuts", "",
              f"{NOTE}", "",
-             f"Calibration: the first {s.get('n_examples_per_task')} search-split texts of each of "
-             f"{', '.join(s.get('task_names') or s.get('tasks', []))} ({s.get('n_texts')} texts, at most "
-             f"{s.get('max_length')} tokens each; sha256 of the texts `{s.get('texts_sha256')}`), ridge "
-             f"{s.get('ridge')}, fitted in float64 on {s.get('device')} against "
+             f"Calibration: the first {s.get('n_examples_per_task')} search-split {what} of each of "
+             f"{', '.join(s.get('task_names') or s.get('tasks', []))} ({s.get('n_texts')} sequences, at most "
+             f"{s.get('max_length')} tokens each; sha256 of the sequences `{s.get('texts_sha256')}`), ridge "
+             f"{s.get('ridge')}, objective {objective}, fitted on {s.get('device')} against "
              f"{TARGET_WORDS.get(s.get('target', 'base'), s.get('target'))}.", ""]
     if runs:
         lines += ["| removed layers | map fused into layer | calibration tokens | relative error unrepaired | "

@@ -177,6 +177,18 @@ def _selection_lines(selection: dict | None, search: dict) -> list[str]:
             f"a resumed run replays them)."]
 
 
+def _repair_lines(repair: dict | None) -> list[str]:
+    """Whether the winner's repair was kept, and why (chosen on validation)."""
+    if not repair:
+        return []
+    where = ("best_model_repaired/ is the deliverable" if repair.get("kept") else
+             "best_model/ (the recipe's model) is the deliverable; no repaired folder was written")
+    fit = (repair.get("validation") or {})
+    cost = (f" Fit {fit['fit_seconds']} s, validation scoring {fit['score_seconds']} s."
+            if "fit_seconds" in fit else "")
+    return [f"Repair (chosen on validation): {repair.get('message')}; {where}.{cost}"]
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -229,6 +241,7 @@ def summary_markdown(summary: dict) -> str:
         f"Best trial on the search split: {s.get('best_trial', '?')} "
         f"({'a seed' if s.get('winner_from_seed') else 'from the optimizer'}).",
         *_selection_lines(selection, s),
+        *_repair_lines(summary.get("repair")),
         *_objective_line(s, tasks),
         f"Best recipe: `{summary['best_recipe']}`; mergekit vs stitcher held-out max |diff| = "
         f"{summary['mergekit_vs_stitch_max_abs_diff']:.2e}.",

@@ -40,7 +40,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
     `heldout=False` stops after the recipes are saved (summary.json holds the search alone): for
     callers that score the best recipe themselves, such as benchmarks/quality.py --lean.
-    `repair="linear"` also writes best_model_repaired/ (gptailor_merge.run.repair_run) and, with the
+    `repair="linear"` repairs the validation contenders and, where the winner keeps its repair there,
+    writes best_model_repaired/ (gptailor_merge.run.repair_run) and, with the
     held-out summary, its row."""
     from gptailor_merge.run.run_folder import open_fresh, open_resumed
 
@@ -101,9 +102,14 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
 
     from gptailor_merge.search.selection import select_on_validation
 
+    repairer = None
+    if repair is not None:
+        from gptailor_merge.run.repair_run import FinalistRepair
+
+        repairer = FinalistRepair(evaluator, config)
     selection = select_on_validation(evaluator, result.trials, result.rungs[-1], seed_removals,
                                      finalists=s.finalists, n_examples=s.validation_examples,
-                                     progress=progress)
+                                     progress=progress, repair=repairer)
     logger.info("%s", selection.message)
     refs = FamilyRefs.of(family)
     best_genome = selection.winner.genome
@@ -115,16 +121,16 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
         _save_recipe(Genome.from_dict(trial.genome), refs, trial, pareto_dir / f"{trial.genome_id}.yaml", ev.dtype)
 
     if not heldout:
-        if repair is not None:
-            from gptailor_merge.run.repair_run import repair_best
-
-            repair_best(run_dir, evaluator, best_genome, config, None)
         summary = {"best_genome": best_genome.to_dict(), "best_recipe": str(best_recipe),
                    "best_layer_map": best_genome.describe(), "selection": selection.to_dict(),
                    "search": {**result.summary(), "workers": s.workers, "budgets": budgets,
                               "seed_calibration_seconds": round(calibration_seconds, 1)},
                    "rows": [], "mergekit_vs_stitch_max_abs_diff": None,
                    "wall_seconds": round(time.perf_counter() - start, 1)}
+        if repairer is not None:
+            from gptailor_merge.run.repair_run import write_repaired
+
+            write_repaired(run_dir, repairer, selection.winner, config, summary)
         write_json_atomic(run_dir / "summary.json", summary)
         return RunOutcome(run_dir, summary, best_recipe)
 
@@ -134,10 +140,10 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     summary["search"]["workers"] = s.workers
     summary["search"]["budgets"] = budgets
     summary["search"]["seed_calibration_seconds"] = round(calibration_seconds, 1)
-    if repair is not None:
-        from gptailor_merge.run.repair_run import repair_best
+    if repairer is not None:
+        from gptailor_merge.run.repair_run import write_repaired
 
-        repair_best(run_dir, evaluator, best_genome, config, summary)
+        write_repaired(run_dir, repairer, selection.winner, config, summary)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(run_dir / "summary.json", summary)
     from gptailor_merge.run.heldout import summary_markdown

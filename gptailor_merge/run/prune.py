@@ -38,7 +38,8 @@ class PruneOutcome:
     n_layers: int
     calibration_tasks: tuple[str, ...]
     n_texts: int
-    repaired: Path | None = None  # the repaired model folder (--repair)
+    repaired: Path | None = None  # the repaired model folder (--repair), where validation kept it
+    repair_choice: dict | None = None  # repaired vs the recipe's model on validation (--repair)
 
 
 def _check_output(method: str, out: Path, overwrite: bool) -> None:
@@ -88,10 +89,11 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
           calibration: Sequence[str] | None = None, n_calibration: int | None = 32,
           options: dict[str, Any] | None = None, overwrite: bool = False,
           progress: bool = True, repair: str | None = None, repair_out: str | os.PathLike | None = None,
-          ridge: float | None = None, repair_texts: int | None = None) -> PruneOutcome:
+          ridge: float | None = None, repair_texts: int | None = None, keep_repair: bool = False) -> PruneOutcome:
     """Prune `config`'s family to `config.target` with baseline `method`; write `out`. With `repair`
     ("linear"), also the repaired model folder `repair_out`, fitted on the search split of the same
-    calibration tasks, `repair_texts` per task (default `repair.folder.REPAIR_TEXTS`)."""
+    calibration tasks, `repair_texts` per task (default `repair.folder.REPAIR_TEXTS`), kept where it
+    beats the recipe's model on validation (always with `keep_repair`; the comparison is reported)."""
     from transformers import AutoTokenizer
 
     from gptailor_merge.materialize.stitch import Stitcher
@@ -133,10 +135,33 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
         path = save_collapsed(calib, result, out, overwrite=overwrite, recipe=recipe)
     else:
         path = recipe.save(out)
-    repaired = None
+    repaired = choice = None
     if repair is not None:
-        from gptailor_merge.repair.folder import REPAIR_TEXTS, repair_pruned
+        repaired, choice = _repair_on_validation(config, family, calib, result.genome, recipe,
+                                                 calibration or config.tasks, repair_texts, repair_out,
+                                                 ridge, overwrite, keep_repair)
+    return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts), repaired,
+                        choice)
 
-        repaired = repair_pruned(calib, result.genome, recipe, calibration or config.tasks, config,
-                                 repair_texts or REPAIR_TEXTS, repair_out, ridge=ridge, overwrite=overwrite)
-    return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts), repaired)
+
+def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, specs, repair_texts, repair_out,
+                          ridge, overwrite, keep_anyway: bool) -> tuple[Path | None, dict]:
+    """Write the repaired folder, score it and the recipe's model on the validation split of the
+    config's tasks, and keep the folder only where the repair wins (paired interval above zero)."""
+    import shutil
+
+    from gptailor_merge.repair.folder import REPAIR_TEXTS, repair_pruned
+    from gptailor_merge.run.repair_run import choose_repaired_folder
+    from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.search import build_evaluator
+
+    folder = repair_pruned(calib, genome, recipe, specs, config, repair_texts or REPAIR_TEXTS, repair_out,
+                           ridge=ridge, overwrite=overwrite)
+    evaluator = build_evaluator(config, family, load_tasks(config), stitcher=calib.stitcher,
+                                tokenizer=calib.tokenizer)
+    choice = choose_repaired_folder(evaluator, genome, folder)
+    logger.info("repair: %s", choice["message"])
+    if choice["kept"] or keep_anyway:
+        return folder, choice
+    shutil.rmtree(folder)
+    return None, choice

@@ -219,15 +219,16 @@ def pareto_front(trials: Sequence[Trial], top: int) -> list[Trial]:
     return [t for t in items if not any(dominates(o, t) for o in items if o is not t)]
 
 
-def build_evaluator(config, family, tasks: Sequence[Task]) -> Evaluator:
-    """The run's evaluator from its RunConfig; the driver and each parallel worker build it here."""
+def build_evaluator(config, family, tasks: Sequence[Task], *, stitcher=None, tokenizer=None) -> Evaluator:
+    """The run's evaluator from its RunConfig; the driver and each parallel worker build it here.
+    Pass a `stitcher` and `tokenizer` already loaded for this family to share them."""
     from transformers import AutoTokenizer
 
     from gptailor_merge.materialize.stitch import Stitcher
 
     ev = config.eval
-    stitcher = Stitcher(family, device=ev.device, dtype=ev.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(family.base.path)
+    stitcher = stitcher or Stitcher(family, device=ev.device, dtype=ev.dtype)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(family.base.path)
     return Evaluator(stitcher, tokenizer, tasks, batch_size=ev.batch_size, max_length=ev.max_length,
                      metric=config.search.metric, rungs=tuple(config.search.rungs()),
                      chance_z=config.search.chance_z, mc_objective=config.search.mc_objective,

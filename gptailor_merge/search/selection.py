@@ -8,14 +8,20 @@ split, which neither the search nor any baseline read, and ranked there on the r
 likelihood objective is recorded beside it). The best searched genome is returned only where it
 beats the best seed with a paired bootstrap interval above zero; otherwise the seed is returned,
 and the message says so. Held-out is not touched here.
+
+With a `repair` (a callable that fits the repair of a genome and scores the repaired model on
+validation), every contender is also scored repaired, and keeps its repair only where the repaired
+model beats its own unrepaired one there with a paired interval above zero; the contest is then
+between each contender's kept form, so the search returns the genome whose deliverable is best.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
@@ -35,7 +41,9 @@ class Contender:
     trial: Trial | None  # its search trial, where the search evaluated it
     objective: float  # exp(mean log ratio) on validation, the search's objective form
     retention_sym: float  # the reported yardstick (accuracy on multiple choice) on validation
-    score: object = field(repr=False, compare=False)  # scoring.Score on validation
+    score: object = field(repr=False, compare=False)  # scoring.Score on validation (its kept form)
+    repaired: bool = False  # whether its kept form is the repaired model
+    repair: dict | None = None  # repaired vs unrepaired on validation, where a repair was tried
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "genome_id": self.genome.genome_id,
@@ -43,7 +51,12 @@ class Contender:
                 "origin": self.trial.origin if self.trial else "seed",
                 "search_retention": round(self.trial.retention, 6) if self.trial else None,
                 "validation_objective": _r(self.objective),
-                "validation_retention_sym": _r(self.retention_sym)}
+                "validation_retention_sym": _r(self.retention_sym),
+                "repaired": self.repaired, **({"repair": self.repair} if self.repair else {})}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}+repair" if self.repaired else self.name
 
 
 @dataclass(frozen=True)
@@ -90,11 +103,29 @@ def seed_genomes(n_layers: int, n_candidates: int, removals: Mapping[str, Sequen
     return {"=".join(names): g for names, g in by_id.values()}
 
 
+RepairScorer = Callable[[Genome, int | None], tuple[Any, dict]]
+"""(genome, validation examples) -> (the repaired model's validation Score, a record of the fit)."""
+
+
+def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[str], metric: str,
+                    record: dict) -> tuple[bool, dict]:
+    """(keep the repair?, its record): kept only where repaired beats unrepaired on validation with a
+    paired interval above zero (a repair that may hurt is not worth a weight file the recipe lacks)."""
+    interval = paired_bootstrap(repaired, unrepaired, reference, tasks, counted, metric=metric)
+    keep = interval["ci95"][0] > 0
+    verdict = "beat" if keep else "did not beat"
+    return keep, {**record, "repaired_vs_unrepaired": interval, "kept": keep,
+                  "message": f"the repair {verdict} the unrepaired model on validation "
+                             f"({interval_text(interval)}); keeping the {'repaired' if keep else 'unrepaired'} model"}
+
+
 def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                          seed_removals: Mapping[str, Sequence[int]], *, finalists: int = 3,
-                         n_examples: int | None = None, progress: bool = False) -> Selection:
+                         n_examples: int | None = None, progress: bool = False,
+                         repair: RepairScorer | None = None) -> Selection:
     """Score the finalists and the baseline seeds on validation and pick the winner (module
-    docstring). `evaluator` is the search's (`search.Evaluator`)."""
+    docstring). `evaluator` is the search's (`search.Evaluator`); `repair`, where given, also
+    scores each contender repaired."""
     from tqdm.auto import tqdm
 
     fam = evaluator.stitcher.family
@@ -111,19 +142,25 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
     objective_names = [t.name for t in evaluator.objective_tasks()]
     counted = counted_tasks(reference, tasks, metric=evaluator.metric,
                             chance_z=evaluator.chance_z or 2.0)
-    scored: dict[str, object] = {}
+    scored: dict[str, tuple[object, bool, dict | None]] = {}
     contenders = []
     for name, kind, genome, trial in tqdm(entries, desc="validation", disable=not progress):
         gid = genome.genome_id
         if gid not in scored:
-            scored[gid] = evaluator.score(genome, "validation", n_examples)
-        score = scored[gid]
+            score, repaired, record = evaluator.score(genome, "validation", n_examples), False, None
+            if repair is not None and genome.n_kept < genome.n_layers:
+                fixed, fit_record = repair(genome, n_examples)
+                repaired, record = repair_decision(fixed, score, reference, tasks, counted,
+                                                   evaluator.metric, fit_record)
+                score = fixed if repaired else score
+            scored[gid] = (score, repaired, record)
+        score, repaired, record = scored[gid]
         objective = symmetric_retention(score, reference, tasks, metric=evaluator.metric,
                                         counted=objective_names, mc=evaluator.mc_objective)
         yardstick = symmetric_retention(score, reference, tasks, metric=evaluator.metric,
                                         counted=counted)
         contenders.append(Contender(name, kind, genome, trial, objective.retention_sym,
-                                    yardstick.retention_sym, score))
+                                    yardstick.retention_sym, score, repaired, record))
     return decide(contenders, reference, tasks, counted, evaluator.metric, n_examples)
 
 
@@ -153,9 +190,9 @@ def decide(contenders: Sequence[Contender], reference, tasks, counted: Sequence[
     interval = paired_bootstrap(best.score, best_seed.score, reference, tasks, counted, metric=metric)
     if interval["ci95"][0] > 0:
         return Selection(best, best_seed, tuple(contenders), interval, "search",
-                         f"{best.name} ({best.trial.origin}) beat {best_seed.name}'s removal on "
+                         f"{best.label} ({best.trial.origin}) beat {best_seed.label}'s removal on "
                          f"validation by {interval_text(interval)}; returning it", n_examples)
     return Selection(best_seed, best_seed, tuple(contenders), interval, "seed",
-                     f"no genome beat {best_seed.name}'s removal on validation ({best.name}: "
+                     f"no genome beat {best_seed.label}'s removal on validation ({best.label}: "
                      f"{interval_text(interval)}, its paired interval is not above zero); "
                      f"returning it", n_examples)

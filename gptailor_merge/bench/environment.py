@@ -1,0 +1,65 @@
+"""What every benchmark result records about where it ran: code version, hardware, libraries;
+and how it is written (atomically, so a killed run leaves the previous file whole)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def git_sha(root: Path = ROOT) -> dict:
+    """{"sha", "dirty"} of the checkout the code runs from ("unknown" outside a git checkout)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def setup_torch(threads: int | None) -> None:
+    """Every benchmark's start: the torch thread count, transformers' bars and chatter off."""
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def environment(args: Any = None) -> dict:
+    """The record every result JSON carries: its arguments, code version and hardware."""
+    out = {"git": git_sha(), "hardware": hardware()}
+    if args is not None:
+        out["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return out
+
+
+def write_result(path: Path, result: dict) -> None:
+    """The result JSON, written atomically (a killed run leaves the previous file whole)."""
+    from gptailor_merge.core.atomic import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)

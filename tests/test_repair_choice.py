@@ -1,0 +1,89 @@
+"""The repair is chosen on validation: a contender keeps its repair only where the repaired model
+beats its own unrepaired one with a paired interval above zero, and the pick is made between the
+kept forms (synthetic scores with known per-example values)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.scoring.evaluate import Score, TaskScore
+from gptailor_merge.scoring.task import Task
+from gptailor_merge.search.journal import RungResult, Trial
+from gptailor_merge.search.selection import repair_decision, select_on_validation
+
+N = 64
+RNG = np.random.default_rng(5)
+TOKENS = RNG.integers(10, 30, N).astype(float)
+DIFFICULTY = RNG.normal(3.0, 0.5, N) * TOKENS
+TASK = Task("t", "perplexity", (), (), 0.0)
+
+
+def _score(per_token_loss: float, noise: float = 1.0, seed: int = 0) -> Score:
+    nll = DIFFICULTY + per_token_loss * TOKENS + np.random.default_rng(seed).normal(0, noise, N)
+    ts = TaskScore("t", {"nll": float(nll.sum() / TOKENS.sum()), "ppl": 1.0, "n": N},
+                   {"nll_sum": tuple(nll), "tokens": tuple(TOKENS)})
+    return Score("validation", None, {"t": ts})
+
+
+REFERENCE = _score(0.0, noise=0.0)
+
+
+@pytest.mark.parametrize("repaired_loss, kept", [(0.5, False), (0.301, False), (0.1, True)])
+def test_a_repair_is_kept_only_where_it_beats_the_unrepaired_model_on_validation(repaired_loss, kept):
+    unrepaired, repaired = _score(0.3, seed=1), _score(repaired_loss, seed=2)
+    keep, record = repair_decision(repaired, unrepaired, REFERENCE, [TASK], ["t"], "acc", {"fit_seconds": 1.0})
+    assert keep is kept and record["kept"] is kept and record["fit_seconds"] == 1.0
+    assert (record["repaired_vs_unrepaired"]["ci95"][0] > 0) is kept
+    assert ("keeping the repaired model" in record["message"]) is kept
+
+
+class _Evaluator:
+    """Validation scores by genome id; the base (no removal) is the reference."""
+
+    metric, chance_z, mc_objective, tasks = "acc", 2.0, "likelihood", [TASK]
+
+    def __init__(self, losses: dict[str, float]):
+        self.losses = losses
+        self.stitcher = type("S", (), {"family": type("F", (), {"n_layers": 6, "n_candidates": 1})()})()
+
+    def reference(self, split, n):
+        return REFERENCE
+
+    def objective_tasks(self):
+        return [TASK]
+
+    def score(self, genome, split, n):
+        assert split == "validation"
+        return _score(self.losses[genome.genome_id], seed=len(genome.kept))
+
+
+def _trial(index: int, genome: Genome) -> Trial:
+    rung = RungResult(90, {"t": {"loss": 0.1}}, {"t": 0.1}, 0.9, 0.0)
+    return Trial(index=index, genome=genome.to_dict(), genome_id=genome.genome_id, rungs=(rung,), loss=0.1,
+                 seconds=0.0)
+
+
+def test_the_pick_is_between_kept_forms_and_a_harmful_repair_is_dropped():
+    finalist = Genome.base_only(6, 1, [1, 2])
+    seed = Genome.base_only(6, 1, [4, 5])
+    ev = _Evaluator({finalist.genome_id: 0.30, seed.genome_id: 0.25})
+    # the repair helps the finalist a lot and hurts the seed: the finalist's repaired form wins
+    repaired = {finalist.genome_id: 0.05, seed.genome_id: 0.6}
+    calls = []
+
+    def repair(genome, n):
+        calls.append(genome.genome_id)
+        return _score(repaired[genome.genome_id], seed=10 + len(genome.kept)), {"fit_seconds": 0.0}
+
+    chosen = select_on_validation(ev, [_trial(1, finalist)], 90, {"greedy_ppl": [4, 5]}, repair=repair)
+    by_name = {c.name: c for c in chosen.contenders}
+    assert sorted(calls) == sorted([finalist.genome_id, seed.genome_id])  # each genome repaired once
+    assert by_name["trial 1"].repaired and not by_name["greedy_ppl"].repaired
+    assert by_name["greedy_ppl"].repair["kept"] is False
+    assert chosen.source == "search" and chosen.winner.repaired
+    assert "trial 1+repair" in chosen.message
+    # without the repair the seed is the better model and is returned
+    plain = select_on_validation(ev, [_trial(1, finalist)], 90, {"greedy_ppl": [4, 5]})
+    assert plain.source == "seed" and not plain.winner.repaired
