@@ -466,6 +466,24 @@ class ScoreFloorVariant(FloorVariant):
         return time.perf_counter() - start
 
 
+VARIANTS = ("stitch", "stitch_prefix", "stitch_prefix_shared", "floor", "score_floor", "mergekit")
+
+
+def build_variants(family, tokenizer, tasks, args, work: Path) -> dict:
+    """The timed variants `--variants` names, in `VARIANTS` order: (a) mergekit, (b) stitch,
+    (c) stitch + prefix, (d) + shared-context multiple choice, and the two floors."""
+    chosen = set(args.variants)
+    floor = FloorVariant(family, tokenizer, tasks, args) if chosen & {"floor", "score_floor"} else None
+    make = {"stitch": lambda: StitchVariant(family, tokenizer, tasks, args, 0),
+            "stitch_prefix": lambda: StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes),
+            "stitch_prefix_shared": lambda: StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes,
+                                                          shared_context=None),
+            "floor": lambda: floor,
+            "score_floor": lambda: ScoreFloorVariant(family, tokenizer, tasks, args, stitcher=floor.stitcher),
+            "mergekit": lambda: MergekitVariant(family, tokenizer, tasks, args, work)}
+    return {name: make[name]() for name in VARIANTS if name in chosen}
+
+
 def time_variants(variants: dict, calls: Sequence[Call], mergekit_index: set[int]) -> dict:
     """Seconds per call and variant; variants run back to back on each call in a rotating order,
     so load from other processes falls on all of them alike."""
@@ -473,7 +491,7 @@ def time_variants(variants: dict, calls: Sequence[Call], mergekit_index: set[int
     names = [n for n in variants if n != "mergekit"]
     for i, call in enumerate(calls):
         order = names[i % len(names):] + names[: i % len(names)]
-        if i in mergekit_index:
+        if i in mergekit_index and "mergekit" in variants:
             order.insert(i % (len(order) + 1), "mergekit")
         for name in order:
             times[name].append(variants[name](call))
@@ -483,6 +501,11 @@ def time_variants(variants: dict, calls: Sequence[Call], mergekit_index: set[int
 # ---- report -----------------------------------------------------------------------------------
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    """a / b, None where a variant was not timed (`--variants`)."""
+    return None if a is None or b is None else a / b
 
 
 def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[int], skips,
@@ -496,22 +519,23 @@ def summarize(calls, rungs, times: dict[str, list[float]], mergekit_index: list[
         idx = [i for i, c in enumerate(calls) if c.n_examples == n]
         timed = [mergekit_index.index(i) for i in idx if i in mergekit_index]
         fresh = [materialize["mergekit"][k] for k in timed if materialize["mergekit"][k] > 0]
-        med = {"mergekit": _median([times["mergekit"][k] for k in timed]),
-               **{k: _median([times[k][i] for i in idx])
+        med = {"mergekit": _median([times["mergekit"][k] for k in timed]) if "mergekit" in times else None,
+               **{k: _median([times[k][i] for i in idx]) if k in times else None
                   for k in ("stitch", "stitch_prefix", "stitch_prefix_shared", "floor", "score_floor")}}
         per_rung[n] = {
             "calls": len(idx), "mergekit_calls": len(timed), "mergekit_materialized": len(fresh),
             "median_s": med,
             "materialize_s": {"mergekit": _median(fresh) if fresh else None,
-                              "stitch": _median([materialize["stitch"][i] for i in idx])},
-            "layers_built_mean": statistics.fmean([built[i] for i in idx]) if idx else float("nan"),
-            "mergekit_over_stitch": med["mergekit"] / med["stitch"],
-            "mergekit_over_stitch_prefix": med["mergekit"] / med["stitch_prefix"],
-            "stitch_prefix_over_shared": med["stitch_prefix"] / med["stitch_prefix_shared"],
-            "stitch_over_floor": med["stitch"] / med["floor"],
-            "score_floor_over_floor": med["score_floor"] / med["floor"],
-            "stitch_prefix_over_floor": med["stitch_prefix"] / med["floor"],
-            "prefix_skip_fraction": statistics.fmean([skips[i] for i in idx]) if idx else float("nan"),
+                              "stitch": _median([materialize["stitch"][i] for i in idx])
+                              if materialize.get("stitch") else None},
+            "layers_built_mean": statistics.fmean([built[i] for i in idx]) if idx and built else float("nan"),
+            "mergekit_over_stitch": _over(med["mergekit"], med["stitch"]),
+            "mergekit_over_stitch_prefix": _over(med["mergekit"], med["stitch_prefix"]),
+            "stitch_prefix_over_shared": _over(med["stitch_prefix"], med["stitch_prefix_shared"]),
+            "stitch_over_floor": _over(med["stitch"], med["floor"]),
+            "score_floor_over_floor": _over(med["score_floor"], med["floor"]),
+            "stitch_prefix_over_floor": _over(med["stitch_prefix"], med["floor"]),
+            "prefix_skip_fraction": statistics.fmean([skips[i] for i in idx]) if idx and skips else float("nan"),
         }
     return per_rung
 
@@ -530,13 +554,14 @@ def trace_totals(times: dict[str, list[float]], n_calls: int, mergekit_index: Se
     """The headline: each variant's end-to-end seconds over the whole trace and the ratios
     (a)/(b), (a)/(c). (a)'s total exists only where it ran on every call (`--mergekit-per-rung 0`);
     otherwise it and the ratios are None."""
-    seconds = {k: math.fsum(v) for k, v in times.items() if k != "mergekit"}
-    seconds["mergekit"] = math.fsum(times["mergekit"]) if len(mergekit_index) == n_calls else None
-    a = seconds["mergekit"]
+    seconds = {k: math.fsum(times[k]) if k in times else None for k in VARIANTS if k != "mergekit"}
+    seconds["mergekit"] = (math.fsum(times["mergekit"])
+                           if "mergekit" in times and len(mergekit_index) == n_calls else None)
     return {"seconds": seconds,
-            "trace_ratio_mergekit_over_stitch": None if a is None else a / seconds["stitch"],
-            "trace_ratio_mergekit_over_stitch_prefix": None if a is None else a / seconds["stitch_prefix"],
-            "trace_ratio_stitch_prefix_over_shared": seconds["stitch_prefix"] / seconds["stitch_prefix_shared"]}
+            "trace_ratio_mergekit_over_stitch": _over(seconds["mergekit"], seconds["stitch"]),
+            "trace_ratio_mergekit_over_stitch_prefix": _over(seconds["mergekit"], seconds["stitch_prefix"]),
+            "trace_ratio_stitch_prefix_over_shared": _over(seconds["stitch_prefix"],
+                                                           seconds["stitch_prefix_shared"])}
 
 
 def _ratio(value: float | None) -> str:
@@ -547,14 +572,18 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}s"
 
 
+def _cell(value: float | None, width: int, digits: int, unit: str = "") -> str:
+    """A table cell, "-" for a variant not timed."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width - len(unit)}.{digits}f}{unit}"
+
+
 def print_table(per_rung: dict, totals: dict, skip_fraction: float, n_calls: int) -> None:
-    s = totals["seconds"]
-    mk = "n/a (not on every call)" if s["mergekit"] is None else f"{s['mergekit']:.1f} s"
-    print(f"whole trace ({n_calls} score calls): (a) mergekit {mk}, (b) stitch {s['stitch']:.1f} s, "
-          f"(c) stitch + prefix {s['stitch_prefix']:.1f} s; "
+    s = {k: "n/a" if v is None else f"{v:.1f} s" for k, v in totals["seconds"].items()}
+    print(f"whole trace ({n_calls} score calls): (a) mergekit {s['mergekit']}, (b) stitch {s['stitch']}, "
+          f"(c) stitch + prefix {s['stitch_prefix']}; "
           f"a/b = {_ratio(totals['trace_ratio_mergekit_over_stitch'])}, "
           f"a/c = {_ratio(totals['trace_ratio_mergekit_over_stitch_prefix'])}")
-    print(f"(d) stitch + prefix + shared-context multiple choice {s['stitch_prefix_shared']:.1f} s; "
+    print(f"(d) stitch + prefix + shared-context multiple choice {s['stitch_prefix_shared']}; "
           f"c/d = {_ratio(totals['trace_ratio_stitch_prefix_over_shared'])} ((a)-(c) score each "
           f"choice as its own sequence)")
     head = (f"{'rung n':>7} {'calls':>5} {'mk':>3} {'(a) mergekit':>12} {'(b) stitch':>10} "
@@ -565,13 +594,14 @@ def print_table(per_rung: dict, totals: dict, skip_fraction: float, n_calls: int
     print("-" * len(head))
     for n, r in per_rung.items():
         m = r["median_s"]
-        print(f"{n:>7} {r['calls']:>5} {r['mergekit_calls']:>3} {m['mergekit']:>11.3f}s "
-              f"{m['stitch']:>9.4f}s {m['stitch_prefix']:>10.4f}s {m['floor']:>7.4f}s "
-              f"{m['score_floor']:>7.4f}s {r['mergekit_over_stitch']:>5.1f} "
-              f"{r['mergekit_over_stitch_prefix']:>5.1f} {r['stitch_over_floor']:>7.3f} "
-              f"{r['stitch_prefix_over_floor']:>7.3f} {r['prefix_skip_fraction']:>5.2f} "
-              f"{r['layers_built_mean']:>5.1f} {r['mergekit_materialized']:>6} "
-              f"{_seconds(r['materialize_s']['mergekit']):>7} {r['materialize_s']['stitch']:>6.4f}s")
+        print(f"{n:>7} {r['calls']:>5} {r['mergekit_calls']:>3} {_cell(m['mergekit'], 12, 3, 's')} "
+              f"{_cell(m['stitch'], 10, 4, 's')} {_cell(m['stitch_prefix'], 11, 4, 's')} "
+              f"{_cell(m['floor'], 8, 4, 's')} {_cell(m['score_floor'], 8, 4, 's')} "
+              f"{_cell(r['mergekit_over_stitch'], 5, 1)} {_cell(r['mergekit_over_stitch_prefix'], 5, 1)} "
+              f"{_cell(r['stitch_over_floor'], 7, 3)} {_cell(r['stitch_prefix_over_floor'], 7, 3)} "
+              f"{r['prefix_skip_fraction']:>5.2f} {r['layers_built_mean']:>5.1f} "
+              f"{r['mergekit_materialized']:>6} {_seconds(r['materialize_s']['mergekit']):>7} "
+              f"{_cell(r['materialize_s']['stitch'], 7, 4, 's')}")
     print(f"floor: the bare forward passes, score fl: the scorer on the already-built candidate; "
           f"layer passes skipped by prefix reuse over the whole trace: {skip_fraction:.3f}; built: "
           f"mean layers merged or selected anew per call; mk new: calls where (a) materialized (a "
@@ -623,6 +653,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="first, the throughput section: the base on every held-out example of the "
                         "tasks, per-choice vs shared-context multiple choice, against a bare-matmul floor")
     p.add_argument("--throughput-only", action="store_true", help="the throughput section, no trace")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="NAME",
+                   help="time only these trace variants (e.g. stitch_prefix stitch_prefix_shared for c/d "
+                        "on a family where the full set takes hours); default all")
     p.add_argument("--no-check-lean", dest="check_lean", action="store_false",
                    help="skip checking, through mergekit, that (a)'s lean recipes give the same "
                         "models as the full ones")
@@ -661,23 +694,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"({time.perf_counter() - t0:.0f}s to record)", flush=True)
         per = args.mergekit_per_rung
         mergekit_index = sorted(i for n in rungs for i in
-                                spread([j for j, c in enumerate(calls) if c.n_examples == n], per))
-        prefixed = StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes)
-        floor = FloorVariant(family, tokenizer, tasks, args)
-        variants = {"stitch": StitchVariant(family, tokenizer, tasks, args, 0),
-                    "stitch_prefix": prefixed,
-                    "stitch_prefix_shared": StitchVariant(family, tokenizer, tasks, args, args.prefix_bytes,
-                                                          shared_context=None),
-                    "floor": floor,
-                    "score_floor": ScoreFloorVariant(family, tokenizer, tasks, args, stitcher=floor.stitcher),
-                    "mergekit": MergekitVariant(family, tokenizer, tasks, args, work)}
-        lean_check = check_lean_recipes(family, calls, work, args.dtype) if args.check_lean else None
+                                spread([j for j, c in enumerate(calls) if c.n_examples == n], per)
+                                if "mergekit" in args.variants)
+        variants = build_variants(family, tokenizer, tasks, args, work)
+        lean_check = (check_lean_recipes(family, calls, work, args.dtype)
+                      if args.check_lean and "mergekit" in variants else None)
         times = time_variants(variants, calls, set(mergekit_index))
-        skips = prefixed.skips
-        prefix_stats = prefixed.evaluator.prefix.stats.as_dict()
-        materialize = {"mergekit": variants["mergekit"].materialize,
-                       "stitch": variants["stitch"].materialize}
-        built = variants["stitch"].built
+        prefixed = variants.get("stitch_prefix")
+        skips = prefixed.skips if prefixed else []
+        prefix_stats = prefixed.evaluator.prefix.stats.as_dict() if prefixed else {}
+        materialize = {"mergekit": variants["mergekit"].materialize if "mergekit" in variants else [],
+                       "stitch": variants["stitch"].materialize if "stitch" in variants else []}
+        built = variants["stitch"].built if "stitch" in variants else []
     per_rung = summarize(calls, rungs, times, mergekit_index, skips, materialize, built)
     totals = trace_totals(times, len(calls), mergekit_index)
     print_table(per_rung, totals, prefix_stats.get("skip_fraction", 0.0), len(calls))
