@@ -486,29 +486,36 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 
-def repair_rows(bench: Bench, evaluator, calib, tokenizer, fraction: float, genomes: dict,
+def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, genomes: dict,
                 args: argparse.Namespace) -> None:
-    """`<method>+repair`: the same genome with the linear repair of its cuts, fitted on the first
-    `--repair-texts` search-split texts of each text task, scored like every other row."""
-    from gptailor_merge.baselines import calibration_texts
-    from gptailor_merge.repair.fit import repair_model
-    from gptailor_merge.scoring import text_tasks
+    """`<method>+repair`: the same genome with the run's repair of its cuts (`run.repair_run`:
+    its calibration sources and objective, `--repair-texts` search examples per task), scored like
+    every other row, with the validation choice the tool makes for it (kept or not, and why)."""
+    from gptailor_merge.core.genome import Genome
+    from gptailor_merge.run.repair_run import FinalistRepair
+    from gptailor_merge.scoring import counted_tasks
+    from gptailor_merge.search.selection import repair_decision
 
-    texts = calibration_texts(text_tasks(bench.tasks), args.repair_texts)
+    repairer = FinalistRepair(evaluator, config, n_examples_per_task=args.repair_texts)
+    reference = evaluator.reference("validation", None)
+    counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric, chance_z=evaluator.chance_z or 2.0)
     for method, genome in genomes.items():
         name = f"{method}+repair"
         if bench.reuse(name, fraction) is not None:
             continue
         t0 = time.perf_counter()
-        model, info = repair_model(bench.family, genome, texts, max_length=args.max_length,
-                                   batch_size=args.batch_size, device=evaluator.stitcher.device,
-                                   dtype=args.dtype, stitcher=calib.stitcher, tokenizer=tokenizer)
-        seconds = time.perf_counter() - t0
+        repaired_val, record = repairer(genome, None)  # fits (timed in record) and scores validation
+        kept, choice = repair_decision(repaired_val, evaluator.score(genome, "validation", None), reference,
+                                       evaluator.tasks, counted, evaluator.metric, record)
+        model, info = repairer.repaired_model(genome)  # the fitted maps, fused again
+        seconds = record["fit_seconds"]
         score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
-        calib.stitcher.build(calib.full_genome())  # the stitcher's model back to plain layers
+        evaluator.stitcher.build(Genome.base_only(genome.n_layers, genome.n_candidates))  # plain layers back
         bench.add(name, fraction, genome.kept, score, transfer, seconds=seconds,
                   heldout_seconds=heldout_seconds, removed=list(genome.removed),
-                  repair=info.to_json())
+                  repair={**info.to_json(), "settings": repairer.settings.model_dump(mode="json"),
+                          "validation_choice": choice}, repair_kept=kept)
+        logging.getLogger(__name__).info("%s: %s (%.0f s)", name, choice["message"], time.perf_counter() - t0)
 
 
 # ---- comparisons ---------------------------------------------------------------------------------
@@ -568,8 +575,11 @@ def table(rows: Sequence[dict], tasks, transfer) -> str:
             winner = f"#{r['winner_trial']} {r['winner_origin']}"
             if (r.get("selection") or {}).get("source") == "seed":
                 winner += " (seed returned)"
+        method = r["method"]
+        if "repair_kept" in r:
+            method += " (kept on validation)" if r["repair_kept"] else " (not kept: validation)"
         lines.append("| " + " | ".join([
-            r["method"], f"{r['remove_fraction']:g}", str(r["layers"]),
+            method, f"{r['remove_fraction']:g}", str(r["layers"]),
             *(cell(r["tasks"].get(t.name, {})) for t in tasks),
             *(cell(t_tasks.get(t.name, {})) for t in transfer),
             _f(r.get("retention_sym")), _f(r.get("retention_sym_text")),
@@ -600,7 +610,9 @@ def footnote(bench: Bench, args: argparse.Namespace) -> str:
         "the best seed there with a paired interval above zero). Seconds: the "
         "method's own compute (baselines: calibration + selection; searches: the trials' own time "
         "as first run plus the calibration of their baseline seeds as first measured; seeds-only: "
-        "that calibration plus scoring the seeds).",
+        "that calibration plus scoring the seeds; +repair rows: the fit). A +repair row says whether the "
+        "tool keeps that repair: only where the repaired model beats its unrepaired one on every "
+        "validation example with a paired interval above zero.",
     ])
 
 
@@ -805,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             save()  # the full search's row gained its anytime curve after it was written
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
-                repair_rows(bench, ctx.evaluator, ctx.calib, ctx.tokenizer, fraction, {**to_repair, **searched}, args)
+                repair_rows(bench, ctx.evaluator, ctx.config, ctx.tokenizer, fraction, {**to_repair, **searched}, args)
             comparisons(bench)
             save()
     finally:

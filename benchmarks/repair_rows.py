@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              f"{args.source}; rerun quality.py instead")
 
     genomes = {m: genome_of(by_method[m], ctx.family) for m in (*Q.REPAIRED_BASELINES, "gptailor")}
-    Q.repair_rows(bench, ctx.evaluator, ctx.calib, ctx.tokenizer, args.fraction, genomes, qargs)
+    Q.repair_rows(bench, ctx.evaluator, ctx.config, ctx.tokenizer, args.fraction, genomes, qargs)
     Q.comparisons(bench)
     new_rows = [r for r in bench.rows if r["method"].endswith("+repair")]
     result = {

@@ -89,7 +89,9 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     from gptailor_merge.core.genome import Genome  # handed over, not scored a second time
 
     assert list(handed) == [Genome.from_dict(by["gptailor"]["genome"]).genome_id]
-    assert "vs_unrepaired" in by["shortgpt+repair"]
+    assert "vs_unrepaired" in by["shortgpt+repair"] and isinstance(by["shortgpt+repair"]["repair_kept"], bool)
+    choice = by["shortgpt+repair"]["repair"]["validation_choice"]
+    assert choice["kept"] is by["shortgpt+repair"]["repair_kept"] is (choice["repaired_vs_unrepaired"]["ci95"][0] > 0)
     assert "vs_unrepaired" in by["gptailor+repair"] and "vs_seeds_only" not in by["gptailor+repair"]
     # compare.py recomputes an interval from the stored per-example values alone, bitwise
     compare = _load("compare")
@@ -110,7 +112,8 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         assert evaluated[task] == pytest.approx(metrics, abs=1e-6), task
     printed = capsys.readouterr().out
     assert "| method | remove | layers |" in printed
-    assert sum(line.startswith(f"| {m} |") for m in METHODS for line in printed.splitlines()) == len(METHODS)
+    assert sum(line.startswith((f"| {m} |", f"| {m} (")) for m in METHODS  # "(kept on validation)"
+               for line in printed.splitlines()) == len(METHODS)
 
     # repair_rows.py re-derives the +repair rows from the stored genomes: with this code, bitwise
     repair_rows = _load("repair_rows")

@@ -50,10 +50,9 @@ class FinalistRepair:
 
         ev = config.eval
         self.evaluator = evaluator
-        self.settings = settings_for(config.tasks, seed=config.search.seed, n_examples_per_task=REPAIR_TEXTS,
-                                     max_length=ev.max_length, batch_size=ev.batch_size, dtype=ev.dtype,
-                                     device=ev.device, ridge=DEFAULT_RIDGE if ridge is None else ridge,
-                                     **overrides)
+        fields = {"n_examples_per_task": REPAIR_TEXTS, "max_length": ev.max_length, "batch_size": ev.batch_size,
+                  "dtype": ev.dtype, "device": ev.device, "ridge": DEFAULT_RIDGE if ridge is None else ridge}
+        self.settings = settings_for(config.tasks, seed=config.search.seed, **{**fields, **overrides})
         self.texts = calibration_for(self.settings)
         self.fits: dict[str, Any] = {}  # genome_id -> RepairInfo
 
