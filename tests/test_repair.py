@@ -252,6 +252,22 @@ def test_prune_repair_keeps_its_folder_only_where_validation_says_so(cli_setup, 
     assert "on validation" in choice["message"]
 
 
+def test_repair_sources_and_objective_flags_reach_the_fitted_settings(cli_setup, tmp_path, capsys):
+    from gptailor_merge.cli.app import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["-q", "prune", "--family", str(cli_setup / "config.yaml"), "--method", "reverse",
+                 "--out", str(out), "--repair", "linear", "--keep-repair",
+                 "--repair-sources", "all", "--repair-objective", "cosine"]) == 0, capsys.readouterr().err
+    settings = json.loads((tmp_path / "p_repaired" / "repair.json").read_text())["settings"]
+    assert (settings["sources"], settings["objective"]) == ("all", "cosine")
+    # a folder's repair.json fixes the settings: no flag may change them
+    rc = main(["-q", "materialize", str(tmp_path / "p_repaired" / "mergekit_config.yml"), str(tmp_path / "again"),
+               "--repair", "linear", "--repair-settings", str(tmp_path / "p_repaired" / "repair.json"),
+               "--repair-sources", "text"])
+    assert rc == 2 and "--repair-sources cannot be combined with --repair-settings" in capsys.readouterr().err
+
+
 def test_materialize_repair_needs_calibration_and_refuses_bad_settings(cli_setup, tmp_path, capsys):
     from gptailor_merge.cli.app import main
 
@@ -397,6 +413,7 @@ def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(
     from gptailor_merge.run.repair_run import FinalistRepair, write_repaired
     from gptailor_merge.run.resolve import load_tasks
     from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.repair.folder import SOURCES
     from gptailor_merge.search.selection import Contender
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())
@@ -414,7 +431,7 @@ def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(
                        {"kept": True, "message": "kept by hand"})
     summary = {"rows": []}
     folder = write_repaired(run_dir, repairer, winner, config, summary)
-    assert summary["repair"]["kept"] is True and summary["repair"]["settings"]["sources"] == "all"
+    assert summary["repair"]["kept"] is True and summary["repair"]["settings"]["sources"] == SOURCES
     again = tmp_path / "again"
     assert main(["-q", "materialize", str(folder / "mergekit_config.yml"), str(again), "--repair", "linear",
                  "--repair-settings", str(folder / "repair.json")]) == 0, capsys.readouterr().err

@@ -32,6 +32,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                    help="also write the best recipe repaired without training (best_model_repaired/, "
                         "its held-out row in summary.json): per removed run a fitted linear map fused "
                         "into the layer before it")
+    from gptailor_merge.cli.repair import add_repair_choice_flags
+
+    add_repair_choice_flags(p)
 
 
 def config_from_args(args: argparse.Namespace, default=None):
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace, default=None):
 
 @command("optimize", "search for the best tailoring of a family (default: the embedded demo family)", _optimize_args)
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from gptailor_merge.cli.repair import repair_options
     from gptailor_merge.core.config import RunConfig
     from gptailor_merge.run.optimize import optimize
 
@@ -83,7 +87,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     outcome = optimize(config, resume=args.resume, progress=not args.quiet,
                        requested=config if args.resume else None,
                        workers=args.workers if args.resume else None,
-                       ray_address=args.ray_address if args.resume else None, repair=args.repair)
+                       ray_address=args.ray_address if args.resume else None, repair=args.repair,
+                       repair_options=repair_options(args))
     print((outcome.run_dir / "summary.md").read_text())
     print(f"results in {outcome.run_dir}: best recipe {outcome.best_recipe}, summary.md, journal.jsonl, pareto/")
     if args.repair:

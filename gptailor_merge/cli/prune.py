@@ -97,6 +97,7 @@ def _options(args: argparse.Namespace, method: str) -> dict:
          "a recipe", _prune_args)
 def cmd_prune(args: argparse.Namespace) -> int:
     from gptailor_merge.baselines import canonical_name, get_baseline
+    from gptailor_merge.cli.repair import repair_options
     from gptailor_merge.run.prune import prune
 
     get_baseline(args.method)  # a bad name fails before the config or family loads
@@ -105,7 +106,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     n_calibration=args.n_calibration, options=_options(args, method),
                     overwrite=args.overwrite, progress=not args.quiet, repair=args.repair,
                     repair_out=args.repair_out, ridge=args.ridge,
-                    repair_texts=args.repair_texts, keep_repair=args.keep_repair)
+                    repair_texts=args.repair_texts, keep_repair=args.keep_repair,
+                    repair_options=repair_options(args))
     removed = outcome.result.removed
     kind = "model folder" if outcome.result.collapsed is not None else "recipe"
     print(f"{method}: removed layers {removed} of {outcome.n_layers} "

@@ -13,10 +13,27 @@ REPAIR_HELP = ("repair the cuts without training (ReplaceMe-style): per removed 
                "search-split text is fused into the down projection of the kept layer before it")
 
 
+def add_repair_choice_flags(p: argparse.ArgumentParser) -> None:
+    """--repair-sources / --repair-objective: the RepairSettings fields a user may change."""
+    p.add_argument("--repair-sources", choices=("text", "all"), default=None,
+                   help="repair: calibrate on the text tasks (text, the default) or also on each multiple-choice "
+                        "context with its gold continuation (all)")
+    p.add_argument("--repair-objective", choices=("lstsq", "cosine"), default=None,
+                   help="repair: least squares (lstsq, the default) or ReplaceMe's cosine distance, L-BFGS "
+                        "from the least-squares map (cosine)")
+
+
+def repair_options(args: argparse.Namespace) -> dict:
+    """The RepairSettings fields the flags set (none: the defaults)."""
+    given = {"sources": getattr(args, "repair_sources", None), "objective": getattr(args, "repair_objective", None)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def add_repair_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repair", choices=("linear",), help=REPAIR_HELP)
     p.add_argument("--ridge", type=float, default=None,
                    help="repair: ridge relative to mean diag(M^T M) (default 1e-4)")
+    add_repair_choice_flags(p)
 
 
 def add_materialize_repair_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +56,8 @@ def materialize_repair(args: argparse.Namespace) -> Path:
 
     if args.repair_settings is not None:
         given = [f for f, v in (("--calibration", args.calibration), ("--n-calibration", args.n_calibration),
-                                ("--ridge", args.ridge)) if v is not None]
+                                ("--ridge", args.ridge), ("--repair-sources", args.repair_sources),
+                                ("--repair-objective", args.repair_objective)) if v is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} cannot be combined with --repair-settings, which fixes the "
                               "calibration; drop them, or drop --repair-settings to fit anew")
@@ -53,7 +71,7 @@ def materialize_repair(args: argparse.Namespace) -> Path:
         if not args.calibration:
             raise ConfigError("--repair linear needs calibration text: pass --calibration TASK [TASK ...] "
                               "(text tasks; their search split is used) or --repair-settings repair.json")
-        fields = {"device": args.device}
+        fields = {"device": args.device, **repair_options(args)}
         if args.n_calibration is not None:
             fields["n_examples_per_task"] = args.n_calibration
         if args.ridge is not None:

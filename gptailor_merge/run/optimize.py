@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gptailor_merge.core.config import DEMO, RunConfig, check_device
 from gptailor_merge.core.errors import ConfigError
@@ -34,7 +35,8 @@ class RunOutcome:
 
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
              requested: RunConfig | None = None, workers: int | None = None,
-             ray_address: str | None = None, heldout: bool = True, repair: str | None = None) -> RunOutcome:
+             ray_address: str | None = None, heldout: bool = True, repair: str | None = None,
+             repair_options: Mapping[str, Any] | None = None) -> RunOutcome:
     """The main job. `requested` is a config given alongside --resume: it must match the run's.
     `workers` / `ray_address` override the (saved) config's: they change where trials run, not
     what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
@@ -59,7 +61,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
             config = _with_workers(config, workers, ray_address)
             _check_workers(config, run.run_dir)
             check_device(config.eval.device, f"{run.run_dir / 'config.yaml'}: eval.device")
-        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout, repair)
+        outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout, repair,
+                                   dict(repair_options or {}))
         failed = False
         return outcome
     finally:
@@ -67,7 +70,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
 
 def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: bool,
-                     heldout: bool, repair: str | None) -> RunOutcome:
+                     heldout: bool, repair: str | None, repair_options: dict) -> RunOutcome:
     """The run itself, in its locked folder."""
     from gptailor_merge.run.run_folder import check_fingerprint, clamp_max_examples, fingerprint
     from gptailor_merge.search.search import build_evaluator
@@ -79,7 +82,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     if repair is not None:  # before the search, not after it
         from gptailor_merge.run.repair_run import check_repair
 
-        check_repair(repair, tasks)
+        check_repair(repair, tasks, repair_options.get("sources"))
     n_keep = resolve_target(family.n_layers, layers=config.target.layers,
                             remove_fraction=config.target.remove_fraction)
     config, clamped = clamp_max_examples(config, tasks)
@@ -106,7 +109,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     if repair is not None:
         from gptailor_merge.run.repair_run import FinalistRepair
 
-        repairer = FinalistRepair(evaluator, config)
+        repairer = FinalistRepair(evaluator, config, **repair_options)
     selection = select_on_validation(evaluator, result.trials, result.rungs[-1], seed_removals,
                                      finalists=s.finalists, n_examples=s.validation_examples,
                                      progress=progress, repair=repairer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,8 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
           calibration: Sequence[str] | None = None, n_calibration: int | None = 32,
           options: dict[str, Any] | None = None, overwrite: bool = False,
           progress: bool = True, repair: str | None = None, repair_out: str | os.PathLike | None = None,
-          ridge: float | None = None, repair_texts: int | None = None, keep_repair: bool = False) -> PruneOutcome:
+          ridge: float | None = None, repair_texts: int | None = None, keep_repair: bool = False,
+          repair_options: Mapping[str, Any] | None = None) -> PruneOutcome:
     """Prune `config`'s family to `config.target` with baseline `method`; write `out`. With `repair`
     ("linear"), also the repaired model folder `repair_out`, fitted on the search split of the same
     calibration tasks, `repair_texts` per task (default `repair.folder.REPAIR_TEXTS`), kept where it
@@ -139,13 +140,13 @@ def prune(config: RunConfig, method: str, out: str | os.PathLike, *,
     if repair is not None:
         repaired, choice = _repair_on_validation(config, family, calib, result.genome, recipe,
                                                  calibration or config.tasks, repair_texts, repair_out,
-                                                 ridge, overwrite, keep_repair)
+                                                 ridge, overwrite, keep_repair, dict(repair_options or {}))
     return PruneOutcome(path, result, family.n_layers, tuple(t.name for t in tasks), len(texts), repaired,
                         choice)
 
 
 def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, specs, repair_texts, repair_out,
-                          ridge, overwrite, keep_anyway: bool) -> tuple[Path | None, dict]:
+                          ridge, overwrite, keep_anyway: bool, options: dict) -> tuple[Path | None, dict]:
     """Write the repaired folder, score it and the recipe's model on the validation split of the
     config's tasks, and keep the folder only where the repair wins (paired interval above zero)."""
     import shutil
@@ -156,7 +157,7 @@ def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, spec
     from gptailor_merge.search.search import build_evaluator
 
     folder = repair_pruned(calib, genome, recipe, specs, config, repair_texts or REPAIR_TEXTS, repair_out,
-                           ridge=ridge, overwrite=overwrite)
+                           ridge=ridge, overwrite=overwrite, **options)
     evaluator = build_evaluator(config, family, load_tasks(config), stitcher=calib.stitcher,
                                 tokenizer=calib.tokenizer)
     choice = choose_repaired_folder(evaluator, genome, folder)
