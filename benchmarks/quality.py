@@ -330,21 +330,21 @@ def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, basel
               lambda_scan={f"{g.layers[0].lam:g}": round(r, 6) for g, r in scored})
 
 
-def share_seed_removals(bench: Bench, stitcher, config, fraction: float, n_remove: int) -> None:
-    """Hand the baseline rows' removal sets to the searches' seed memo (the same calibration texts),
-    so the seeds-only row and every search reuse them: greedy-ppl runs once per fraction."""
+def baseline_seeds(bench: Bench, fraction: float):
+    """The baseline rows' removal sets (the same calibration texts as the searches' seeds), handed
+    to the seeds-only row and every search: greedy-ppl runs once per fraction. None without them."""
     from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
-    from gptailor_merge.run.optimize import remember_seed_removals
+    from gptailor_merge.run.optimize import SeedRemovals
 
     rows = {r["method"]: r for r in bench.rows if r["remove_fraction"] == fraction}
-    if all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
-        remember_seed_removals(stitcher, bench.tasks, n_remove, config.eval, config.search.calibration_texts,
-                               {m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
-                               sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
+    if not all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
+        return None
+    return SeedRemovals({m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
+                        sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
 
 
 def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction: float,
-                   n_remove: int, calib_stitcher, tokenizer) -> None:
+                   n_remove: int, calib_stitcher, tokenizer, given) -> None:
     """The seeds the full search starts from (the same list), each scored at full fidelity on
     the search split; the best, with no optimizer trial."""
     from gptailor_merge.run.optimize import baseline_seed_removals
@@ -353,8 +353,9 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
     if bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
     s = config.search
-    extra, calibration_seconds = baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
-                                                        n_remove, config.eval, s.calibration_texts)
+    extra, calibration_seconds = ((given.checked(), given.seconds) if given is not None else
+                                  baseline_seed_removals(calib_stitcher, tokenizer, bench.tasks,
+                                                         n_remove, config.eval, s.calibration_texts))
     t0 = time.perf_counter()
     seeds = prioritized_seeds(space, list(extra.values()), max(1, int(s.seed_fraction * s.n_trials)))
     genome, ret, _ = search_best(evaluator, seeds, max(s.rungs()))
@@ -436,7 +437,7 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
 
 
 def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fraction: float,
-                  runs_dir: Path, args: argparse.Namespace, baselines: Sequence[dict]) -> dict:
+                  runs_dir: Path, args: argparse.Namespace, baselines: Sequence[dict], seeds=None) -> dict:
     """The searches of one fraction; returns the full search's best genome (for repair)."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.run.optimize import optimize
@@ -455,7 +456,7 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
                             out_dir=str(out))
         # a run folder (config.yaml) resumes, even one killed before its first trial was journaled
         resume = out if (out / "config.yaml").is_file() else None
-        outcome = optimize(config, progress=False, resume=resume, heldout=False)
+        outcome = optimize(config, progress=False, resume=resume, heldout=False, seed_removals=seeds)
         s, chosen = outcome.summary["search"], outcome.summary["selection"]
         genome = Genome.from_dict(outcome.summary["best_genome"])
         score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
@@ -803,17 +804,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
             genomes = baseline_rows(bench, ctx.calib, ctx.evaluator, ctx.transfer_ev, ctx.tokenizer, fraction,
                                     n_remove, args)
             fraction_config = run_config(ctx.family_part, args, remove_fraction=fraction)
-            share_seed_removals(bench, ctx.stitcher, fraction_config, fraction, n_remove)
+            seeds = baseline_seeds(bench, fraction)
             space = search_space(fraction_config, family, family.n_layers - n_remove)
             if not args.skip_ablations and genomes:
                 uniform_merge_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, genomes,
                                   fraction)
                 seeds_only_row(bench, ctx.evaluator, ctx.transfer_ev, space, fraction_config, fraction,
-                               n_remove, ctx.stitcher, ctx.tokenizer)
+                               n_remove, ctx.stitcher, ctx.tokenizer, seeds)
             baselines = [r for r in bench.rows if r["remove_fraction"] == fraction
                          and r["method"] in BASELINE_METHODS]
             searched = gptailor_rows(bench, ctx.evaluator, ctx.transfer_ev, ctx.family_part, fraction, runs_dir,
-                                     args, baselines)
+                                     args, baselines, seeds)
             save()  # the full search's row gained its anytime curve after it was written
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}

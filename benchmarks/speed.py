@@ -118,103 +118,6 @@ def setup_family(name: str, root: Path, seed: int) -> tuple[object, list[Task]]:
     raise SystemExit(f"--family {name}: unknown; use synthetic, demo or smollm2")
 
 
-@dataclass
-class MemoryMember:
-    """A family member whose tensors live in memory (a `family.Member` look-alike for `Stitcher`)."""
-
-    name: str
-    config: object
-    tensors: dict[str, torch.Tensor]
-    path: Path = Path("/nonexistent")
-
-    @property
-    def model_id(self) -> str:
-        return f"memory:{self.name}"
-
-    def tensor(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tensors[name].shape)
-
-
-@dataclass
-class MemoryFamily:
-    """Base + candidates held as tensors (e.g. in GPU memory): what `Stitcher` reads, no disk.
-
-    Candidates hold only their decoder-layer tensors (embeddings, norm and head come from the base);
-    `write_member` puts a member on disk (base's non-layer tensors) for the mergekit backend.
-    """
-
-    base: MemoryMember
-    candidates: tuple[MemoryMember, ...]
-    layer_names: list[list[str]] = field(default_factory=list)
-
-    @property
-    def members(self) -> tuple[MemoryMember, ...]:
-        return (self.base, *self.candidates)
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.base.config.num_hidden_layers)
-
-    @property
-    def n_candidates(self) -> int:
-        return len(self.candidates)
-
-    def layer_tensor_names(self, layer_idx: int) -> list[str]:
-        return self.layer_names[layer_idx]
-
-    def with_candidates(self, count: int) -> MemoryFamily:
-        return MemoryFamily(self.base, self.candidates[:count], self.layer_names)
-
-
-def build_memory_family(config, *, n_candidates: int = 3, noise: float = 0.05, seed: int = 0,
-                        device: str = "cpu", dtype: torch.dtype = torch.float32
-                        ) -> tuple[MemoryFamily, nn.Module]:
-    """A random base built on `device` and `n_candidates` perturbed copies of its layers:
-    candidate j's tensor = base + N(0, (noise * std(base))^2), as `make_synthetic_family` does."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.eval()
-    config.architectures = [type(model).__name__]  # mergekit finds its architecture info by this
-    state = dict(model.state_dict())
-    layer_names = [[n for n in state if n.startswith(f"model.layers.{i}.")]
-                   for i in range(config.num_hidden_layers)]
-    base = MemoryMember("base", config, state)
-    candidates = []
-    generator = torch.Generator(device=device).manual_seed(seed + 1)
-    for j in range(n_candidates):
-        tensors = {}
-        with torch.no_grad():
-            for names in layer_names:
-                for n in names:
-                    b = state[n]
-                    scale = noise * b.float().std().clamp_min(1e-3).item()
-                    delta = torch.randn(b.shape, generator=generator, device=device, dtype=torch.float32)
-                    tensors[n] = (b.float() + delta * scale).to(dtype)
-                    del delta
-        candidates.append(MemoryMember(f"cand{j}", config, tensors))
-    return MemoryFamily(base, tuple(candidates), layer_names), model
-
-
-def write_member(family: MemoryFamily, index: int, out: Path, tokenizer) -> Path:
-    """Member `index` (0 = base) as a Hugging Face folder (one safetensors file) for mergekit."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    member = family.members[index]
-    tensors = {n: member.tensors.get(n, t).detach().to("cpu").contiguous()
-               for n, t in family.base.tensors.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    family.base.config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 # ---- the trace --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Call:
@@ -296,48 +199,13 @@ class StitchVariant:
         return seconds
 
 
-def lean_recipe(recipe, base: str):
-    """The speed-only form of `recipe`: each slice lists only the sources it uses (the base and
-    the candidates of nonzero weight), where `genome_to_recipe` lists every candidate in every
-    slice (weight 0 where unused) because mergekit takes the LM head and final norm from the last
-    slice, but only as many of its sources as the first slice has. Here the first and last slices
-    are zero-length base-only slices ([0, 0], [L, L]), so that rule takes the base's embeddings,
-    head and norm. `check_lean_recipes` verifies that the two give the same model."""
-    import copy
-
-    from gptailor_merge.materialize.recipe import Recipe
-
-    data = copy.deepcopy(recipe.data)
-    if data["merge_method"] == "passthrough":  # one source per slice already
-        return recipe
-
-    def used(src: dict) -> bool:
-        weight = (src.get("parameters") or {}).get("weight", 1.0)
-        return str(src["model"]) == base and data["merge_method"] != "linear" or weight != 0.0
-
-    def pin(at: int) -> dict:
-        pinned: dict = {"sources": [{"model": base, "layer_range": [at, at]}]}
-        if data["merge_method"] == "linear":
-            pinned["sources"][0]["parameters"] = {"weight": 1.0}
-        else:
-            pinned["parameters"] = {"lambda": 1.0}
-        return pinned
-
-    slices = [dict(s, sources=[src for src in s["sources"] if used(src)]) for s in data["slices"]]
-    slices = [s for s in slices if s["sources"]]
-    n_layers = int(recipe.metadata["n_layers"])
-    data["slices"] = [pin(0), *[s for s in slices if s["sources"][0]["layer_range"][0]
-                                != s["sources"][0]["layer_range"][1]], pin(n_layers)]
-    return Recipe(data)
-
-
 def check_lean_recipes(family, calls: Sequence[Call], work: Path, dtype: str, count: int = 3) -> dict:
     """mergekit on the lean and on the full recipe of the trace's first `count` merged genomes
     (those merging at the first or last layer first): the max |difference| over all tensors."""
     from safetensors.torch import load_file
 
     from gptailor_merge.materialize.materialize import materialize_with_mergekit
-    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe, lean_recipe
 
     refs = FamilyRefs.of(family)
     merged = list(dict.fromkeys(c.genome for c in calls if c.genome.has_merges))
@@ -378,7 +246,7 @@ class MergekitVariant:
         from transformers import AutoModelForCausalLM
 
         from gptailor_merge.materialize.materialize import materialize_with_mergekit
-        from gptailor_merge.materialize.recipe import genome_to_recipe
+        from gptailor_merge.materialize.recipe import genome_to_recipe, lean_recipe
         from gptailor_merge.materialize.stitch import torch_dtype
 
         dense = genome == Genome.base_only(self.refs.n_layers, len(self.refs.candidates))

@@ -252,6 +252,24 @@ def test_resume_reuses_the_runs_baseline_seed_removals_without_calibrating(run_c
     assert summary["search"]["seed_calibration_seconds"] == round(stored["seconds"], 1)
 
 
+def test_seed_removals_handed_to_optimize_are_used_without_calibrating(fam, tmp_path, monkeypatch):
+    import gptailor_merge.run.optimize as optimize
+    from gptailor_merge.core.config import RunConfig
+
+    def calibrate(*args, **kwargs):
+        raise AssertionError("the run calibrated seeds it was handed")
+
+    monkeypatch.setattr(optimize, "baseline_seed_removals", calibrate)
+    given = optimize.SeedRemovals({"shortgpt": [1], "angular": [2], "reverse": [3], "greedy-ppl": [1]}, 2.5)
+    with pytest.raises(ValueError, match="missing .*greedy-ppl"):
+        optimize.SeedRemovals({"shortgpt": [1]}, 0.0).checked()
+    config = RunConfig.from_dict(_config(fam, tmp_path / "run"))
+    outcome = optimize.optimize(config, progress=False, heldout=False, seed_removals=given)
+    stored = json.loads((outcome.run_dir / optimize.SEED_FILE).read_text())
+    assert dict(zip(stored["methods"], stored["removals"], strict=True)) == given.checked()
+    assert stored["computed_by"] == "caller" and outcome.summary["search"]["seed_calibration_seconds"] == 2.5
+
+
 @pytest.mark.parametrize("flags, named", [(["--seed", "3"], "search.seed"),
                                           (["--layers", "2"], "target.layers"),
                                           (["--optimizer", "RandomSearch"], "search.optimizer"),

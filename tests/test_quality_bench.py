@@ -34,10 +34,8 @@ def quality():
 def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_examples(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch, capsys):
     from gptailor_merge.baselines import core as baselines_core
-    from gptailor_merge.run import optimize as run_optimize
 
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
-    monkeypatch.setattr(run_optimize, "_SEED_MEMO", {})  # no removals from an earlier test
     calls, get_baseline = [], baselines_core.get_baseline
     monkeypatch.setattr(baselines_core, "get_baseline",
                         lambda m: calls.append(baselines_core.canonical_name(m)) or get_baseline(m))
@@ -140,9 +138,7 @@ def test_quality_benchmark_resume_keeps_finished_rows_and_resumes_the_search(
         quality, tiny_demo_family, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
     from gptailor_merge.baselines import core as baselines_core
-    from gptailor_merge.run import optimize as run_optimize
 
-    monkeypatch.setattr(run_optimize, "_SEED_MEMO", {})
     calls, get_baseline = [], baselines_core.get_baseline
     monkeypatch.setattr(baselines_core, "get_baseline",
                         lambda m: calls.append(baselines_core.canonical_name(m)) or get_baseline(m))

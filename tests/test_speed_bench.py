@@ -62,21 +62,21 @@ def test_trace_ratios_are_whole_trace_totals_and_need_mergekit_on_every_call(spe
     assert partial["trace_ratio_mergekit_over_stitch"] is None and partial["seconds"]["mergekit"] is None
 
 
-def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(speed, tmp_path):
+def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(tmp_path):
     from safetensors.torch import load_file
 
     from gptailor_merge.core.genome import LayerSpec
     from gptailor_merge.demo.synthetic import make_synthetic_family
     from gptailor_merge.family.family import Family
     from gptailor_merge.materialize.materialize import materialize_with_mergekit
-    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
+    from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe, lean_recipe
 
     base, cands = make_synthetic_family(tmp_path / "fam", n_layers=4, n_candidates=3, seed=1)
     refs = FamilyRefs.of(Family.load(base, cands))
     # merges at the first and the last kept layer: the LM-head case of docs/ARCHITECTURE.md ("Recipe")
     genome = Genome(4, 3, (LayerSpec(0, (0, 2), lam=0.7), LayerSpec(1, ()), LayerSpec(3, (1,))))
     full = genome_to_recipe(genome, refs)
-    lean = speed.lean_recipe(full, refs.base)
+    lean = lean_recipe(full, refs.base)
     lean.merge_config()
     for s in lean.data["slices"]:
         weights = [(src.get("parameters") or {}).get("weight", 1.0) for src in s["sources"][1:]]

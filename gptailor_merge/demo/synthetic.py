@@ -13,9 +13,11 @@ without putting tests/ on their path. No module of the library imports it
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 _TEXT = [
     "the quick brown fox jumps over the lazy dog",
@@ -106,3 +108,102 @@ def make_synthetic_family(
         tokenizer.save_pretrained(path)
         paths.append(path)
     return paths[0], paths[1:]
+
+
+# ---- families held in memory (speed benchmarks, GPU check) ----------------------------------
+@dataclass
+class MemoryMember:
+    """A family member whose tensors live in memory (a `family.Member` look-alike for `Stitcher`)."""
+
+    name: str
+    config: object
+    tensors: dict[str, torch.Tensor]
+    path: Path = Path("/nonexistent")
+
+    @property
+    def model_id(self) -> str:
+        return f"memory:{self.name}"
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+
+@dataclass
+class MemoryFamily:
+    """Base + candidates held as tensors (e.g. in GPU memory): what `Stitcher` reads, no disk;
+    how the speed benchmark and the GPU check build a 7B-shaped family without writing 4 x 13 GB.
+
+    Candidates hold only their decoder-layer tensors (embeddings, norm and head come from the base);
+    `write_member` puts a member on disk (base's non-layer tensors) for the mergekit backend.
+    """
+
+    base: MemoryMember
+    candidates: tuple[MemoryMember, ...]
+    layer_names: list[list[str]] = field(default_factory=list)
+
+    @property
+    def members(self) -> tuple[MemoryMember, ...]:
+        return (self.base, *self.candidates)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.base.config.num_hidden_layers)
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.candidates)
+
+    def layer_tensor_names(self, layer_idx: int) -> list[str]:
+        return self.layer_names[layer_idx]
+
+    def with_candidates(self, count: int) -> MemoryFamily:
+        return MemoryFamily(self.base, self.candidates[:count], self.layer_names)
+
+
+def build_memory_family(config, *, n_candidates: int = 3, noise: float = 0.05, seed: int = 0,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32
+                        ) -> tuple[MemoryFamily, nn.Module]:
+    """A random base built on `device` and `n_candidates` perturbed copies of its layers:
+    candidate j's tensor = base + N(0, (noise * std(base))^2), as `make_synthetic_family` does."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    config.architectures = [type(model).__name__]  # mergekit finds its architecture info by this
+    state = dict(model.state_dict())
+    layer_names = [[n for n in state if n.startswith(f"model.layers.{i}.")]
+                   for i in range(config.num_hidden_layers)]
+    base = MemoryMember("base", config, state)
+    candidates = []
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    for j in range(n_candidates):
+        tensors = {}
+        with torch.no_grad():
+            for names in layer_names:
+                for n in names:
+                    b = state[n]
+                    scale = noise * b.float().std().clamp_min(1e-3).item()
+                    delta = torch.randn(b.shape, generator=generator, device=device, dtype=torch.float32)
+                    tensors[n] = (b.float() + delta * scale).to(dtype)
+                    del delta
+        candidates.append(MemoryMember(f"cand{j}", config, tensors))
+    return MemoryFamily(base, tuple(candidates), layer_names), model
+
+
+def write_member(family: MemoryFamily, index: int, out: Path, tokenizer) -> Path:
+    """Member `index` (0 = base) as a Hugging Face folder (one safetensors file) for mergekit."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    member = family.members[index]
+    tensors = {n: member.tensors.get(n, t).detach().to("cpu").contiguous()
+               for n, t in family.base.tensors.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    family.base.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -359,3 +359,37 @@ def recipe_to_genome(recipe: Recipe, refs: FamilyRefs | None = None) -> Genome:
         return Genome(L, len(refs.candidates), tuple(layers), method=genome_method)
     except Exception as exc:
         raise RecipeError(f"recipe does not describe a valid tailoring: {exc}") from exc
+
+
+def lean_recipe(recipe: Recipe, base: str) -> Recipe:
+    """The lean form of `recipe` (what a mergekit-based search would materialize, faster): each
+    slice lists only the sources it uses (the base and the candidates of nonzero weight), where `genome_to_recipe` lists every candidate in every
+    slice (weight 0 where unused) because mergekit takes the LM head and final norm from the last
+    slice, but only as many of its sources as the first slice has. Here the first and last slices
+    are zero-length base-only slices ([0, 0], [L, L]), so that rule takes the base's embeddings,
+    head and norm. tests/test_speed_bench.py checks through mergekit that the two give the same model
+    (benchmarks/speed.py's `check_lean_recipes` on a trace's own genomes)."""
+    import copy
+
+    data = copy.deepcopy(recipe.data)
+    if data["merge_method"] == "passthrough":  # one source per slice already
+        return recipe
+
+    def used(src: dict) -> bool:
+        weight = (src.get("parameters") or {}).get("weight", 1.0)
+        return str(src["model"]) == base and data["merge_method"] != "linear" or weight != 0.0
+
+    def pin(at: int) -> dict:
+        pinned: dict = {"sources": [{"model": base, "layer_range": [at, at]}]}
+        if data["merge_method"] == "linear":
+            pinned["sources"][0]["parameters"] = {"weight": 1.0}
+        else:
+            pinned["parameters"] = {"lambda": 1.0}
+        return pinned
+
+    slices = [dict(s, sources=[src for src in s["sources"] if used(src)]) for s in data["slices"]]
+    slices = [s for s in slices if s["sources"]]
+    n_layers = int(recipe.metadata["n_layers"])
+    data["slices"] = [pin(0), *[s for s in slices if s["sources"][0]["layer_range"][0]
+                                != s["sources"][0]["layer_range"][1]], pin(n_layers)]
+    return Recipe(data)

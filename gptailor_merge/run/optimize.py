@@ -36,7 +36,8 @@ class RunOutcome:
 def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = True,
              requested: RunConfig | None = None, workers: int | None = None,
              ray_address: str | None = None, heldout: bool = True, repair: str | None = None,
-             repair_options: Mapping[str, Any] | None = None) -> RunOutcome:
+             repair_options: Mapping[str, Any] | None = None,
+             seed_removals: SeedRemovals | None = None) -> RunOutcome:
     """The main job. `requested` is a config given alongside --resume: it must match the run's.
     `workers` / `ray_address` override the (saved) config's: they change where trials run, not
     what is searched, so a resumed run may use another number of them (a parallel journal needs 2+).
@@ -44,7 +45,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
     callers that score the best recipe themselves, such as benchmarks/quality.py --lean.
     `repair="linear"` repairs the validation contenders and, where the winner keeps its repair there,
     writes best_model_repaired/ (gptailor_merge.run.repair_run) and, with the
-    held-out summary, its row."""
+    held-out summary, its row. `seed_removals`: the baseline seeds a caller already computed on the
+    run's calibration (the quality benchmark's baseline rows), so greedy-ppl is not run again."""
     from gptailor_merge.run.run_folder import open_fresh, open_resumed
 
     if resume is None:  # checked before the run folder is made, so a missing Ray leaves nothing behind
@@ -62,7 +64,7 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
             _check_workers(config, run.run_dir)
             check_device(config.eval.device, f"{run.run_dir / 'config.yaml'}: eval.device")
         outcome = _optimize_locked(config, run.run_dir, resume is not None, progress, heldout, repair,
-                                   dict(repair_options or {}))
+                                   dict(repair_options or {}), seed_removals)
         failed = False
         return outcome
     finally:
@@ -70,7 +72,8 @@ def optimize(config: RunConfig, *, resume: Path | None = None, progress: bool = 
 
 
 def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: bool,
-                     heldout: bool, repair: str | None, repair_options: dict) -> RunOutcome:
+                     heldout: bool, repair: str | None, repair_options: dict,
+                     given_seeds: SeedRemovals | None) -> RunOutcome:
     """The run itself, in its locked folder."""
     from gptailor_merge.run.run_folder import check_fingerprint, clamp_max_examples, fingerprint
     from gptailor_merge.search.search import build_evaluator
@@ -96,7 +99,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     stitcher, tokenizer = evaluator.stitcher, evaluator.tokenizer
     seed_removals, calibration_seconds = (
         run_seed_removals(run_dir, stitcher, tokenizer, tasks, family.n_layers - n_keep, ev,
-                          s.calibration_texts) if s.seeds else ({}, 0.0))
+                          s.calibration_texts, given_seeds) if s.seeds else ({}, 0.0))
     result = _search(config, space, evaluator, run_dir, list(seed_removals.values()), progress)
     budgets = {"max_examples": config.search.max_examples, "rungs": config.search.rungs(),
                "n_trials": config.search.n_trials, "max_examples_clamped_from": clamped and clamped["asked"]}
@@ -206,10 +209,26 @@ def _search(config: RunConfig, space: SearchSpace, evaluator, run_dir: Path, ext
         return run_search_async(space, pool, run_dir, **kwargs)
 
 
-# (base folder, calibration texts, n_remove, max_length, dtype, device) -> (removal set by baseline,
-# seconds): a process that runs several searches on one family (the benchmarks) calibrates once
-_SEED_MEMO: dict[tuple, tuple[dict[str, list[int]], float]] = {}
 SEED_FILE = "baseline_seeds.json"
+
+
+@dataclass(frozen=True)
+class SeedRemovals:
+    """The single-model baselines' removal sets by method and the seconds computing them took:
+    what `baseline_seed_removals` returns, handed in by a caller that has them already."""
+
+    removals: Mapping[str, Sequence[int]]
+    seconds: float
+
+    def checked(self) -> dict[str, list[int]]:
+        """By seed method, in `DEFAULT_SEED_METHODS` order; every one must be there (any spelling)."""
+        from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS, canonical_name
+
+        by_name = {canonical_name(m): list(r) for m, r in self.removals.items()}
+        missing = [m for m in DEFAULT_SEED_METHODS if canonical_name(m) not in by_name]
+        if missing:
+            raise ValueError(f"seed_removals must name every seed method; missing {missing}")
+        return {m: by_name[canonical_name(m)] for m in DEFAULT_SEED_METHODS}
 
 
 def _seed_texts(tasks, n_texts: int) -> list[str]:
@@ -220,63 +239,40 @@ def _seed_texts(tasks, n_texts: int) -> list[str]:
     return calibration_texts(calibration_tasks, n_texts) if calibration_tasks else []
 
 
-def _seed_key(stitcher, texts: Sequence[str], n_remove: int, ev) -> tuple:
-    return (str(stitcher.family.base.path), stitcher.family.n_layers, tuple(texts), n_remove,
-            ev.max_length, ev.dtype, ev.device)
-
-
-def remember_seed_removals(stitcher, tasks, n_remove: int, ev, n_texts: int,
-                           removals: Mapping[str, Sequence[int]], seconds: float) -> None:
-    """Hand `baseline_seed_removals` what a caller already computed on the same calibration (the
-    quality benchmark's baseline rows), so greedy-ppl is not run twice; `removals` must name every
-    seed method, by any spelling, and `seconds` is what they cost."""
-    from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS, canonical_name
-
-    by_name = {canonical_name(m): list(r) for m, r in removals.items()}
-    missing = [m for m in DEFAULT_SEED_METHODS if canonical_name(m) not in by_name]
-    if missing:
-        raise ValueError(f"remember_seed_removals needs every seed method; missing {missing}")
-    texts = _seed_texts(tasks, n_texts)
-    if texts and n_remove:
-        _SEED_MEMO[_seed_key(stitcher, texts, n_remove, ev)] = (
-            {m: by_name[canonical_name(m)] for m in DEFAULT_SEED_METHODS}, seconds)
-
-
 def baseline_seed_removals(stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int = 32
                            ) -> tuple[dict[str, list[int]], float]:
     """Removal sets of the single-model baselines (ShortGPT, angular, reverse, greedy-ppl) by
     name, calibrated on `n_texts` search-split texts of each perplexity task; they join the seeds
     and are judged against the finalists on validation. Returns them with the seconds their
-    calibration took when first computed (memoized: greedy-ppl costs as much as many trials, and
-    its result depends only on the key below)."""
+    calibration took."""
     from gptailor_merge.baselines import Calibration, baseline_removals
 
     texts = _seed_texts(tasks, n_texts)
     if not texts or n_remove == 0:
         return {}, 0.0
-    key = _seed_key(stitcher, texts, n_remove, ev)
-    if key not in _SEED_MEMO:
-        t0 = time.perf_counter()
-        calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size,
-                            max_length=ev.max_length, prefix_cache_bytes=ev.prefix_cache_bytes)
-        removals = baseline_removals(calib, n_remove)
-        logger.info("baseline seeds: %s", removals)
-        _SEED_MEMO[key] = ({m: list(r) for m, r in removals.items()}, time.perf_counter() - t0)
-    removals, seconds = _SEED_MEMO[key]
-    return {m: list(r) for m, r in removals.items()}, seconds
+    t0 = time.perf_counter()
+    calib = Calibration(stitcher, tokenizer, tuple(texts), batch_size=ev.batch_size,
+                        max_length=ev.max_length, prefix_cache_bytes=ev.prefix_cache_bytes)
+    removals = baseline_removals(calib, n_remove)
+    logger.info("baseline seeds: %s", removals)
+    return {m: list(r) for m, r in removals.items()}, time.perf_counter() - t0
 
 
-def run_seed_removals(run_dir: Path, stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int
-                      ) -> tuple[dict[str, list[int]], float]:
-    """`baseline_seed_removals`, kept in the run folder so a resumed run does not calibrate again
-    (the fingerprint check has already made sure the settings are the run's own)."""
+def run_seed_removals(run_dir: Path, stitcher, tokenizer, tasks, n_remove: int, ev, n_texts: int,
+                      given: SeedRemovals | None = None) -> tuple[dict[str, list[int]], float]:
+    """`baseline_seed_removals` (or the `given` ones), kept in the run folder so a resumed run does
+    not calibrate again (the fingerprint check has already made sure the settings are the run's own)."""
     path = run_dir / SEED_FILE
     if path.is_file():
         data = json.loads(path.read_text())
         return dict(zip(data["methods"], data["removals"], strict=True)), data["seconds"]
-    removals, seconds = baseline_seed_removals(stitcher, tokenizer, tasks, n_remove, ev, n_texts)
+    if given is not None:
+        removals, seconds = given.checked(), given.seconds
+    else:
+        removals, seconds = baseline_seed_removals(stitcher, tokenizer, tasks, n_remove, ev, n_texts)
     write_json_atomic(path, {"methods": list(removals), "removals": list(removals.values()),
-                             "seconds": round(seconds, 3), "n_texts": n_texts})
+                             "seconds": round(seconds, 3), "n_texts": n_texts,
+                             "computed_by": "caller" if given is not None else "this run"})
     return removals, seconds
 
 
