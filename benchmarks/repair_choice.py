@@ -31,7 +31,9 @@ from gptailor_merge.search.search import build_evaluator
 VARIANTS = {"text/lstsq": {"sources": "text", "objective": "lstsq"},
             "all/lstsq": {"sources": "all", "objective": "lstsq"},
             "text/cosine": {"sources": "text", "objective": "cosine"},
-            "all/cosine": {"sources": "all", "objective": "cosine"}}
+            "all/cosine": {"sources": "all", "objective": "cosine"},
+            "text/lstsq/0.5": {"sources": "text", "objective": "lstsq", "strength": 0.5},
+            "text/lstsq/0.75": {"sources": "text", "objective": "lstsq", "strength": 0.75}}
 GENOME_ROWS = ("shortgpt", "greedy-ppl", "gptailor")
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--from", dest="source", type=Path, required=True, help="a quality.py result JSON")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -385,6 +385,21 @@ def test_cosine_repair_on_a_model_records_both_objectives_and_changes_the_map(ll
         repair_model(llama_family, genome, _texts(), objective="l1", **kwargs)
 
 
+def test_strength_shrinks_each_map_toward_the_identity_and_zero_is_no_repair(llama_family):
+    genome = Genome.base_only(4, 3, removed=[2])
+    kwargs = dict(batch_size=8, max_length=32)
+    _, full = repair_model(llama_family, genome, _texts(), **kwargs)
+    _, half = repair_model(llama_family, genome, _texts(), strength=0.5, **kwargs)
+    identity = torch.eye(full.maps[1].shape[0], dtype=full.maps[1].dtype)
+    assert torch.allclose(half.maps[1], identity + 0.5 * (full.maps[1] - identity), atol=1e-12)
+    assert half.strength == 0.5 and half.to_json()["strength"] == 0.5
+    plain = _logits(Stitcher(llama_family).build(genome))
+    none, _ = repair_model(llama_family, genome, _texts(), strength=0.0, **kwargs)
+    assert torch.allclose(_logits(none), plain, atol=1e-5)
+    with pytest.raises(RepairError, match="strength"):
+        repair_model(llama_family, genome, _texts(), strength=1.5, **kwargs)
+
+
 def test_a_multiple_choice_context_with_its_gold_continuation_enters_the_fit(llama_family):
     from gptailor_merge.scoring.examples import ChoiceExample, TextExample
     from gptailor_merge.scoring.task import make_task

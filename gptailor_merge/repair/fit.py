@@ -62,6 +62,21 @@ land; the price is keeping the rows (3 x tokens x hidden floats) instead of the 
 COSINE_STEPS = 50
 """L-BFGS iterations of the cosine fit (each one pass over the rows, plus line-search passes)."""
 
+STRENGTH = 1.0
+"""How far each fused map goes from the identity (no repair) to the fitted map: T_a = I + a (T - I).
+A map fitted on the calibration positions can move the stream where the scorer reads other
+positions (multiple-choice continuations); a < 1 trades part of the fit for less of that."""
+
+
+def shrink_map(t: torch.Tensor, strength: float) -> torch.Tensor:
+    """I + strength (t - I); `t` itself at strength 1 (bitwise)."""
+    if not 0.0 <= strength <= 1.0:
+        raise RepairError(f"repair strength must be in [0, 1], got {strength}")
+    if strength == 1.0:
+        return t
+    identity = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
+    return identity + strength * (t - identity)
+
 
 @dataclass(frozen=True)
 class RemovedRun:
@@ -254,6 +269,7 @@ class RepairInfo:
     batch_size: int
     target: str = TARGET
     objective: str = OBJECTIVE
+    strength: float = STRENGTH
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -264,6 +280,7 @@ class RepairInfo:
         return {
             "target": self.target,
             "objective": self.objective,
+            "strength": self.strength,
             "ridge": self.ridge,
             "runs": [{"removed": list(f.run.removed), "layer": f.run.layer_idx, "position": f.run.position,
                       "n_tokens": f.n_tokens, "error_unrepaired": round(f.error_unrepaired, 6),
@@ -404,6 +421,7 @@ def repair_model(
     target: str = TARGET,
     objective: str = OBJECTIVE,
     cosine_steps: int = COSINE_STEPS,
+    strength: float = STRENGTH,
     max_length: int = 256,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -419,7 +437,8 @@ def repair_model(
     stitcher's model object, valid until its next `build`: score it with
     `scoring.evaluate_model`, never through `Evaluator.score(genome)` or a `PrefixReuse` keyed by
     the genome, which would give (or replay cached states of) the unrepaired layers. A genome
-    without removals returns the stitched model unchanged.
+    without removals returns the stitched model unchanged. `strength` < 1 shrinks every fitted
+    map toward the identity after all runs are fitted (`shrink_map`).
     """
     from transformers import AutoTokenizer
 
@@ -437,8 +456,9 @@ def repair_model(
         raise RepairError(f"unknown repair target {target!r}; use one of {', '.join(TARGETS)}")
     if objective not in OBJECTIVES:
         raise RepairError(f"unknown repair objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    shrink_map(torch.eye(1), strength)  # a bad strength fails before the fit
     settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
-                    batch_size=batch_size, target=target, objective=objective)
+                    batch_size=batch_size, target=target, objective=objective, strength=float(strength))
     if not runs:
         return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
     batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)
@@ -478,5 +498,6 @@ def repair_model(
                     f"; cosine distance {fit.cosine_lstsq:.5f} (least squares) -> {fit.cosine_fit:.5f}")
         maps[run.layer_idx] = t.cpu()
         fits.append(fit)
+    maps = {i: shrink_map(t, strength) for i, t in maps.items()}
     model = apply_maps(stitcher.build(genome), family, genome, maps)
     return model, RepairInfo(maps, tuple(fits), tuple(skipped), **settings)

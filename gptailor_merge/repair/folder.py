@@ -26,6 +26,7 @@ from gptailor_merge.repair.fit import (
     COSINE_STEPS,
     DEFAULT_RIDGE,
     OBJECTIVE,
+    STRENGTH,
     TARGET,
     RepairInfo,
     repair_model,
@@ -67,6 +68,8 @@ class RepairSettings(BaseModel):
         OBJECTIVE, description="least squares on the stream (lstsq) or ReplaceMe's cosine distance, from the "
                                "least-squares map (cosine); see repair.fit")
     cosine_steps: int = Field(COSINE_STEPS, ge=1, description="L-BFGS iterations of the cosine fit")
+    strength: float = Field(STRENGTH, ge=0.0, le=1.0, description="each fused map is I + strength (T - I): 1 the "
+                                                                  "fitted map, 0 no repair; see repair.fit")
     sources: Literal["text", "all"] = Field(
         SOURCES, description="calibrate on the text tasks only (text) or on every task, multiple-choice "
                              "contexts with their gold continuation included (all); see repair.calibration")
@@ -210,7 +213,7 @@ def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSetti
     texts = list(texts) if texts is not None else calibration_for(settings)
     model, info = repair_model(family, genome, texts, ridge=settings.ridge, target=settings.target,
                                objective=settings.objective, cosine_steps=settings.cosine_steps,
-                               max_length=settings.max_length,
+                               strength=settings.strength, max_length=settings.max_length,
                                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
                                stitcher=stitcher, tokenizer=tokenizer)
     settings = settings.model_copy(update={"n_texts": len(texts), "texts_sha256": texts_digest(texts)})
@@ -291,7 +294,8 @@ def card_section(folder: Path) -> list[str]:
              f"Calibration: the first {s.get('n_examples_per_task')} search-split {what} of each of "
              f"{', '.join(s.get('task_names') or s.get('tasks', []))} ({s.get('n_texts')} sequences, at most "
              f"{s.get('max_length')} tokens each; sha256 of the sequences `{s.get('texts_sha256')}`), ridge "
-             f"{s.get('ridge')}, objective {objective}, fitted on {s.get('device')} against "
+             f"{s.get('ridge')}, objective {objective}, strength {s.get('strength', 1.0):g} (each map I + strength "
+             f"(T - I)), fitted on {s.get('device')} against "
              f"{TARGET_WORDS.get(s.get('target', 'base'), s.get('target'))}.", ""]
     if runs:
         lines += ["| removed layers | map fused into layer | calibration tokens | relative error unrepaired | "

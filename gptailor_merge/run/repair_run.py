@@ -65,7 +65,8 @@ class FinalistRepair:
             info = self.fits[genome.genome_id]
             return apply_maps(stitcher.build(genome), stitcher.family, genome, info.maps), info
         model, info = repair_model(stitcher.family, genome, self.texts, ridge=s.ridge, target=s.target,
-                                   objective=s.objective, cosine_steps=s.cosine_steps, max_length=s.max_length,
+                                   objective=s.objective, cosine_steps=s.cosine_steps, strength=s.strength,
+                                   max_length=s.max_length,
                                    batch_size=s.batch_size, stitcher=stitcher, tokenizer=self.evaluator.tokenizer)
         self.fits[genome.genome_id] = info
         return model, info
