@@ -15,7 +15,6 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,16 +43,11 @@ def _row(result: dict, method: str, fraction: float | None) -> dict:
 def compare(result: dict, a: str, b: str, fraction: float | None = None, seed: int = 0) -> dict:
     """{"heldout": interval, "transfer": interval} of row `a` minus row `b` (> 0: `a` is better)."""
     ra, rb, base = _row(result, a, fraction), _row(result, b, fraction), _row(result, "member-base", None)
-    tasks = [SimpleNamespace(name=t["name"], kind=t["kind"], chance=t["chance"]) for t in result["tasks"]]
-    from transfer import TRANSFER_TASKS
+    from quality import score_of, stored_tasks  # the one reader of a row's stored scores
 
-    # quality.py's order (the JSON's keys are sorted), so the bootstrap draws are the same
-    names = base["transfer"]["tasks"]
-    transfer_names = [n for n in TRANSFER_TASKS if n in names] + sorted(set(names) - set(TRANSFER_TASKS))
-    transfer = [SimpleNamespace(name=n, kind="perplexity", chance=0.0) for n in transfer_names]
+    tasks, transfer = stored_tasks(result)
+    transfer_names = [t.name for t in transfer]
     metric = result.get("args", {}).get("metric", "acc")
-
-    from quality import score_of  # the one reader of a row's stored scores
 
     def scores(row: dict):
         return (score_of(row["tasks"], row["per_example"], None),

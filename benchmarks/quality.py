@@ -141,6 +141,12 @@ class Bench:
         self.previous: dict[tuple[str, float], dict] = {}
         self.git = git_sha()
         self.on_row = None  # called after every row: main writes the JSON, so a kill loses no finished row
+        self.only: set[str] | None = None  # --rows: the rows this process scores (member-base always)
+        self.removals: dict[tuple[str, float], tuple[list[int], float]] = {}  # baselines: (removed, seconds)
+
+    def wanted(self, method: str) -> bool:
+        """Whether this process scores row `method` (`--rows`); the dense base is every shard's yardstick."""
+        return self.only is None or method in self.only or method == "member-base"
 
     def unfinished_rows(self) -> list[dict]:
         """The rows so far, then the earlier run's rows not reached yet (kept until reused)."""
@@ -237,6 +243,8 @@ def member_rows(bench: Bench, evaluator, names: Sequence[str]) -> None:
     full = list(range(fam.n_layers))
     for name, member in zip(names, [fam.base, *fam.candidates], strict=True):
         method = f"member-{name}"
+        if not bench.wanted(method):
+            continue
         row = bench.reuse(method, 0.0)
         if row is None:
             model, tokenizer = load_model_folder(member.path, device=evaluator.stitcher.device,
@@ -263,20 +271,30 @@ def baseline_rows(bench: Bench, calib, evaluator, transfer_ev, tokenizer, fracti
     genomes = {}
     options = {"laco": {"threshold": args.laco_threshold}}
     for method in BASELINE_METHODS:
-        row = bench.reuse(method, fraction)
+        row = bench.reuse(method, fraction) if bench.wanted(method) else None
         if row is not None:
             if row.get("removed") is not None and not row.get("collapsed_layers"):
                 genomes[method] = Genome.base_only(bench.family.n_layers, bench.family.n_candidates,
                                                    row["removed"])
+                bench.removals[(method, fraction)] = (list(row["removed"]), row["seconds"] or 0.0)
+            continue
+        if not bench.wanted(method) and method == "laco":  # neither a seed nor repaired: nothing needs it
             continue
         t0 = time.perf_counter()
         try:
             result = run_baseline(canonical_name(method), calib, n_remove, **options.get(method, {}))
         except GptailorError as exc:  # LaCo above its threshold: the table says so
-            bench.failed(method, fraction, bench.family.n_layers - n_remove,
-                         f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+            if bench.wanted(method):
+                bench.failed(method, fraction, bench.family.n_layers - n_remove,
+                             f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
             continue
         seconds = time.perf_counter() - t0
+        if not bench.wanted(method):  # another shard scores it; this one needs its removal set
+            genomes[method] = result.genome
+            bench.removals[(method, fraction)] = (list(result.removed), seconds)
+            continue
+        if not result.collapsed:
+            bench.removals[(method, fraction)] = (list(result.removed), seconds)
         if result.collapsed:  # LaCo's collapsed layers exist only in this model: score it directly
             model = collapsed_model(calib, result)
             score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
@@ -311,7 +329,8 @@ def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, basel
     all fine-tunes, lambda the best of the seed scales on the search split: no search."""
     from gptailor_merge.core.genome import Genome
 
-    if bench.reuse("uniform-merge", fraction) is not None or bench.family.n_candidates < 2:
+    if (not bench.wanted("uniform-merge") or bench.reuse("uniform-merge", fraction) is not None
+            or bench.family.n_candidates < 2):
         return
     t0 = time.perf_counter()
     top = max(config.search.rungs())
@@ -336,11 +355,10 @@ def baseline_seeds(bench: Bench, fraction: float):
     from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
     from gptailor_merge.run.optimize import SeedRemovals
 
-    rows = {r["method"]: r for r in bench.rows if r["remove_fraction"] == fraction}
-    if not all(rows.get(m, {}).get("removed") is not None for m in DEFAULT_SEED_METHODS):
+    found = {m: bench.removals.get((m, fraction)) for m in DEFAULT_SEED_METHODS}
+    if any(v is None for v in found.values()):
         return None
-    return SeedRemovals({m: rows[m]["removed"] for m in DEFAULT_SEED_METHODS},
-                        sum(rows[m]["seconds"] or 0.0 for m in DEFAULT_SEED_METHODS))
+    return SeedRemovals({m: v[0] for m, v in found.items()}, sum(v[1] for v in found.values()))
 
 
 def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction: float,
@@ -350,7 +368,7 @@ def seeds_only_row(bench: Bench, evaluator, transfer_ev, space, config, fraction
     from gptailor_merge.run.optimize import baseline_seed_removals
     from gptailor_merge.search.search import prioritized_seeds
 
-    if bench.reuse("gptailor-seeds-only", fraction) is not None:
+    if not bench.wanted("gptailor-seeds-only") or bench.reuse("gptailor-seeds-only", fraction) is not None:
         return
     s = config.search
     extra, calibration_seconds = ((given.checked(), given.seconds) if given is not None else
@@ -444,7 +462,7 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
 
     best_genome = None
     for method, settings in SEARCH_ROWS:
-        if method != "gptailor" and (args.skip_ablations or args.skip_search_ablations):
+        if method != "gptailor" and (args.skip_ablations or args.skip_search_ablations) or not bench.wanted(method):
             continue
         row = bench.reuse(method, fraction)
         if row is not None:
@@ -502,7 +520,7 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
     counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric, chance_z=evaluator.chance_z or 2.0)
     for method, genome in genomes.items():
         name = f"{method}+repair"
-        if bench.reuse(name, fraction) is not None:
+        if not bench.wanted(name) or bench.reuse(name, fraction) is not None:
             continue
         t0 = time.perf_counter()
         repaired_val, record = repairer(genome, None)  # fits (timed in record) and scores validation
@@ -592,11 +610,31 @@ def table(rows: Sequence[dict], tasks, transfer) -> str:
     return "\n".join(lines)
 
 
-def footnote(bench: Bench, args: argparse.Namespace) -> str:
-    used = ", ".join(f"{t.name} n={len(t.examples('heldout', args.heldout_examples))}"
-                     + ("" if t.name in bench.counted else " (not counted: base at chance)")
-                     for t in bench.tasks)
-    t_used = ", ".join(f"{t.name} n={len(t.heldout)}" for t in bench.transfer)
+def stored_tasks(result: dict) -> tuple[list, list]:
+    """(tasks, transfer tasks) of a result as name / kind / chance records, in the order the run
+    scored them (a JSON file's keys are sorted), so a bootstrap over them draws as the run did."""
+    from types import SimpleNamespace
+
+    from transfer import TRANSFER_TASKS
+
+    tasks = [SimpleNamespace(name=t["name"], kind=t["kind"], chance=t["chance"]) for t in result["tasks"]]
+    names = _base_row(result)["transfer"]["tasks"]
+    ordered = [n for n in TRANSFER_TASKS if n in names] + sorted(set(names) - set(TRANSFER_TASKS))
+    return tasks, [SimpleNamespace(name=n, kind="perplexity", chance=0.0) for n in ordered]
+
+
+def _base_row(result: dict) -> dict:
+    return next(r for r in result["rows"] if r["method"] == "member-base")
+
+
+def footnote(result: dict) -> str:
+    """The table's footnote, from the result alone (a merged result writes the same one)."""
+    per_example = _base_row(result)["transfer_per_example"]
+    used = ", ".join(f"{t['name']} n={t['heldout_used']}"
+                     + ("" if t["name"] in result["counted_tasks"] else " (not counted: base at chance)")
+                     for t in result["tasks"])
+    t_used = ", ".join(f"{t.name} n={len(next(iter(per_example[t.name].values())))}"
+                       for t in stored_tasks(result)[1])
     return "\n".join([
         f"Held-out examples, the same for every row: {used}. Transfer texts (never seen by any "
         f"member's training or any search): {t_used}. Task columns: accuracy (multiple choice) or "
@@ -621,6 +659,85 @@ def footnote(bench: Bench, args: argparse.Namespace) -> str:
 SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
                  "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype",
                  "skip_ablations", "repair_texts")
+
+
+# ---- shards -------------------------------------------------------------------------------------
+REPAIR_ROWS = tuple(f"{m}+repair" for m in (*REPAIRED_BASELINES, "gptailor"))
+PRUNED_ROWS = (*BASELINE_METHODS, "uniform-merge", "gptailor-seeds-only", *(m for m, _ in SEARCH_ROWS), *REPAIR_ROWS)
+"""The pruned rows of one fraction, in the order an unsharded run writes them."""
+
+
+def check_rows(rows: Sequence[str], members: Sequence[str]) -> set[str]:
+    """`--rows`: known names, and each +repair row with its unrepaired row (it repairs that genome)."""
+    known = [f"member-{m}" for m in members] + list(PRUNED_ROWS)
+    unknown = [r for r in rows if r not in known]
+    if unknown:
+        raise SystemExit(f"--rows {' '.join(unknown)}: unknown rows; known: {', '.join(known)}")
+    alone = [r for r in rows if r.endswith("+repair") and r.removesuffix("+repair") not in rows]
+    if alone:
+        raise SystemExit(f"--rows {' '.join(alone)}: a +repair row repairs its unrepaired row's genome; "
+                         f"give {' '.join(r.removesuffix('+repair') for r in alone)} in the same shard")
+    return set(rows)
+
+
+def merge_results(paths: Sequence[Path], out: Path) -> dict:
+    """`--merge`: the shards' rows as one result, in an unsharded run's order, with its intervals
+    recomputed from the stored per-example values. Refuses shards of other code versions, other
+    settings, unfinished shards, and a row scored in two of them (the dense base excepted, which
+    every shard scores and which must agree)."""
+    shards = [json.loads(Path(p).read_text()) for p in paths]
+    first = shards[0]
+    for path, shard in zip(paths, shards, strict=True):
+        if shard.get("benchmark") != "quality":
+            raise SystemExit(f"--merge: {path} is not a quality.py result")
+        if not shard.get("complete"):
+            raise SystemExit(f"--merge: {path} is unfinished; finish it with its command and --resume first")
+        versions = {shard["git"]["sha"], *((r.get("git_sha") or {}).get("sha") for r in shard["rows"])}
+        if shard["git"] != first["git"] or versions != {first["git"]["sha"]}:
+            raise SystemExit(f"--merge: {path} is of code version {sorted(map(str, versions))}, "
+                             f"{paths[0]} of {first['git']['sha']}; a table mixes no versions")
+        differ = [k for k in (*SAME_SETTINGS, "remove", "transfer_texts") if shard["args"].get(k) != first["args"].get(k)]
+        differ += [k for k in ("tasks", "transfer", "counted_tasks", "family") if shard.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"--merge: {path} and {paths[0]} differ in {', '.join(differ)}; shards of one "
+                             "table share every setting but --rows")
+    by_key: dict[tuple[str, float], tuple[dict, Path]] = {}
+    for path, shard in zip(paths, shards, strict=True):
+        for row in shard["rows"]:
+            key = (row["method"], row["remove_fraction"])
+            if key in by_key:
+                other, where = by_key[key]
+                same = (row["method"] == "member-base" and row["per_example"] == other["per_example"]
+                        and row["transfer_per_example"] == other["transfer_per_example"])
+                if not same:
+                    raise SystemExit(f"--merge: row {row['method']} (remove {row['remove_fraction']:g}) is in "
+                                     f"both {where} and {path}; score each row in one shard")
+                continue
+            by_key[key] = ({k: v for k, v in row.items() if not k.startswith(("vs_", "transfer_vs_"))}, path)
+    members = [f"member-{m}" for m in first["family"]["members"]]
+    fractions = list(first["args"]["remove"])
+
+    def rank(row: dict) -> tuple[int, int]:
+        if not row["remove_fraction"]:
+            return 0, members.index(row["method"])
+        return 1 + fractions.index(row["remove_fraction"]), PRUNED_ROWS.index(row["method"])
+
+    rows = sorted((r for r, _ in by_key.values()), key=rank)
+    tasks, transfer = stored_tasks(first)
+    bench = Bench(None, tasks, transfer, first["args"].get("metric", "acc"), first["heldout_examples"], len(rows))
+    bench.rows, bench.counted = rows, first["counted_tasks"]
+    bench.base = bench.scores(_base_row(first))
+    comparisons(bench)
+    result = {**first, "rows": rows, "complete": True, "wall_seconds": None,
+              "merged_from": [{"json": str(p), "rows": [r["method"] for r in s["rows"]],
+                               "wall_seconds": s.get("wall_seconds"), "args_rows": s["args"].get("rows")}
+                              for p, s in zip(paths, shards, strict=True)]}
+    print(table(rows, tasks, transfer))
+    print()
+    print(footnote(result))
+    write_result(out, result)
+    print(f"wrote {out} ({len(rows)} rows from {len(paths)} shards)")
+    return result
 
 
 def previous_rows(path: Path, result: dict) -> dict[tuple[str, float], dict]:
@@ -681,6 +798,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="score at most this many of the full search's best-so-far changes on "
                         "held-out data for the anytime curve (0: all)")
     p.add_argument("--skip-repair", action="store_true", help="no +repair rows")
+    p.add_argument("--rows", nargs="+", default=None, metavar="NAME",
+                   help="score only these rows (a shard; member-base, the yardstick, always): e.g. "
+                        "--rows gptailor gptailor+repair in one process and the rest in another, then --merge")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="assemble finished shards (the same code version and settings) into --json; "
+                        "scores nothing")
     p.add_argument("--repair-texts", type=int, default=128,
                    help="search-split texts per text task the +repair rows fit on (a map has "
                         "hidden_size^2 parameters: more text than a baseline's calibration)")
@@ -695,6 +818,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
            args.transfer_texts, args.repair_texts) < 1:
         p.error("--trials, --max-examples, --heldout-examples, --transfer-texts, "
                 "--calibration-texts and --repair-texts must be at least 1")
+    if args.merge and args.json is None:
+        p.error("--merge needs --json (where the assembled table goes)")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.json = args.json or Path(f"benchmarks/results/quality-{args.family}.json")
     return args
@@ -752,6 +877,8 @@ def setup(args: argparse.Namespace) -> Setup:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge_results(args.merge, args.json)
     setup_torch(args.threads)
     logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
     from gptailor_merge.core.genome import resolve_target
@@ -772,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         0 if args.skip_ablations else 2 if args.skip_search_ablations else len(SEARCH_ROWS) + 1)
     per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
     bench = Bench(family, tasks, transfer, config.search.metric, n, len(names) + len(args.remove) * per_fraction)
+    if args.rows:
+        bench.only = check_rows(args.rows, names)
+        bench.total = len(bench.only | {"member-base"})
     print(f"quality: {args.family} family ({', '.join(names)}), {family.n_layers} layers, removing "
           f"{', '.join(f'{f:g} ({k} layers)' for f, k in n_removes.items())}; held-out examples "
           f"per task: {n or 'all'}", flush=True)
@@ -831,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print()
     print(table(bench.rows, tasks, transfer))
     print()
-    print(footnote(bench, args))
+    print(footnote(result))
     write_result(args.json, result)
     print(f"wrote {args.json}")
     return result

@@ -219,3 +219,41 @@ def test_anytime_thinning_keeps_the_first_and_last_best_so_far_changes(quality):
     assert quality.thin(items, 0) == items and quality.thin(items, 12) == items
     assert quality.thin(items, 4) == [0, 3, 6, 9]
     assert quality.thin(items, 2) == [0, 9] and quality.thin(items, 1) == [9]
+
+
+def test_a_run_sharded_with_rows_and_merged_gives_the_unsharded_table(quality, tiny_demo_family, tmp_path_factory,
+                                                                       monkeypatch, capsys):
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
+    out = tmp_path_factory.mktemp("shards")
+    argv = [a for a in _small_run(out) if a != "--skip-repair"]
+    whole = quality.main(argv)
+    shard_a = ["gptailor", "gptailor+repair", "shortgpt", "shortgpt+repair"]
+    rest = [r["method"] for r in whole["rows"] if r["method"] not in shard_a + ["member-base"]]
+    for name, rows in (("a", shard_a), ("b", rest)):
+        args = [a if a != str(out / "q.json") else str(out / f"{name}.json") for a in argv]
+        args = [a if a != str(out / "runs") else str(out / f"runs-{name}") for a in args]
+        quality.main([*args, "--rows", *rows])
+    assert [r["method"] for r in json.loads((out / "a.json").read_text())["rows"]] == [
+        "member-base", "shortgpt", "gptailor", "shortgpt+repair", "gptailor+repair"]
+    capsys.readouterr()
+    merged = quality.main(["--merge", str(out / "a.json"), str(out / "b.json"), "--json", str(out / "m.json")])
+    printed = capsys.readouterr().out
+
+    def without_seconds(result: dict) -> list[str]:  # the one column that is each process's own clock
+        return [line.rsplit("|", 2)[0] for line in quality.table(result["rows"], *quality.stored_tasks(result))
+                .splitlines()]
+
+    stored = json.loads((out / "q.json").read_text())
+    assert without_seconds(merged) == without_seconds(stored)
+    assert quality.footnote(merged) == quality.footnote(stored) and quality.footnote(stored) in printed
+    for a, b in zip(merged["rows"], stored["rows"], strict=True):
+        assert a["per_example"] == b["per_example"] and a.get("vs_best_baseline") == b.get("vs_best_baseline")
+    with pytest.raises(SystemExit, match="in both"):
+        quality.main(["--merge", str(out / "a.json"), str(out / "q.json"), "--json", str(out / "x.json")])
+    stale = json.loads((out / "b.json").read_text())
+    stale["git"] = {"sha": "0" * 40, "dirty": False}
+    (out / "stale.json").write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match="mixes no versions"):
+        quality.main(["--merge", str(out / "a.json"), str(out / "stale.json"), "--json", str(out / "x.json")])
+    with pytest.raises(SystemExit, match="same shard"):
+        quality.main([*argv, "--rows", "gptailor+repair"])
