@@ -44,7 +44,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 T0 = time.perf_counter()
-sys.path.insert(0, "benchmarks")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -60,7 +59,7 @@ from gptailor_merge.search.loop import run_search  # noqa: E402
 from gptailor_merge.search.space import SearchSpace, paper_seeds  # noqa: E402
 from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.demo.synthetic import build_memory_family, tiny_tokenizer, write_member  # noqa: E402
-from speed import (FloorVariant, RecordingEvaluator, StitchVariant,  # noqa: E402
+from gptailor_merge.bench.speed import (FloorVariant, RecordingEvaluator, StitchVariant,  # noqa: E402
                    git_sha, hardware, sync, time_variants, write_tasks)
 
 transformers.utils.logging.disable_progress_bar()

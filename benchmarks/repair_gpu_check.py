@@ -5,8 +5,8 @@ CPU and on CUDA (fp32 models, float64 fits) and writes the max |difference| of t
 scale and both fits' errors as JSON. Without CUDA it fits twice on CPU (a determinism check) and
 says so. Needs torch, transformers, mergekit, nevergrad and this repository; < 2 minutes.
 
-    python benchmarks/repair_gpu_check.py                 # -> $OUT/repair_gpu_check.json (else ./)
-    python benchmarks/repair_gpu_check.py --json out.json
+    PYTHONPATH=. python benchmarks/repair_gpu_check.py    # -> $OUT/repair_gpu_check.json (else ./)
+    PYTHONPATH=. python benchmarks/repair_gpu_check.py --json out.json   # (or with the package installed)
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

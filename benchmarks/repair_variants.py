@@ -12,15 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import quality as Q  # noqa: E402
-from repair_rows import genome_of  # noqa: E402
-
-from gptailor_merge.baselines import calibration_texts  # noqa: E402
-from gptailor_merge.core.genome import Genome  # noqa: E402
-from gptailor_merge.repair.fit import repair_model  # noqa: E402
-from gptailor_merge.scoring import evaluate_model, text_tasks  # noqa: E402
+from gptailor_merge.baselines import calibration_texts
+from gptailor_merge.bench import quality as Q
+from gptailor_merge.bench.repair_rows import genome_of
+from gptailor_merge.core.genome import Genome
+from gptailor_merge.repair.fit import repair_model
+from gptailor_merge.scoring import evaluate_model, text_tasks
 
 fam_name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
 args = Q.parse_args(["--family", fam_name, "--threads", "1", "--transfer-texts", "48"])

@@ -43,23 +43,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+import transformers
+from tqdm.auto import tqdm
 
-from gptailor_merge.demo.build import build_atomically, hf_bars_off, save_member  # noqa: E402
-from gptailor_merge.demo.corpora import SPLITS, load_corpora  # noqa: E402
-from gptailor_merge.demo.evaluate import (  # noqa: E402
+from gptailor_merge.demo.build import build_atomically, hf_bars_off, save_member
+from gptailor_merge.demo.corpora import SPLITS, load_corpora
+from gptailor_merge.demo.evaluate import (
     format_table,
     read_texts,
     specialisation_failures,
 )
-from gptailor_merge.demo.layout import DOMAINS, default_cache_dir  # noqa: E402
-from gptailor_merge.demo.presets import DemoPreset  # noqa: E402
-from gptailor_merge.demo.tasks import EVAL_SPLITS, write_eval_files, write_jsonl  # noqa: E402
-from gptailor_merge.demo.train import finetune, token_stream  # noqa: E402
+from gptailor_merge.demo.layout import DOMAINS, default_cache_dir
+from gptailor_merge.demo.presets import DemoPreset
+from gptailor_merge.demo.tasks import EVAL_SPLITS, write_eval_files, write_jsonl
+from gptailor_merge.demo.train import finetune, token_stream
 
 logger = logging.getLogger("smollm2_family")
 

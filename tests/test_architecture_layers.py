@@ -122,8 +122,37 @@ def test_top_level_is_a_handful_of_modules():
 
 
 def test_synthetic_families_are_fixtures_only():
-    """demo.synthetic serves tests and benchmarks; the library never builds on random weights."""
-    assert [m for m, deps in GRAPH.items() if "gptailor_merge.demo.synthetic" in deps] == []
+    """demo.synthetic serves tests and benchmarks (the bench stage); the library never builds on random weights."""
+    assert [m for m, deps in GRAPH.items() if "gptailor_merge.demo.synthetic" in deps
+            and not m.startswith("gptailor_merge.bench.")] == []
+
+
+BENCHMARKS = PACKAGE.parent / "benchmarks"
+MAX_SCRIPT_LINES = 200
+LONG_SCRIPTS = {"smollm2_family.py"}  # builds a family from downloaded sources: a tool, not a benchmark row
+
+
+def test_benchmark_scripts_are_thin_and_import_the_installed_package():
+    """benchmarks/*.py parse and call into gptailor_merge.bench; no path tricks, no logic to copy."""
+    scripts = sorted(BENCHMARKS.glob("*.py"))
+    assert scripts
+    long = [p.name for p in scripts if p.name not in LONG_SCRIPTS
+            and len(p.read_text().splitlines()) > MAX_SCRIPT_LINES]
+    assert long == [], f"over {MAX_SCRIPT_LINES} lines: move the work into gptailor_merge/bench/"
+    assert [p.name for p in scripts if "sys.path.insert" in p.read_text()] == []
+    assert not list((BENCHMARKS / "results").rglob("*.py")), "results hold data, not code"
+
+
+def test_benchmark_scripts_import_no_higher_stage_than_bench():
+    """A script may use any stage (it sits above them all) but no other script: shared code lives in bench."""
+    local = {p.stem for p in BENCHMARKS.glob("*.py")}
+    offenders = []
+    for path in BENCHMARKS.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in local]
+    assert offenders == []
 
 
 # ---- the checker itself can fail ------------------------------------------------------------------

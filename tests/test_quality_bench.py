@@ -1,16 +1,14 @@
-"""benchmarks/quality.py on the tiny demo preset: every row, one held-out set, a complete JSON."""
+"""gptailor_merge.bench.quality (benchmarks/quality.py) on the tiny demo preset: every row, one held-out set, a complete JSON."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import yardstick_from_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = ["member-base", "member-prose", "member-code", "member-math"]
 METHODS = [*MEMBERS, "reverse", "shortgpt", "angular", "greedy-ppl", "laco", "uniform-merge",
            "gptailor-seeds-only", "gptailor-removal-only", "gptailor-no-seeds", "gptailor-random",
@@ -19,11 +17,8 @@ SEARCHES = ["gptailor-removal-only", "gptailor-no-seeds", "gptailor-random", "gp
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark's module in the bench stage (benchmarks/<name>.py is its command line)."""
+    return importlib.import_module(f"gptailor_merge.bench.{name}")
 
 
 @pytest.fixture(scope="module")

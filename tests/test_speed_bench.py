@@ -1,27 +1,20 @@
-"""benchmarks/speed.py: which calls (a) times, the trace totals, the lean recipes, and a tiny full run."""
+"""gptailor_merge.bench.speed (benchmarks/speed.py): which calls (a) times, the trace totals, the lean recipes, and a tiny full run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from gptailor_merge.core.genome import Genome
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_bench", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from gptailor_merge.bench import speed
+
+    return speed
 
 
 def test_mergekit_calls_are_spread_over_the_trace_not_its_first_seeds(speed):

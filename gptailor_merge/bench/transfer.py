@@ -91,5 +91,5 @@ def transfer_tasks(n_texts: int = 64, chars: int = 800):
     for name, items in texts.items():
         if len(items) >= 2:
             examples = [TextExample(t) for t in items]
-            tasks.append(make_task(name, examples, examples, "benchmarks/transfer.py"))
+            tasks.append(make_task(name, examples, examples, "gptailor_merge/bench/transfer.py"))
     return tasks, info
