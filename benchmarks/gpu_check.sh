@@ -59,8 +59,9 @@ from gptailor_merge.search.loop import run_search  # noqa: E402
 from gptailor_merge.search.space import SearchSpace, paper_seeds  # noqa: E402
 from gptailor_merge.materialize.stitch import Stitcher  # noqa: E402
 from gptailor_merge.demo.synthetic import build_memory_family, tiny_tokenizer, write_member  # noqa: E402
+from gptailor_merge.bench.environment import git_sha, hardware  # noqa: E402
 from gptailor_merge.bench.speed import (FloorVariant, RecordingEvaluator, StitchVariant,  # noqa: E402
-                   git_sha, hardware, sync, time_variants, write_tasks)
+                                        sync, time_variants, write_tasks)
 
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()

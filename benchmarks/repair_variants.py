@@ -21,7 +21,7 @@ from gptailor_merge.scoring import evaluate_model, text_tasks
 
 fam_name = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
 args = Q.parse_args(["--family", fam_name, "--threads", "1", "--transfer-texts", "48"])
-Q.setup_torch(1)
+Q.env.setup_torch(1)
 ctx = Q.setup(args)
 family, stitcher, tok, transfer = ctx.family, ctx.stitcher, ctx.tokenizer, ctx.transfer
 text = text_tasks(ctx.tasks)

@@ -39,6 +39,19 @@ def hardware() -> dict:
     return info
 
 
+def add_device_args(p: Any) -> None:
+    """--device, --dtype and --threads, the same in every benchmark (`resolve_dtype` after parsing)."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def resolve_dtype(args: Any) -> Any:
+    """`args` with --dtype filled in from --device."""
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return args
+
+
 def setup_torch(threads: int | None) -> None:
     """Every benchmark's start: the torch thread count, transformers' bars and chatter off."""
     import transformers

@@ -35,9 +35,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch
 
-from gptailor_merge.bench.environment import git_sha, hardware, setup_torch, write_result
+from gptailor_merge.bench import environment as env
 
 DEMO_FRACTIONS = (0.125, 0.25, 0.375)
 SMOLLM2_FRACTIONS = (0.25,)
@@ -137,7 +136,7 @@ class Bench:
         self.counted: list[str] = []
         self.rows: list[dict] = []
         self.previous: dict[tuple[str, float], dict] = {}
-        self.git = git_sha()
+        self.git = env.git_sha()
         self.on_row = None  # called after every row: main writes the JSON, so a kill loses no finished row
         self.only: set[str] | None = None  # --rows: the rows this process scores (member-base always)
         self.removals: dict[tuple[str, float], tuple[list[int], float]] = {}  # baselines: (removed, seconds)
@@ -733,7 +732,7 @@ def merge_results(paths: Sequence[Path], out: Path) -> dict:
     print(table(rows, tasks, transfer))
     print()
     print(footnote(result))
-    write_result(out, result)
+    env.write_result(out, result)
     print(f"wrote {out} ({len(rows)} rows from {len(paths)} shards)")
     return result
 
@@ -777,12 +776,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--laco-threshold", type=float, default=0.65)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
+    env.add_device_args(p)
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep the GPTailor run folders (journals, recipes, mergekit models) here; "
                         "default: a temporary folder, deleted")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: keep the finished rows of --json (same "
                         "settings and code version) and resume searches from their journals")
@@ -818,7 +815,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "--calibration-texts and --repair-texts must be at least 1")
     if args.merge and args.json is None:
         p.error("--merge needs --json (where the assembled table goes)")
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    env.resolve_dtype(args)
     args.json = args.json or Path(f"benchmarks/results/quality-{args.family}.json")
     return args
 
@@ -877,7 +874,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
         return merge_results(args.merge, args.json)
-    setup_torch(args.threads)
+    env.setup_torch(args.threads)
     logging.getLogger("gptailor_merge.scoring.objectives").setLevel(logging.ERROR)
     from gptailor_merge.core.genome import resolve_target
     from gptailor_merge.run.optimize import search_space
@@ -905,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"per task: {n or 'all'}", flush=True)
 
     result = {
-        "benchmark": "quality", "git": bench.git, "hardware": hardware(), "seed": args.seed,
+        "benchmark": "quality", "git": bench.git, "hardware": env.hardware(), "seed": args.seed,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "family": {"name": args.family, "members": names, "n_layers": family.n_layers,
                    "total_params": family.total_params,
@@ -922,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     if args.resume and args.json.is_file():
         bench.previous = previous_rows(args.json, result)
-    bench.on_row = save = lambda: write_result(args.json, {**result, "rows": bench.unfinished_rows()})
+    bench.on_row = save = lambda: env.write_result(args.json, {**result, "rows": bench.unfinished_rows()})
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="gptailor-quality-"))
     try:
         member_rows(bench, ctx.evaluator, names)
@@ -960,7 +957,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(table(bench.rows, tasks, transfer))
     print()
     print(footnote(result))
-    write_result(args.json, result)
+    env.write_result(args.json, result)
     print(f"wrote {args.json}")
     return result
 

@@ -33,7 +33,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from torch import nn
 
-from gptailor_merge.bench.environment import git_sha, hardware, setup_torch, write_result  # noqa: F401
+from gptailor_merge.bench.environment import (
+    add_device_args,
+    git_sha,
+    hardware,
+    resolve_dtype,
+    setup_torch,
+    write_result,
+)
 from gptailor_merge.bench.throughput import format_throughput, throughput
 from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES
 from gptailor_merge.core.genome import Genome
@@ -503,8 +510,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-examples", type=int, default=54, help="examples per task at the top rung")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default bfloat16 on cuda, float32 on cpu")
+    add_device_args(p)
     p.add_argument("--prefix-bytes", type=int, default=DEFAULT_PREFIX_CACHE_BYTES)
     p.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
                    help="score only these of the family's tasks (e.g. ppl_prose ppl_code ppl_math)")
@@ -513,7 +519,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mergekit-per-rung", type=int, default=0,
                    help="time (a) on N calls per rung, evenly spaced over the trace (it is slow); "
                         "0: all (needed for the trace ratios)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--throughput", action="store_true",
                    help="first, the throughput section: the base on every held-out example of the "
                         "tasks, per-choice vs shared-context multiple choice, against a bare-matmul floor")
@@ -525,7 +530,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="skip checking, through mergekit, that (a)'s lean recipes give the same "
                         "models as the full ones")
     args = p.parse_args(argv)
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    resolve_dtype(args)
     return args
 
 
