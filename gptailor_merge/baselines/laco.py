@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
 from gptailor_merge.baselines.hidden import final_hidden_batches
 from gptailor_merge.core.errors import ConfigError, GenomeError
-from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.core.outputs import staged_folder
 from gptailor_merge.family.architecture import DecoderLayout
 from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.materialize.recipe import Recipe
@@ -302,18 +302,12 @@ def save_collapsed(calib: Calibration, result: BaselineResult, out_dir: str | os
                    overwrite: bool = False, recipe: Recipe | None = None) -> Path:
     """Write the collapsed model as a Hugging Face folder (config, safetensors, tokenizer), plus
     `recipe` (its removal set) as `laco_removal_recipe.yaml`; atomic (temp folder + rename)."""
-    out = prepare_output(out_dir, overwrite, reads=[m.path for m in calib.family.members])
-    tmp = temp_sibling(out)
     try:
-        collapsed_model(calib, result).save_pretrained(tmp, safe_serialization=True)
-        copy_tokenizer(calib.family.base.path, tmp)
-        if recipe is not None:
-            (tmp / "laco_removal_recipe.yaml").write_text(recipe.text)
-        return commit_folder(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with staged_folder(out_dir, overwrite=overwrite, reads=[m.path for m in calib.family.members]) as stage:
+            collapsed_model(calib, result).save_pretrained(stage.tmp, safe_serialization=True)
+            copy_tokenizer(calib.family.base.path, stage.tmp)
+            if recipe is not None:
+                (stage.tmp / "laco_removal_recipe.yaml").write_text(recipe.text)
+        return stage.out
     finally:
         calib.stitcher.build(calib.full_genome())

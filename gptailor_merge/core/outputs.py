@@ -14,7 +14,9 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -163,3 +165,26 @@ def commit_folder(tmp: Path, out: Path, kind: str = "model") -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A folder being written: fill `tmp`; `out` is where it lands."""
+
+    tmp: Path
+    out: Path
+
+
+@contextmanager
+def staged_folder(out_dir: str | os.PathLike, *, overwrite: bool = False, reads: Iterable[Path] = (),
+                  kind: str = "model") -> Iterator[Stage]:
+    """`prepare_output`, then a temp sibling to fill; it is marked and moved into place when the
+    block ends without an exception, removed otherwise (a killed write leaves no half folder)."""
+    out = prepare_output(out_dir, overwrite, reads=reads)
+    tmp = temp_sibling(out)
+    try:
+        yield Stage(tmp, out)
+        commit_folder(tmp, out, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from gptailor_merge.core.errors import RecipeError
-from gptailor_merge.core.outputs import commit_folder, local_reads, prepare_output, temp_sibling
+from gptailor_merge.core.outputs import local_reads, prepare_output, staged_folder
 from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.materialize.recipe import Recipe
 
@@ -30,9 +29,8 @@ def materialize_with_mergekit(
     from mergekit.merge import MergeOptions, run_merge
 
     config = recipe.merge_config()
-    out = prepare_output(out_dir, overwrite, reads=local_reads(recipe.data))
-    tmp = temp_sibling(out)
-    try:
+    with staged_folder(out_dir, overwrite=overwrite, reads=local_reads(recipe.data)) as stage:
+        tmp = stage.tmp
         options = MergeOptions(device=device, copy_tokenizer=True, quiet=quiet, write_model_card=True)
         try:
             run_merge(config, str(tmp), options)
@@ -48,10 +46,7 @@ def materialize_with_mergekit(
         base = config.base_model
         if base is not None and Path(str(base.model.path)).is_dir():
             copy_tokenizer(Path(str(base.model.path)), tmp)
-        return commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return stage.out
 
 
 def materialize_recipe(

@@ -23,7 +23,7 @@ from torch import nn
 from gptailor_merge.core.errors import GenomeError
 from gptailor_merge.core.genome import Genome, LayerSpec, layer_key
 from gptailor_merge.core.merge_methods import merge_method
-from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.core.outputs import staged_folder
 from gptailor_merge.family.architecture import DecoderLayout, set_config, tailored_config
 from gptailor_merge.family.family import Family, copy_tokenizer
 
@@ -182,17 +182,9 @@ class Stitcher:
              recipe_text: str | None = None) -> Path:
         """Write the stitched model as a normal Hugging Face folder (config, safetensors, tokenizer,
         and `recipe_text` as mergekit_config.yml)."""
-        out = prepare_output(out_dir, overwrite, reads=[m.path for m in self.family.members])
-        tmp = temp_sibling(out)
-        try:
-            model = self.build(genome)
-            model.save_pretrained(tmp, safe_serialization=True)
-            copy_tokenizer(self.family.base.path, tmp)
+        with staged_folder(out_dir, overwrite=overwrite, reads=[m.path for m in self.family.members]) as stage:
+            self.build(genome).save_pretrained(stage.tmp, safe_serialization=True)
+            copy_tokenizer(self.family.base.path, stage.tmp)
             if recipe_text is not None:
-                (tmp / "mergekit_config.yml").write_text(recipe_text)
-            return commit_folder(tmp, out)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                (stage.tmp / "mergekit_config.yml").write_text(recipe_text)
+        return stage.out

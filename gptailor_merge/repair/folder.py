@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptailor_merge.core.errors import ConfigError, RepairError
-from gptailor_merge.core.outputs import commit_folder, prepare_output, temp_sibling
+from gptailor_merge.core.outputs import prepare_output, staged_folder
 from gptailor_merge.family.family import copy_tokenizer
 from gptailor_merge.repair.calibration import repair_texts
 from gptailor_merge.repair.fit import (
@@ -187,9 +186,8 @@ def save_repaired(model: Any, base_path: Path, recipe: Any, info: RepairInfo, se
     """Write model + tokenizer + recipe + repair.safetensors + repair.json atomically."""
     from safetensors.torch import save_file
 
-    out = prepare_output(out_dir, overwrite)
-    tmp = temp_sibling(out)
-    try:
+    with staged_folder(out_dir, overwrite=overwrite) as stage:
+        tmp = stage.tmp
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(Path(base_path), tmp)
         note = {"method": settings.method, "note": NOTE, "maps": MAPS_FILE, "settings": SETTINGS_FILE}
@@ -200,10 +198,7 @@ def save_repaired(model: Any, base_path: Path, recipe: Any, info: RepairInfo, se
         save_file(maps, tmp / MAPS_FILE, metadata={"gptailor_repair": meta})
         body = {"settings": settings.model_dump(mode="json"), "result": info.to_json(), "note": NOTE}
         (tmp / SETTINGS_FILE).write_text(json.dumps(body, indent=2) + "\n")
-        return commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return stage.out
 
 
 def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSettings,
