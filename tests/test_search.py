@@ -244,3 +244,15 @@ def test_the_likelihood_objective_compares_the_gold_choices_cross_entropy():
     from gptailor_merge.core.config import SearchConfig
 
     assert SearchConfig().mc_objective == "likelihood"
+
+
+def test_best_so_far_steps_only_on_full_fidelity_improvements():
+    from gptailor_merge.search.journal import RungResult, Trial, best_so_far
+
+    def trial(i: int, n: int, retention: float, status: str = "ok") -> Trial:
+        return Trial(i, {}, f"g{i}", (RungResult(n, {}, {}, retention, 0.1),), 1 - retention, 0.1, status)
+
+    trials = [trial(0, 3, 0.99), trial(1, 9, 0.80), trial(2, 9, 0.80), trial(3, 3, 0.95),
+              trial(4, 9, 0.85, "cached"), trial(5, 9, 0.90), trial(6, 9, float("nan")), trial(7, 9, 0.89)]
+    assert [t.index for t in best_so_far(trials, 9)] == [1, 5]
+    assert best_so_far(trials, 27) == []

@@ -409,16 +409,15 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
     again). `winner`, the genome the run returned (chosen on validation), ends the curve."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.scoring import symmetric_retention
-    from gptailor_merge.search.journal import Journal
+    from gptailor_merge.search.journal import Journal, best_so_far
 
     trials = Journal(run_dir / "journal.jsonl").load()
     top = max(t.fidelity for t in trials)
-    changes, best, elapsed, scores = [], None, 0.0, dict(scored or {})
-    for t in trials:
+    elapsed, at, scores = 0.0, {}, dict(scored or {})
+    for t in trials:  # the trials' own time up to each one
         elapsed += t.seconds
-        if t.status == "ok" and t.fidelity == top and (best is None or t.loss < best.loss):
-            best = t
-            changes.append((t, elapsed))
+        at[t.index] = elapsed
+    changes = [(t, at[t.index]) for t in best_so_far(trials, top)]
     entries = [(t, at, Genome.from_dict(t.genome)) for t, at in changes]
     tail = []  # the validation pick, where it is not the search's last best (maybe a seed no rung promoted)
     if winner is not None and (not entries or entries[-1][2].genome_id != winner.genome_id):

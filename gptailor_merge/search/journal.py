@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,6 +75,17 @@ class Trial:
                              f"{', '.join(map(str, READABLE_VERSIONS))}")
         rungs = tuple(RungResult(**r) for r in data.pop("rungs"))
         return cls(rungs=rungs, **data)
+
+
+def best_so_far(trials: Sequence[Trial], top: int) -> list[Trial]:
+    """The trials that beat every earlier full-fidelity (`top` examples) trial, in journal order:
+    the steps of an anytime curve (the report's figure and the quality benchmark's held-out curve)."""
+    steps: list[Trial] = []
+    for t in trials:
+        if (t.status == "ok" and t.fidelity == top and math.isfinite(t.retention)
+                and (not steps or t.loss < steps[-1].loss)):
+            steps.append(t)
+    return steps
 
 
 class Journal:

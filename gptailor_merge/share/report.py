@@ -19,7 +19,7 @@ from gptailor_merge.core.atomic import atomic_path, write_text_atomic
 from gptailor_merge.core.errors import ConfigError
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.core.merge_methods import merge_method
-from gptailor_merge.search.journal import Journal, Trial
+from gptailor_merge.search.journal import Journal, Trial, best_so_far
 
 logger = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ def plot_search_trace(trials: Sequence[Trial], top: int, path: str | os.PathLike
     if cached:
         ax.scatter([p[0] for p in cached], [p[1] for p in cached], marker="o", facecolor="none",
                    edgecolor="#888888", s=22, label="repeat proposal (cached)")
+    steps = {t.index: t.retention for t in best_so_far(trials, top)}
     best_x, best_y, best = [], [], -math.inf
     for t in trials:
-        if t.status == "ok" and t.fidelity == top and math.isfinite(t.retention):
-            best = max(best, t.retention)
+        best = steps.get(t.index, best)
         if math.isfinite(best):
             best_x.append(t.index)
             best_y.append(best)
