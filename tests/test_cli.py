@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -69,3 +70,11 @@ def test_missing_model_in_a_recipe_names_the_path(tmp_path, capsys):
     bad.write_text("merge_method: passthrough\nbase_model: /no/such/model\nslices:\n- sources: [{model: /no/such/model, layer_range: [0, 2]}]\n")
     assert main(["-q", "materialize", str(bad), str(tmp_path / "o")]) == 2
     assert "/no/such/model" in capsys.readouterr().err
+
+
+def test_a_second_command_of_the_same_name_is_an_error():
+    from gptailor_merge.cli.registry import COMMANDS, command
+
+    assert "optimize" in COMMANDS and [n for n, _ in COMMANDS.items()][:1]
+    with pytest.raises(ValueError, match="command 'optimize' is already registered"):
+        command("optimize", "again", lambda p: None)(lambda args: 0)

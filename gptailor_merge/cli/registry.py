@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+from gptailor_merge.core.registry import Registry
+
+COMMANDS: Registry[tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = Registry("command")
+"""name -> (help, add_args, run); registering a name twice is an error (core.Registry)."""
 
 
 def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None]):
     """Register a sub-command: `add_args(parser)` declares its flags, the decorated function runs it."""
 
     def decorator(run: Callable) -> Callable:
-        COMMANDS[name] = (help, add_args, run)
+        COMMANDS.add(name, (help, add_args, run))
         return run
 
     return decorator

@@ -48,6 +48,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, entry) in registration order (a CLI lists its commands as their modules declare them)."""
+        return list(self._entries.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
