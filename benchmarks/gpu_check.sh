@@ -51,7 +51,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from gptailor_merge.family.family import Family  # noqa: E402
 from gptailor_merge.core.genome import Genome  # noqa: E402
-from gptailor_merge.materialize.materialize import materialize_with_mergekit  # noqa: E402
+from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit  # noqa: E402
 from gptailor_merge.materialize.prefix import PrefixReuse  # noqa: E402
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe  # noqa: E402
 from gptailor_merge.scoring import evaluate_model  # noqa: E402

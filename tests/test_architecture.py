@@ -12,7 +12,7 @@ from gptailor_merge.core.genome import Genome, LayerSpec
 from gptailor_merge.demo.synthetic import make_synthetic_family
 from gptailor_merge.family.architecture import DecoderLayout, LayerwiseForward, tailored_config
 from gptailor_merge.family.family import Family
-from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
 from gptailor_merge.materialize.prefix import PrefixCachedLM, PrefixReuse
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 from gptailor_merge.materialize.stitch import Stitcher

@@ -245,7 +245,7 @@ def test_laco_similarity_is_the_mean_sentence_cosine_of_flattened_final_states(c
 
 
 def test_every_baseline_recipe_is_valid_mergekit_and_round_trips(calib, tmp_path):
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
     from gptailor_merge.materialize.recipe import recipe_to_genome
 
     for method in BASELINES.names():

@@ -13,7 +13,7 @@ def test_demo_family_stitch_equals_mergekit_for_a_merged_recipe(tiny_demo_family
 
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.family.family import Family
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
     from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
     from gptailor_merge.materialize.stitch import Stitcher
 
@@ -78,7 +78,7 @@ def test_demo_recipes_in_merge_recipes_run_with_mergekit_and_equal_the_stitcher(
     from transformers import AutoModelForCausalLM
 
     from gptailor_merge.family.family import Family
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
     from gptailor_merge.materialize.recipe import Recipe, recipe_to_genome
     from gptailor_merge.materialize.stitch import Stitcher
 

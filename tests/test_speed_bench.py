@@ -61,7 +61,7 @@ def test_lean_recipe_lists_only_used_sources_and_mergekit_gives_the_same_model(t
     from gptailor_merge.core.genome import LayerSpec
     from gptailor_merge.demo.synthetic import make_synthetic_family
     from gptailor_merge.family.family import Family
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
     from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe, lean_recipe
 
     base, cands = make_synthetic_family(tmp_path / "fam", n_layers=4, n_candidates=3, seed=1)

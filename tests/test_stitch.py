@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from gptailor_merge.core.errors import OutputExistsError, RecipeError
 from gptailor_merge.core.genome import Genome, LayerSpec
-from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 from gptailor_merge.materialize.stitch import Stitcher
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gptailor_merge.baselines.calibration import final_hidden_batches
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration
-from gptailor_merge.baselines.hidden import final_hidden_batches
 from gptailor_merge.core.errors import ConfigError, GenomeError
 from gptailor_merge.core.outputs import staged_folder
 from gptailor_merge.family.architecture import DecoderLayout

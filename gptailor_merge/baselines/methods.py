@@ -13,8 +13,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from gptailor_merge.baselines.calibration import hidden_state_batches, token_cosine
 from gptailor_merge.baselines.core import BASELINES, BaselineResult, Calibration, rounded
-from gptailor_merge.baselines.hidden import hidden_state_batches, token_cosine
 from gptailor_merge.core.errors import ConfigError
 from gptailor_merge.scoring.perplexity import perplexity
 

@@ -208,7 +208,7 @@ def check_lean_recipes(family, calls: Sequence[Call], work: Path, dtype: str, co
     (those merging at the first or last layer first): the max |difference| over all tensors."""
     from safetensors.torch import load_file
 
-    from gptailor_merge.materialize.materialize import materialize_with_mergekit
+    from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
     from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe, lean_recipe
 
     refs = FamilyRefs.of(family)
@@ -249,7 +249,7 @@ class MergekitVariant:
         """(model, whether it was materialized now)."""
         from transformers import AutoModelForCausalLM
 
-        from gptailor_merge.materialize.materialize import materialize_with_mergekit
+        from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
         from gptailor_merge.materialize.recipe import genome_to_recipe, lean_recipe
         from gptailor_merge.materialize.stitch import torch_dtype
 

@@ -36,7 +36,7 @@ def _materialize_args(p: argparse.ArgumentParser) -> None:
 @command("materialize", "write the model a recipe describes, as a loadable Hugging Face folder",
          _materialize_args)
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from gptailor_merge.materialize.materialize import materialize_recipe
+    from gptailor_merge.materialize.mergekit_backend import materialize_recipe
 
     start = time.perf_counter()
     if args.repair:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptailor_merge.baselines.hidden import encode_all
+from gptailor_merge.baselines.calibration import encode_all
 from gptailor_merge.core.errors import RepairError
 from gptailor_merge.core.genome import Genome, LayerSpec
 from gptailor_merge.family.architecture import DecoderLayout

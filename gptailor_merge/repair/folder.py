@@ -267,7 +267,7 @@ def repair_pruned(calib: Any, genome: Any, recipe: Any, specs: Sequence[str], co
 
 
 def _layers_of(recipe: Any) -> int:
-    from gptailor_merge.materialize.materialize import _layers_of as layers_of
+    from gptailor_merge.materialize.mergekit_backend import _layers_of as layers_of
 
     return layers_of(recipe)
 

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from gptailor_merge.core.genome import Genome
-from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
 from gptailor_merge.materialize.recipe import Recipe
 from gptailor_merge.scoring import (
     Score,

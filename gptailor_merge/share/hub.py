@@ -31,7 +31,7 @@ from gptailor_merge.core.outputs import (
     temp_sibling,
 )
 from gptailor_merge.family.family import TOKENIZER_FILES
-from gptailor_merge.materialize.materialize import materialize_with_mergekit
+from gptailor_merge.materialize.mergekit_backend import materialize_with_mergekit
 from gptailor_merge.materialize.recipe import FamilyRefs, Recipe, recipe_to_genome
 
 logger = logging.getLogger(__name__)
