@@ -26,7 +26,7 @@ from gptailor_merge.run.repair_run import FinalistRepair
 from gptailor_merge.run.resolve import load_tasks, resolve_family
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
 from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
-from gptailor_merge.search.search import build_evaluator
+from gptailor_merge.search.evaluator import build_evaluator
 
 VARIANTS = {"text/lstsq": {"sources": "text", "objective": "lstsq"},
             "all/lstsq": {"sources": "all", "objective": "lstsq"},

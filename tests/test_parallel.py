@@ -68,8 +68,8 @@ def test_two_ray_workers_journal_every_trial_once_and_scores_match_serial(
         local_ray, tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.optimize import optimize
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.evaluator import build_evaluator
     from gptailor_merge.search.journal import RungResult
-    from gptailor_merge.search.search import build_evaluator
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path / "run", n_trials=10, workers=2)
     outcome = optimize(config, progress=False)
@@ -149,8 +149,8 @@ class InProcessPool:
 def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.evaluator import build_evaluator
     from gptailor_merge.search.loop import run_search_async
-    from gptailor_merge.search.search import build_evaluator
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     evaluator = build_evaluator(config, llama_family, load_tasks(config))
@@ -175,8 +175,8 @@ def test_async_resume_replays_the_journal_and_evaluates_nothing_twice(
 def test_a_trial_that_fails_on_its_worker_is_journaled_and_the_search_goes_on(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.evaluator import build_evaluator
     from gptailor_merge.search.loop import run_search_async
-    from gptailor_merge.search.search import build_evaluator
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     pool = InProcessPool(build_evaluator(config, llama_family, load_tasks(config)), fail_keys={0, 3})
@@ -227,8 +227,8 @@ def test_ray_address_without_workers_and_cli_flags_are_checked(tmp_path):
 def test_a_serial_journal_resumes_on_a_pool_of_two_without_evaluating_anything_twice(
         tiny_family_paths, llama_family, tasks_dir, tmp_path):
     from gptailor_merge.run.resolve import load_tasks
+    from gptailor_merge.search.evaluator import build_evaluator
     from gptailor_merge.search.loop import run_search, run_search_async
-    from gptailor_merge.search.search import build_evaluator
 
     config = _config(tiny_family_paths, tasks_dir, tmp_path)
     evaluator = build_evaluator(config, llama_family, load_tasks(config))

@@ -98,7 +98,7 @@ def _sample(model, n: int, length: int) -> torch.Tensor:
 
 def _evaluator(family, tokenizer, task, rungs):
     from gptailor_merge.materialize.stitch import Stitcher
-    from gptailor_merge.search.search import Evaluator
+    from gptailor_merge.search.evaluator import Evaluator
 
     return Evaluator(Stitcher(family), tokenizer, [task], batch_size=32, max_length=32, rungs=rungs)
 

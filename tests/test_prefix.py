@@ -13,7 +13,7 @@ from gptailor_merge.materialize.stitch import Stitcher
 from gptailor_merge.scoring.batching import pad_right
 from gptailor_merge.scoring.examples import ChoiceExample, TextExample
 from gptailor_merge.scoring.task import make_task
-from gptailor_merge.search.search import Evaluator
+from gptailor_merge.search.evaluator import Evaluator
 
 L, K = 4, 3
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
@@ -187,7 +187,7 @@ def test_bad_cache_settings_are_clear_errors():
 def test_run_config_sets_the_evaluators_prefix_cache(llama_family, size):
     """`eval.prefix_cache_bytes` is the one setting: build_evaluator sizes the cache from it."""
     from gptailor_merge.core.config import DEFAULT_PREFIX_CACHE_BYTES, RunConfig
-    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.evaluator import build_evaluator
 
     assert RunConfig().eval.prefix_cache_bytes == DEFAULT_PREFIX_CACHE_BYTES
     config = RunConfig.model_validate({"eval": {"prefix_cache_bytes": size}})

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gptailor_merge.search.search import promoted, told_loss
+from gptailor_merge.search.halving import promoted, told_loss
 
 
 def test_the_first_trial_of_a_rung_is_always_promoted():

@@ -428,7 +428,7 @@ def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(
     from gptailor_merge.repair.folder import SOURCES
     from gptailor_merge.run.repair_run import FinalistRepair, write_repaired
     from gptailor_merge.run.resolve import load_tasks
-    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.evaluator import build_evaluator
     from gptailor_merge.search.selection import Contender
 
     data = yaml.safe_load((cli_setup / "config.yaml").read_text())

@@ -206,7 +206,7 @@ def _canned_evaluator(chance_z: float, base, candidate, mc_objective: str = "acc
 
     from test_scoring import _gate_tasks
 
-    from gptailor_merge.search.search import Evaluator
+    from gptailor_merge.search.evaluator import Evaluator
 
     family = SimpleNamespace(n_layers=2, n_candidates=1)
     ev = Evaluator(SimpleNamespace(family=family), None, _gate_tasks(), rungs=(10, 100),

@@ -846,7 +846,7 @@ def setup(args: argparse.Namespace) -> Setup:
     from gptailor_merge.materialize.stitch import Stitcher
     from gptailor_merge.run.resolve import load_tasks, resolve_family
     from gptailor_merge.scoring import text_tasks
-    from gptailor_merge.search.search import Evaluator
+    from gptailor_merge.search.evaluator import Evaluator
 
     family_part = family_config(args)
     config = run_config(family_part, args)

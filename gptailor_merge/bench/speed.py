@@ -47,8 +47,8 @@ from gptailor_merge.core.genome import Genome
 from gptailor_merge.materialize.prefix import layer_keys
 from gptailor_merge.materialize.stitch import Stitcher, torch_dtype
 from gptailor_merge.scoring import Task, evaluate_model, load_model_folder
+from gptailor_merge.search.evaluator import Evaluator
 from gptailor_merge.search.loop import run_search
-from gptailor_merge.search.search import Evaluator
 from gptailor_merge.search.space import SearchSpace
 
 WORDS = ("the cat dog sat ran on mat log fox jumps over lazy quick brown a an of to in is was "

@@ -76,7 +76,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
                      given_seeds: SeedRemovals | None) -> RunOutcome:
     """The run itself, in its locked folder."""
     from gptailor_merge.run.run_folder import check_fingerprint, clamp_max_examples, fingerprint
-    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.evaluator import build_evaluator
 
     start = time.perf_counter()
     non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None

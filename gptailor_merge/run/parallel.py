@@ -64,7 +64,7 @@ class ScoringWorker:
         import torch
 
         from gptailor_merge.run.resolve import load_tasks, resolve_family
-        from gptailor_merge.search.search import build_evaluator
+        from gptailor_merge.search.evaluator import build_evaluator
 
         torch.set_num_threads(spec.threads)  # one actor per CPU share: more threads only contend
         family, _ = resolve_family(spec.config, progress=False)

@@ -154,7 +154,7 @@ def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, spec
     from gptailor_merge.repair.folder import REPAIR_TEXTS, repair_pruned
     from gptailor_merge.run.repair_run import choose_repaired_folder
     from gptailor_merge.run.resolve import load_tasks
-    from gptailor_merge.search.search import build_evaluator
+    from gptailor_merge.search.evaluator import build_evaluator
 
     folder = repair_pruned(calib, genome, recipe, specs, config, repair_texts or REPAIR_TEXTS, repair_out,
                            ridge=ridge, overwrite=overwrite, **options)

@@ -22,17 +22,11 @@ from typing import Protocol
 
 from gptailor_merge.core.errors import GenomeError, ResumeError
 from gptailor_merge.core.genome import Genome
+from gptailor_merge.search.halving import promoted, told_loss
 from gptailor_merge.search.journal import Journal, RungResult, Trial
 from gptailor_merge.search.racing import keeps_racing
-from gptailor_merge.search.search import (
-    Proposer,
-    SearchResult,
-    make_optimizer,
-    pareto_front,
-    prioritized_seeds,
-    promoted,
-    told_loss,
-)
+from gptailor_merge.search.result import SearchResult, pareto_front
+from gptailor_merge.search.search import Proposer, make_optimizer, prioritized_seeds
 from gptailor_merge.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)

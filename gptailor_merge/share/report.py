@@ -181,7 +181,7 @@ def plot_pareto_front(trials: Sequence[Trial], top: int, path: str | os.PathLike
     One task: loss vs trial; two: a scatter; more: parallel coordinates, each axis scaled to the
     range seen (its ends labelled with the real values).
     """
-    from gptailor_merge.search.search import pareto_front
+    from gptailor_merge.search.result import pareto_front
 
     pool = full_fidelity_trials(trials, top)
     front = pareto_front(trials, top)
@@ -382,7 +382,7 @@ def _demote_headings(markdown: str) -> str:
 
 
 def _pareto_table(record: RunRecord) -> list[str]:
-    from gptailor_merge.search.search import pareto_front
+    from gptailor_merge.search.result import pareto_front
 
     front = sorted(pareto_front(record.trials, record.top), key=lambda t: t.loss)
     if not front:
