@@ -536,6 +536,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    git = git_sha()  # the code that runs is the code at the start (a commit during a long run must not relabel it)
     setup_torch(args.threads)
     from transformers import AutoTokenizer
 
@@ -552,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         section = (throughput_section(family, tokenizer, tasks, args)
                if args.throughput or args.throughput_only else None)
         if args.throughput_only:
-            result = {"benchmark": "speed", "git": git_sha(), "hardware": hardware(),
+            result = {"benchmark": "speed", "git": git, "hardware": hardware(),
                       "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                       "family": args.family, "throughput": section}
             write_result(args.json, result)
@@ -583,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"lean recipes (a) uses vs the full ones, {len(lean_check['genomes'])} merged genomes "
               f"through mergekit: max |tensor difference| {lean_check['max_abs_diff']:.3g}")
     result = {
-        "benchmark": "speed", "git": git_sha(), "hardware": hardware(), "seed": args.seed,
+        "benchmark": "speed", "git": git, "hardware": hardware(), "seed": args.seed,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "family": args.family, "trials": args.trials, "score_calls": len(calls), "rungs": rungs,
         # the headline: end-to-end seconds of the whole trace, (a) / (b) and (a) / (c)
