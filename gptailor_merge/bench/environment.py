@@ -53,7 +53,11 @@ def resolve_dtype(args: Any) -> Any:
 
 
 def setup_torch(threads: int | None) -> None:
-    """Every benchmark's start: the torch thread count, transformers' bars and chatter off."""
+    """Every benchmark's start: offline Hub (nothing is downloaded mid-benchmark), the torch thread
+    count, transformers' bars and chatter off. A benchmark's start, not its import: importing a
+    bench module changes no process setting."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
     if threads:

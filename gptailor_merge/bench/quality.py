@@ -24,17 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 
 from gptailor_merge.bench import environment as env
 
@@ -286,18 +281,16 @@ def baseline_rows(bench: Bench, calib, evaluator, transfer_ev, tokenizer, fracti
                              f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
             continue
         seconds = time.perf_counter() - t0
-        if not bench.wanted(method):  # another shard scores it; this one needs its removal set
+        if not result.collapsed:  # a removal set: a search seed, a repair's genome, the uniform merge's start
             genomes[method] = result.genome
             bench.removals[(method, fraction)] = (list(result.removed), seconds)
+        if not bench.wanted(method):  # another shard scores it
             continue
-        if not result.collapsed:
-            bench.removals[(method, fraction)] = (list(result.removed), seconds)
         if result.collapsed:  # LaCo's collapsed layers exist only in this model: score it directly
             model = collapsed_model(calib, result)
             score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
             calib.stitcher.build(calib.full_genome())  # the stitcher's model back to plain layers
         else:
-            genomes[method] = result.genome
             score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev,
                                                               result.genome)
         bench.add(method, fraction, result.genome.kept, score, transfer, seconds=seconds,
@@ -347,8 +340,8 @@ def uniform_merge_row(bench: Bench, evaluator, transfer_ev, space, config, basel
 
 
 def baseline_seeds(bench: Bench, fraction: float):
-    """The baseline rows' removal sets (the same calibration texts as the searches' seeds), handed
-    to the seeds-only row and every search: greedy-ppl runs once per fraction. None without them."""
+    """The baselines' removal sets (`baseline_rows`: the same calibration texts as the searches'
+    seeds), handed to the seeds-only row and every search: greedy-ppl runs once per fraction."""
     from gptailor_merge.baselines.core import DEFAULT_SEED_METHODS
     from gptailor_merge.run.optimize import SeedRemovals
 
@@ -458,7 +451,8 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
 
     best_genome = None
     for method, settings in SEARCH_ROWS:
-        if method != "gptailor" and (args.skip_ablations or args.skip_search_ablations) or not bench.wanted(method):
+        ablation_skipped = method != "gptailor" and (args.skip_ablations or args.skip_search_ablations)
+        if ablation_skipped or not bench.wanted(method):
             continue
         row = bench.reuse(method, fraction)
         if row is not None:

@@ -6,8 +6,8 @@ recipes listing only the sources each slice uses, each trial's model materialize
 for its later rungs, (b) the stitcher, (c) the stitcher with prefix reuse. Headline: the whole
 trace's seconds, (a)/(b) and (a)/(c). Per rung (secondary): medians, the floor (bare forward
 passes of the same batches), the scoring floor (the scorer on the built candidate) and the
-materialization seconds. Writes JSON (git SHA, hardware, seed). Also home of `MemoryFamily`, the
-in-GPU-memory family of benchmarks/gpu_check.sh.
+materialization seconds. Writes JSON (git SHA, hardware, seed). benchmarks/gpu_check.sh replays
+its variants on an in-GPU-memory family (`demo.synthetic.MemoryFamily`).
 
     python benchmarks/speed.py [--family synthetic|demo|smollm2] [--trials 50] [--json PATH]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import statistics
@@ -26,9 +25,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 from torch import nn

@@ -68,11 +68,15 @@ A map fitted on the calibration positions can move the stream where the scorer r
 positions (multiple-choice continuations); a < 1 trades part of the fit for less of that."""
 
 
-def shrink_map(t: torch.Tensor, strength: float) -> torch.Tensor:
-    """I + strength (t - I); `t` itself at strength 1 (bitwise)."""
+def check_strength(strength: float) -> float:
     if not 0.0 <= strength <= 1.0:
         raise RepairError(f"repair strength must be in [0, 1], got {strength}")
-    if strength == 1.0:
+    return float(strength)
+
+
+def shrink_map(t: torch.Tensor, strength: float) -> torch.Tensor:
+    """I + strength (t - I); `t` itself at strength 1 (bitwise)."""
+    if check_strength(strength) == 1.0:
         return t
     identity = torch.eye(t.shape[0], dtype=t.dtype, device=t.device)
     return identity + strength * (t - identity)
@@ -456,9 +460,9 @@ def repair_model(
         raise RepairError(f"unknown repair target {target!r}; use one of {', '.join(TARGETS)}")
     if objective not in OBJECTIVES:
         raise RepairError(f"unknown repair objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    shrink_map(torch.eye(1), strength)  # a bad strength fails before the fit
     settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
-                    batch_size=batch_size, target=target, objective=objective, strength=float(strength))
+                    batch_size=batch_size, target=target, objective=objective,
+                    strength=check_strength(strength))  # a bad strength fails before the fit
     if not runs:
         return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
     batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)

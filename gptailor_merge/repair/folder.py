@@ -100,6 +100,12 @@ class RepairSettings(BaseModel):
         except ValidationError as exc:
             raise ConfigError(f"{path}: not valid repair settings: {exc}") from None
 
+    def fit_options(self) -> dict[str, Any]:
+        """The `repair_model` keywords these settings fix (device and dtype: the stitcher's, or the caller's)."""
+        return {"ridge": self.ridge, "target": self.target, "objective": self.objective,
+                "cosine_steps": self.cosine_steps, "strength": self.strength, "max_length": self.max_length,
+                "batch_size": self.batch_size}
+
 
 def check_method(method: str | None) -> str | None:
     if method is not None and method not in REPAIR_METHODS:
@@ -206,11 +212,8 @@ def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSetti
                     tokenizer: Any = None, overwrite: bool = False) -> tuple[Path, RepairInfo]:
     """Fit the repair of `genome` with `settings` and write the repaired folder."""
     texts = list(texts) if texts is not None else calibration_for(settings)
-    model, info = repair_model(family, genome, texts, ridge=settings.ridge, target=settings.target,
-                               objective=settings.objective, cosine_steps=settings.cosine_steps,
-                               strength=settings.strength, max_length=settings.max_length,
-                               batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
-                               stitcher=stitcher, tokenizer=tokenizer)
+    model, info = repair_model(family, genome, texts, **settings.fit_options(), device=settings.device,
+                               dtype=settings.dtype, stitcher=stitcher, tokenizer=tokenizer)
     settings = settings.model_copy(update={"n_texts": len(texts), "texts_sha256": texts_digest(texts)})
     return save_repaired(model, family.base.path, recipe, info, settings, out_dir, overwrite=overwrite), info
 

@@ -60,14 +60,12 @@ class FinalistRepair:
         """(the repaired model, its RepairInfo): fitted once per genome, rebuilt from its maps after."""
         from gptailor_merge.repair.fit import apply_maps, repair_model
 
-        stitcher, s = self.evaluator.stitcher, self.settings
+        stitcher = self.evaluator.stitcher
         if genome.genome_id in self.fits:
             info = self.fits[genome.genome_id]
             return apply_maps(stitcher.build(genome), stitcher.family, genome, info.maps), info
-        model, info = repair_model(stitcher.family, genome, self.texts, ridge=s.ridge, target=s.target,
-                                   objective=s.objective, cosine_steps=s.cosine_steps, strength=s.strength,
-                                   max_length=s.max_length,
-                                   batch_size=s.batch_size, stitcher=stitcher, tokenizer=self.evaluator.tokenizer)
+        model, info = repair_model(stitcher.family, genome, self.texts, **self.settings.fit_options(),
+                                   stitcher=stitcher, tokenizer=self.evaluator.tokenizer)
         self.fits[genome.genome_id] = info
         return model, info
 
