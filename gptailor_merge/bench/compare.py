@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from gptailor_merge.bench.environment import write_result
 from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
 
 N_BOOT = 2000
@@ -78,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for c in out:
         print(f"| {c['b']} | {interval_text(c['heldout'])} | {interval_text(c['transfer'])} |")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_result(args.json, {"benchmark": "compare", "from": str(args.result), "row": args.row,
+                                 "comparisons": out,
+                                 "corpus_sha256": result.get("corpus_sha256", {"unrecorded": str(args.result)})})
     return out
 
 

@@ -3,6 +3,7 @@ and how it is written (atomically, so a killed run leaves the previous file whol
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -74,9 +75,34 @@ def environment(args: Any = None) -> dict:
     return out
 
 
+SMOLLM2_MARKER = ("smollm2-family", "SMOLLM2_FAMILY.json")
+
+
+def corpus_digests(args: dict | None) -> dict[str, str]:
+    """Each corpus's digest from the build manifest of the family a benchmark ran on (demo or
+    SmolLM2, by its `--family` / `--demo-preset`): equal digests, equal corpora on any machine."""
+    from gptailor_merge.demo.layout import MARKER, default_cache_dir, default_family_dir
+
+    args = args or {}
+    if args.get("family", "demo") == "smollm2":
+        marker = default_cache_dir().joinpath(*SMOLLM2_MARKER)
+    else:
+        marker = default_family_dir(args.get("demo_preset") or "default", 0) / MARKER
+    try:
+        sources = json.loads(marker.read_text(encoding="utf-8")).get("sources", {})
+    except (OSError, ValueError):
+        return {"unrecorded": f"no family manifest at {marker}"}
+    digests = {name: s["corpus_sha256"] for name, s in sources.items()
+               if isinstance(s, dict) and "corpus_sha256" in s}
+    return digests or {"unrecorded": f"{marker} predates corpus digests (an older build)"}
+
+
 def write_result(path: Path, result: dict) -> None:
-    """The result JSON, written atomically (a killed run leaves the previous file whole)."""
+    """The result JSON, written atomically (a killed run leaves the previous file whole), with
+    the family's corpus digests unless the result already carries them."""
     from gptailor_merge.core.atomic import write_json_atomic
 
+    if "corpus_sha256" not in result:
+        result = {**result, "corpus_sha256": corpus_digests(result.get("args"))}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)

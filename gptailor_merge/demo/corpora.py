@@ -1,30 +1,37 @@
 """The three demo corpora (prose, code, math), split by document into train/search/heldout.
 
-prose: the Wikipedia sample inside the gensim wheel (`wiki.py`); code: this Python's standard
-library sources; math: seeded generated problems (`mathgen.py`). No document is in two splits.
+prose: the Wikipedia sample inside the gensim wheel (`wiki.py`); code: the pinned Django wheel's
+sources; math: seeded generated problems (`mathgen.py`). No document is in two splits.
 Returns plain strings only; tokens, tasks and models live elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
-import sysconfig
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor_merge.demo.layout import DOMAINS
 from gptailor_merge.demo.mathgen import math_documents
 from gptailor_merge.demo.presets import DemoPreset
-from gptailor_merge.demo.wiki import wikipedia_articles
+from gptailor_merge.demo.sources import PinnedSource
+from gptailor_merge.demo.wiki import GENSIM_WHEEL, wikipedia_articles
 
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "search", "heldout")
 EVAL_FRACTION = 0.1  # of the documents, for each of search and heldout
 _EVAL_CHARS = {"default": 400_000, "tiny": 30_000}  # cap per eval split, keeps tasks cheap
-_SKIP_CODE_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
-                             "encodings", "__pycache__"})
+# The code corpus: a pinned, pure-Python wheel (the same bytes on every machine; BSD-3-Clause).
+CODE_WHEEL = PinnedSource(
+    requirement="django==5.1.4",
+    filename="Django-5.1.4-py3-none-any.whl",
+    sha256="236e023f021f5ce7dee5779de7b286565fdea5f4ab86bae5338e3f7b69896cf0",
+)
+_SKIP_CODE_DIRS = frozenset({"test", "tests", "locale", "__pycache__"})
 _MAX_CODE_FILE_CHARS = 40_000
 
 
@@ -43,27 +50,34 @@ class DomainCorpus:
         return getattr(self, name)
 
 
-def stdlib_sources() -> list[tuple[str, str]]:
-    """(relative path, source) of the standard library's .py files, sorted by path.
+def code_sources(sources_dir: Path) -> list[tuple[str, str]]:
+    """(path, source) of the pinned Django wheel's .py files, sorted by path.
 
-    Tests, vendored packages and the generated codec tables are skipped; long files are cut at
-    a line boundary near 40k characters.
+    Read from the zip, never installed. Tests, locale format tables and empty files are skipped; long files are cut at a line boundary near 40k characters.
     """
-    root = Path(sysconfig.get_paths()["stdlib"])
+    wheel = CODE_WHEEL.fetch(sources_dir)
     sources = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if _SKIP_CODE_DIRS.intersection(rel.parts[:-1]) or rel.name.startswith("test_"):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if len(text) > _MAX_CODE_FILE_CHARS:
-            text = text[: text.rfind("\n", 0, _MAX_CODE_FILE_CHARS) + 1]
-        if text.strip():
-            sources.append((rel.as_posix(), text.expandtabs(4)))
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(n for n in zf.namelist() if n.endswith(".py")):
+            parts = name.split("/")
+            if _SKIP_CODE_DIRS.intersection(parts[:-1]) or parts[-1].startswith("test_"):
+                continue
+            text = zf.read(name).decode("utf-8")
+            if len(text) > _MAX_CODE_FILE_CHARS:
+                text = text[: text.rfind("\n", 0, _MAX_CODE_FILE_CHARS) + 1]
+            if text.strip():
+                sources.append((name, text.expandtabs(4)))
     return sources
+
+
+def corpus_sha256(corpus: DomainCorpus) -> str:
+    """One digest over every document of every split: equal digests, equal corpora."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for doc in corpus.split(split):
+            digest.update(f"{split}\0{len(doc)}\0".encode())
+            digest.update(doc.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _take(docs: list[str], n_chars: int) -> tuple[str, ...]:
@@ -95,9 +109,9 @@ def split_documents(domain: str, docs: list[str], rng: random.Random, preset: De
 
 
 def load_corpora(preset: DemoPreset, seed: int, sources_dir: Path) -> dict[str, DomainCorpus]:
-    """All three domains, deterministic in (`preset`, `seed`, the local stdlib, the pinned wheel)."""
+    """All three domains, deterministic in (`preset`, `seed`) and the pinned wheels alone."""
     prose = [text for _, text in wikipedia_articles(sources_dir)]
-    code = [text for _, text in stdlib_sources()]
+    code = [text for _, text in code_sources(sources_dir)]
     math_rng = random.Random(f"demo-math-{seed}")
     # Problems are distinct across all documents, so no problem is in two splits.
     n_math_docs_chars = preset.max_train_chars + 2 * _EVAL_CHARS.get(preset.name, 400_000)
@@ -111,3 +125,20 @@ def load_corpora(preset: DemoPreset, seed: int, sources_dir: Path) -> dict[str, 
                     domain, len(c.train), len(c.search), len(c.heldout),
                     *(sum(map(len, c.split(s))) for s in SPLITS))
     return corpora
+
+
+SOURCE_NOTES = {
+    "prose": "English Wikipedia sample shipped in the gensim 4.4.0 wheel (CC BY-SA)",
+    "code": "Python sources of the Django 5.1.4 wheel (BSD-3-Clause)",
+    "math": "generated by gptailor_merge.demo.mathgen (seeded; no external source)",
+}
+
+
+def sources_record(corpora: dict[str, DomainCorpus], sources_dir: Path) -> dict[str, dict[str, str]]:
+    """What a family manifest says of its corpora: each one's pinned file, its digest, and the
+    digest of the documents built from it (the one to compare between machines)."""
+    files = {"prose": GENSIM_WHEEL, "code": CODE_WHEEL}
+    return {domain: {"note": SOURCE_NOTES[domain],
+                     **(files[domain].record(sources_dir) if domain in files else {}),
+                     "corpus_sha256": corpus_sha256(corpus)}
+            for domain, corpus in corpora.items()}

@@ -1,68 +1,37 @@
 """English Wikipedia prose from the sample that ships inside the gensim wheel (CC BY-SA).
 
-Fetches the pinned wheel with `pip download` into the sources cache, reads the bz2 dump straight
-from the zip (gensim is never installed or imported) and strips the wiki markup down to plain
-paragraphs. Returns a list of (title, text) articles; knows nothing about splits or tokens.
+Fetches the pinned wheel (`sources.PinnedSource`, checked by digest) into the sources cache,
+reads the bz2 dump straight from the zip (gensim is never installed or imported) and strips the
+wiki markup down to plain paragraphs. Returns a list of (title, text) articles; knows nothing about splits or tokens.
 """
 
 from __future__ import annotations
 
 import bz2
-import hashlib
 import html
 import logging
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from gptailor_merge.core.errors import GptailorError
+from gptailor_merge.demo.sources import CorpusUnavailableError, PinnedSource
 
 logger = logging.getLogger(__name__)
 
-GENSIM_REQUIREMENT = "gensim==4.4.0"
 # One fixed wheel, whatever the local platform, so every machine reads the same bytes.
-WHEEL_GLOB = "gensim-4.4.0-cp311-cp311-manylinux*_x86_64.whl"
-PIP_PLATFORM_ARGS = (
-    "--only-binary=:all:",
-    "--platform", "manylinux_2_28_x86_64",
-    "--python-version", "3.11",
-    "--implementation", "cp",
-    "--abi", "cp311",
+GENSIM_WHEEL = PinnedSource(
+    requirement="gensim==4.4.0",
+    filename="gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+    pip_args=("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
+              "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
 )
 DUMP_MEMBER = (
     "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 )
-DUMP_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
 
 _SKIP_LINK_PREFIXES = ("file:", "image:", "category:", "media:", "wikipedia:", "wp:", "help:")
 _MIN_PARAGRAPH_CHARS = 120
-
-
-class CorpusUnavailableError(GptailorError, OSError):
-    """A corpus source that could not be fetched or read (no PyPI, no pip, a changed file)."""
-
-
-def fetch_wheel(sources_dir: Path) -> Path:
-    """The gensim wheel in `sources_dir`, downloaded with pip once if it is not there yet."""
-    sources_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(sources_dir.glob(WHEEL_GLOB))
-    if found:
-        return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *PIP_PLATFORM_ARGS,
-           "-d", str(sources_dir), GENSIM_REQUIREMENT]
-    logger.info("downloading the Wikipedia sample: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    found = sorted(sources_dir.glob(WHEEL_GLOB))
-    if proc.returncode != 0 or not found:
-        raise CorpusUnavailableError(
-            f"could not download {GENSIM_REQUIREMENT} (the demo's prose corpus) into {sources_dir}: "
-            f"pip exited {proc.returncode}: {proc.stderr.strip()[-500:]}. Fix: make PyPI reachable, "
-            f"or put the file matching {WHEEL_GLOB} (from https://pypi.org/project/gensim/4.4.0/"
-            f"#files) into {sources_dir}."
-        )
-    return found[0]
 
 
 def read_dump(wheel: Path) -> str:
@@ -74,10 +43,6 @@ def read_dump(wheel: Path) -> str:
         raise CorpusUnavailableError(
             f"{wheel} has no readable {DUMP_MEMBER} ({exc}). Fix: delete {wheel} and build again."
         ) from exc
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != DUMP_SHA256:
-        logger.warning("Wikipedia sample %s has sha256 %s, expected %s", wheel.name, digest,
-                       DUMP_SHA256)
     return bz2.decompress(raw).decode("utf-8")
 
 
@@ -146,7 +111,7 @@ _PAGE = re.compile(r"<page>.*?<title>(.*?)</title>.*?<text[^>]*>(.*?)</text>.*?<
 def wikipedia_articles(sources_dir: Path, *, min_chars: int = 400) -> list[tuple[str, str]]:
     """(title, text) for every non-redirect article with at least `min_chars` of clean prose."""
     articles = []
-    for match in _PAGE.finditer(read_dump(fetch_wheel(sources_dir))):
+    for match in _PAGE.finditer(read_dump(GENSIM_WHEEL.fetch(sources_dir))):
         title, markup = html.unescape(match.group(1)), match.group(2)
         if markup.lstrip().upper().startswith("#REDIRECT"):
             continue
