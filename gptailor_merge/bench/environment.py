@@ -98,11 +98,12 @@ def corpus_digests(args: dict | None) -> dict[str, str]:
 
 
 def write_result(path: Path, result: dict) -> None:
-    """The result JSON, written atomically (a killed run leaves the previous file whole), with
-    the family's corpus digests unless the result already carries them."""
+    """The result JSON, written atomically (a killed run leaves the previous file whole). Adds the
+    family's corpus digests to `result` itself unless it carries them, so what a benchmark returns
+    is what it wrote."""
     from gptailor_merge.core.atomic import write_json_atomic
 
     if "corpus_sha256" not in result:
-        result = {**result, "corpus_sha256": corpus_digests(result.get("args"))}
+        result["corpus_sha256"] = corpus_digests(result.get("args"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
