@@ -147,3 +147,43 @@ def test_the_returned_winner_is_never_worse_than_the_best_seed_on_validation(gai
         assert chosen.message.endswith("returning it")
     else:
         assert chosen.vs_best_seed["ci95"][0] > 0 and "beat greedy_ppl's removal" in chosen.message
+
+
+def _mc_contender(name, kind, acc, choice_nll, genome, trial=None) -> Contender:
+    ts = TaskScore("mc", {"acc": float(np.mean(acc)), "choice_nll": float(np.mean(choice_nll)),
+                          "n": len(acc)}, {"acc": tuple(acc), "choice_nll": tuple(choice_nll)})
+    return Contender(name, kind, genome, trial, 0.0, 0.0, Score("validation", None, {"mc": ts}))
+
+
+@pytest.mark.parametrize("acc_gain, source", [(+3, "search"), (-3, "seed")])
+def test_a_gain_the_yardstick_cannot_resolve_is_settled_by_the_likelihood_objective(acc_gain, source):
+    # 128 four-way examples: a few accuracy flips never clear zero on the yardstick, while the gold
+    # choice's cross-entropy, lower on every example, does. It decides only where the finalist is
+    # not below the seed on the yardstick itself.
+    rng = np.random.default_rng(0)
+    n, task = 128, Task("mc", "multiple_choice", (), (), 0.25)
+    ref_acc = (rng.random(n) < 0.5).astype(float)
+    seed_acc = ref_acc.copy()
+    seed_acc[np.flatnonzero(ref_acc)[:8]] = 0.0
+    fin_acc = seed_acc.copy()
+    flip = np.flatnonzero(seed_acc == 0)[:3] if acc_gain > 0 else np.flatnonzero(seed_acc == 1)[:3]
+    fin_acc[flip] = 1.0 if acc_gain > 0 else 0.0
+    ref_nll = rng.normal(1.2, 0.3, n)
+    seed_nll = ref_nll + 0.10 + rng.normal(0, 0.02, n)
+    fin_nll = seed_nll - 0.05 + rng.normal(0, 0.02, n)
+    reference = _mc_contender("dense", "seed", ref_acc, ref_nll, Genome.base_only(6, 1)).score
+    seed = _mc_contender("greedy_ppl", "seed", seed_acc, seed_nll, Genome.base_only(6, 1, [3]))
+    trial = type("T", (), {"origin": "optimizer", "index": 9, "retention": 1.0})()
+    fin = _mc_contender("trial 9", "finalist", fin_acc, fin_nll, Genome.base_only(6, 1, [2]), trial)
+
+    only_yardstick = decide([fin, seed], reference, [task], ["mc"], "acc", None)
+    assert only_yardstick.source == "seed" and only_yardstick.vs_best_seed["ci95"][0] <= 0
+    chosen = decide([fin, seed], reference, [task], ["mc"], "acc", None, objective_counted=["mc"],
+                    mc="likelihood")
+    assert chosen.vs_best_seed_objective["ci95"][0] > 0  # the likelihood evidence is clear either way
+    assert chosen.source == source
+    if source == "search":
+        assert chosen.winner is fin and "on the likelihood objective" in chosen.message
+    else:
+        assert chosen.winner is seed and chosen.message.startswith("no genome beat greedy_ppl's removal")
+        assert chosen.to_dict()["best_finalist_vs_best_seed_objective"] == chosen.vs_best_seed_objective
