@@ -298,3 +298,23 @@ def test_default_family_base_beats_chance_by_three_standard_errors_on_every_task
     assert all(r["n"] >= 200 for r in table["base"].values()), table
     assert above_chance_failures(table, z=3.0) == [], table
     assert family.manifest()["task_heldout_acc"]["base"] == table["base"], "the build records it"
+
+
+def test_a_larger_search_split_keeps_its_leading_rows_and_leaves_heldout_alone(
+        tiny_family: DemoFamily, tmp_path: Path) -> None:
+    # validation is carved from the search split, so the default preset writes more search rows;
+    # the rows both sizes share, and the held-out files, must not move
+    from gptailor_merge.demo.tasks import write_eval_files
+
+    corpora = load_corpora(get_preset("tiny"), SEED, default_cache_dir() / "sources")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_family.root / "base")
+    common = dict(n_examples=4, n_texts=2, text_chars=160, tokenizer=tokenizer, max_tokens=128,
+                  seed=SEED)
+    small = write_eval_files(tmp_path / "small", corpora, **common)
+    large = write_eval_files(tmp_path / "large", corpora, **common, search_examples=8, search_texts=4)
+    for name in ("tasks/prose_cloze", "tasks/math_answer", "text/code"):
+        assert large[f"{name}.search"] == 2 * small[f"{name}.search"] > 0
+        assert _rows(tmp_path / "large" / f"{name}.search.jsonl")[: small[f"{name}.search"]] == _rows(
+            tmp_path / "small" / f"{name}.search.jsonl")
+        assert (tmp_path / "large" / f"{name}.heldout.jsonl").read_bytes() == (
+            tmp_path / "small" / f"{name}.heldout.jsonl").read_bytes()

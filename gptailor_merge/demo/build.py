@@ -46,7 +46,8 @@ from gptailor_merge.demo.train import finetune, pretrain_base, token_stream
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 3  # bump whenever a change alters what a build writes (3: pinned code corpus)
+BUILD_VERSION = 4  # bump whenever a change alters what a build writes (3: pinned code corpus;
+# 4: a larger search split, so validation, carved from it, outnumbers the top rung)
 
 
 @contextlib.contextmanager
@@ -119,7 +120,9 @@ def _build_into(tmp: Path, spec: DemoPreset, seed: int, bar: tqdm) -> dict[str, 
     stage("tasks")
     counts = write_eval_files(tmp, corpora, n_examples=spec.n_task_examples,
                               n_texts=spec.n_text_samples, text_chars=spec.text_sample_chars,
-                              tokenizer=tokenizer, max_tokens=spec.seq_len, seed=seed)
+                              tokenizer=tokenizer, max_tokens=spec.seq_len, seed=seed,
+                              search_examples=spec.n_search_task_examples,
+                              search_texts=spec.n_search_text_samples)
     bar.update(1)
 
     stage("specialisation")

@@ -35,6 +35,10 @@ class DemoPreset:
     n_task_examples: int  # per task and split
     n_text_samples: int  # per domain and split
     text_sample_chars: int
+    # The search split's sizes where they differ: validation is carved from it (half, by content
+    # hash), and the pick on validation needs more examples than the search's top rung reads.
+    n_search_task_examples: int | None = None
+    n_search_text_samples: int | None = None
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -43,7 +47,7 @@ PRESETS: dict[str, DemoPreset] = {
         n_heads=4, seq_len=128, batch_size=16, pretrain_steps=330, finetune_steps=110,
         pretrain_lr=2e-3, finetune_lr=1e-3, warmup_steps=20, max_train_chars=2_500_000,
         tokenizer_train_chars=600_000, n_task_examples=256, n_text_samples=128,
-        text_sample_chars=360,
+        text_sample_chars=360, n_search_task_examples=768, n_search_text_samples=256,
     ),
     "tiny": DemoPreset(
         name="tiny", vocab_size=512, hidden_size=32, intermediate_size=64, n_layers=4,

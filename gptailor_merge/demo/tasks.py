@@ -263,11 +263,18 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, object]]) -> int:
 
 def write_eval_files(root: Path, corpora: dict[str, DomainCorpus], *, n_examples: int,
                      n_texts: int, text_chars: int, tokenizer: PreTrainedTokenizerFast,
-                     max_tokens: int, seed: int) -> dict[str, int]:
-    """Write every task and text file under `root`; returns the row count of each file."""
+                     max_tokens: int, seed: int, search_examples: int | None = None,
+                     search_texts: int | None = None) -> dict[str, int]:
+    """Write every task and text file under `root`; returns the row count of each file.
+    `search_examples` / `search_texts` size the search split where it differs (validation is
+    carved from it); each file's leading rows do not depend on its size."""
     fits = _Fits(tokenizer, max_tokens)
     counts: dict[str, int] = {}
+    asked = {"tasks": {s: n_examples for s in EVAL_SPLITS}, "text": {s: n_texts for s in EVAL_SPLITS}}
+    asked["tasks"]["search"] = search_examples or n_examples
+    asked["text"]["search"] = search_texts or n_texts
     for split in EVAL_SPLITS:
+        n_examples, n_texts = asked["tasks"][split], asked["text"][split]
         for task, domain in TASK_DOMAINS.items():
             rng = random.Random(f"demo-task-{task}-{split}-{seed}")
             rows = []
@@ -282,8 +289,7 @@ def write_eval_files(root: Path, corpora: dict[str, DomainCorpus], *, n_examples
             texts = text_samples(corpus.split(split), domain, n_texts, text_chars, fits, rng)
             counts[f"text/{domain}.{split}"] = write_jsonl(
                 root / "text" / f"{domain}.{split}.jsonl", ({"text": t} for t in texts))
-    short = {k: v for k, v in counts.items()
-             if v < (n_examples if k.startswith("tasks") else n_texts)}
+    short = {k: v for k, v in counts.items() if v < asked[k.split("/")[0]][k.rsplit(".", 1)[1]]}
     if short:
         logger.warning("fewer rows than asked for: %s", short)
     return counts
