@@ -65,7 +65,8 @@ logger = logging.getLogger("smollm2_family")
 
 FAMILY_DIR = "smollm2-family"
 MARKER = "SMOLLM2_FAMILY.json"
-BUILD_VERSION = 2  # bump whenever a change alters what a build writes (2: pinned code corpus)
+BUILD_VERSION = 3  # bump whenever a change alters what a build writes (2: pinned code corpus;
+# 3: a search split 3x held-out, so validation outnumbers the top rung)
 MEMBERS: tuple[str, ...] = ("base", *DOMAINS)
 MEMBER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -101,6 +102,7 @@ PRESET = DemoPreset(
     n_heads=9, seq_len=128, batch_size=4, pretrain_steps=0, finetune_steps=40, pretrain_lr=0.0,
     finetune_lr=3e-4, warmup_steps=4, max_train_chars=1_000_000, tokenizer_train_chars=0,
     n_task_examples=256, n_text_samples=64, text_sample_chars=400,
+    n_search_task_examples=768, n_search_text_samples=192,  # validation is carved from search
 )
 
 
@@ -167,9 +169,10 @@ def read_bigbench(sdist: Path) -> dict[str, list[tuple[str, dict]]]:
 
 
 def write_bigbench_tasks(tasks_dir: Path, sources_dir: Path, *, n_examples: int,
-                         seed: int) -> dict[str, object]:
-    """Write `tasks/{name}.{search,heldout}.jsonl` for each BIG-bench task; returns what was done
-    (row counts and source files, or why BIG-bench was skipped)."""
+                         seed: int, search_examples: int | None = None) -> dict[str, object]:
+    """Write `tasks/{name}.{search,heldout}.jsonl` for each BIG-bench task (held-out: the first
+    `n_examples` shuffled rows; search: up to `search_examples` of the rest, validation is carved
+    from it); returns what was done (row counts and source files, or why BIG-bench was skipped)."""
     try:
         sdist = BIGBENCH_SDIST.fetch(sources_dir)
     except CorpusUnavailableError as exc:
@@ -189,7 +192,7 @@ def write_bigbench_tasks(tasks_dir: Path, sources_dir: Path, *, n_examples: int,
             continue
         random.Random(f"smollm2-bigbench-split-{name}-{seed}").shuffle(rows)
         n = min(n_examples, len(rows) // 2)
-        for split, part in (("heldout", rows[:n]), ("search", rows[n: 2 * n])):
+        for split, part in (("heldout", rows[:n]), ("search", rows[n: n + (search_examples or n)])):
             counts[f"tasks/{name}.{split}"] = write_jsonl(tasks_dir / f"{name}.{split}.jsonl", part)
         files[name] = {"members": [m.split("benchmark_tasks/")[-1] for m, _ in members],
                        "usable_examples": len(rows)}
@@ -222,6 +225,8 @@ def recipe(spec: DemoPreset) -> dict[str, object]:
             "batch_size": spec.batch_size, "seq_len": spec.seq_len,
             "warmup_steps": spec.warmup_steps, "max_train_chars": spec.max_train_chars,
             "n_task_examples": spec.n_task_examples, "n_text_samples": spec.n_text_samples,
+            "n_search_task_examples": spec.n_search_task_examples,
+            "n_search_text_samples": spec.n_search_text_samples,
             "text_sample_chars": spec.text_sample_chars, "eval_max_tokens": EVAL_MAX_TOKENS,
             "frozen": "model.embed_tokens (tied with lm_head)", "dtype": "float32"}
 
@@ -277,10 +282,12 @@ def build_into(tmp: Path, spec: DemoPreset, seed: int, sources_dir: Path, bar: t
     bar.set_description("smollm2: eval files")
     counts = write_eval_files(tmp, corpora, n_examples=spec.n_task_examples,
                               n_texts=spec.n_text_samples, text_chars=spec.text_sample_chars,
-                              tokenizer=tokenizer, max_tokens=EVAL_MAX_TOKENS, seed=seed)
+                              tokenizer=tokenizer, max_tokens=EVAL_MAX_TOKENS, seed=seed,
+                              search_examples=spec.n_search_task_examples,
+                              search_texts=spec.n_search_text_samples)
     drop_doubled_space(tmp / "tasks", SPACE_PREFIXED_TASKS)
     bigbench = write_bigbench_tasks(tmp / "tasks", sources_dir, n_examples=spec.n_task_examples,
-                                    seed=seed)
+                                    seed=seed, search_examples=spec.n_search_task_examples)
     lap("eval_files")
 
     base.get_input_embeddings().weight.requires_grad_(False)  # tied with lm_head: both frozen
