@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptailor_merge.bench.environment import environment, write_result
+from gptailor_merge.bench.environment import environment, smollm2_root, write_result
 from gptailor_merge.core.config import RunConfig
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.run.repair_run import FinalistRepair
@@ -40,12 +40,11 @@ GENOME_ROWS = ("shortgpt", "greedy-ppl", "gptailor")
 def family_part(name: str, preset: str) -> dict:
     """The family and tasks of a quality result (the demo family, or the built SmolLM2 one)."""
     from gptailor_merge.core.config import DEMO, DEMO_TASKS
-    from gptailor_merge.demo import default_cache_dir
     from gptailor_merge.scoring import register_task_dir
 
     if name == "demo":
         return {"family": {"base": DEMO, "demo_preset": preset}, "tasks": list(DEMO_TASKS)}
-    root = default_cache_dir() / "smollm2-family"
+    root = smollm2_root()
     members = ("base", "prose", "code", "math")
     return {"family": {"base": str(root / "base"), "candidates": [str(root / m) for m in members[1:]],
                        "names": list(members)}, "tasks": register_task_dir(root)}

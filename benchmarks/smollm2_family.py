@@ -48,6 +48,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+from gptailor_merge.bench.environment import SMOLLM2_DIR, SMOLLM2_MARKER, smollm2_root
 from gptailor_merge.demo.build import build_atomically, hf_bars_off, save_member
 from gptailor_merge.demo.corpora import SPLITS, load_corpora, sources_record
 from gptailor_merge.demo.evaluate import (
@@ -63,8 +64,7 @@ from gptailor_merge.demo.train import finetune, token_stream
 
 logger = logging.getLogger("smollm2_family")
 
-FAMILY_DIR = "smollm2-family"
-MARKER = "SMOLLM2_FAMILY.json"
+FAMILY_DIR, MARKER = SMOLLM2_DIR, SMOLLM2_MARKER
 BUILD_VERSION = 3  # bump whenever a change alters what a build writes (2: pinned code corpus;
 # 3: a search split 3x held-out, so validation outnumbers the top rung)
 MEMBERS: tuple[str, ...] = ("base", *DOMAINS)
@@ -215,10 +215,6 @@ def drop_doubled_space(tasks_dir: Path, names: Sequence[str]) -> None:
 
 
 # ---- build ------------------------------------------------------------------------------------
-def family_root() -> Path:
-    return default_cache_dir() / FAMILY_DIR
-
-
 def recipe(spec: DemoPreset) -> dict[str, object]:
     """What decides a build's output; a complete family with another recipe is rebuilt."""
     return {"finetune_steps": spec.finetune_steps, "finetune_lr": spec.finetune_lr,
@@ -342,7 +338,7 @@ def build_into(tmp: Path, spec: DemoPreset, seed: int, sources_dir: Path, bar: t
 def build_smollm2_family(out_dir: Path | None = None, *, spec: DemoPreset = PRESET, seed: int = 0,
                          force: bool = False, progress: bool = True) -> Path:
     """The family folder, built unless a complete one with this recipe and seed is there."""
-    root = Path(out_dir) if out_dir is not None else family_root()
+    root = Path(out_dir) if out_dir is not None else smollm2_root()
     if not force and is_complete(root, spec, seed):
         logger.info("reusing the SmolLM2 family at %s", root)
         return root

@@ -75,17 +75,25 @@ def environment(args: Any = None) -> dict:
     return out
 
 
-SMOLLM2_MARKER = ("smollm2-family", "SMOLLM2_FAMILY.json")
+SMOLLM2_DIR = "smollm2-family"  # under $GPTAILOR_CACHE; benchmarks/smollm2_family.py builds it
+SMOLLM2_MARKER = "SMOLLM2_FAMILY.json"  # its manifest, written last
+
+
+def smollm2_root() -> Path:
+    """Where the SmolLM2 family of `--family smollm2` lives (built or not)."""
+    from gptailor_merge.demo.layout import default_cache_dir
+
+    return default_cache_dir() / SMOLLM2_DIR
 
 
 def corpus_digests(args: dict | None) -> dict[str, str]:
     """Each corpus's digest from the build manifest of the family a benchmark ran on (demo or
     SmolLM2, by its `--family` / `--demo-preset`): equal digests, equal corpora on any machine."""
-    from gptailor_merge.demo.layout import MARKER, default_cache_dir, default_family_dir
+    from gptailor_merge.demo.layout import MARKER, default_family_dir
 
     args = args or {}
     if args.get("family", "demo") == "smollm2":
-        marker = default_cache_dir().joinpath(*SMOLLM2_MARKER)
+        marker = smollm2_root() / SMOLLM2_MARKER
     else:
         marker = default_family_dir(args.get("demo_preset") or "default", 0) / MARKER
     try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptailor_merge.bench import environment as env
+from gptailor_merge.bench.environment import SMOLLM2_DIR, smollm2_root
 
 DEMO_FRACTIONS = (0.125, 0.25, 0.375)
 SMOLLM2_FRACTIONS = (0.25,)
@@ -44,18 +45,12 @@ SEARCH_ROWS = (
     ("gptailor-random", {"seeds": False, "optimizer": "RandomSearch", "local_fraction": 0.0}),
     ("gptailor", {}),
 )
-SMOLLM2_DIR = "smollm2-family"
 SMOLLM2_MEMBERS = ("base", "prose", "code", "math")
 SMOLLM2_BUILDER = "benchmarks/smollm2_family.py"
 N_BOOT = 2000
 
 
 # ---- family and tasks -------------------------------------------------------------------------
-def smollm2_root() -> Path:
-    from gptailor_merge.demo import default_cache_dir
-
-    return default_cache_dir() / SMOLLM2_DIR
-
 
 def family_config(args: argparse.Namespace) -> dict:
     """The `family` and `tasks` parts of a RunConfig for `--family` (tasks registered here)."""

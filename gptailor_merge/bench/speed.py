@@ -35,6 +35,7 @@ from gptailor_merge.bench.environment import (
     hardware,
     resolve_dtype,
     setup_torch,
+    smollm2_root,
     write_result,
 )
 from gptailor_merge.bench.throughput import format_throughput, throughput
@@ -105,10 +106,9 @@ def setup_family(name: str, root: Path, seed: int) -> tuple[object, list[Task]]:
         tasks += [task_from_file(demo.text_file(d, "search"), seed=seed) for d in demo.domains]
         return Family.load(demo.base, demo.candidates), tasks
     if name == "smollm2":
-        from gptailor_merge.demo import default_cache_dir
         from gptailor_merge.scoring.tasks import task_from_file
 
-        root = default_cache_dir() / "smollm2-family"
+        root = smollm2_root()
         members = [root / m for m in ("base", "prose", "code", "math")]
         if not all((m / "config.json").is_file() for m in members):
             raise SystemExit(f"--family smollm2: no built family at {root}; build it with "

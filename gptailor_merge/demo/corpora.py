@@ -53,7 +53,8 @@ class DomainCorpus:
 def code_sources(sources_dir: Path) -> list[tuple[str, str]]:
     """(path, source) of the pinned Django wheel's .py files, sorted by path.
 
-    Read from the zip, never installed. Tests, locale format tables and empty files are skipped; long files are cut at a line boundary near 40k characters.
+    Read from the zip, never installed. Tests, locale format tables and empty files are skipped;
+    long files are cut at a line boundary near 40k characters.
     """
     wheel = CODE_WHEEL.fetch(sources_dir)
     sources = []

@@ -68,7 +68,7 @@ class PinnedSource:
         return path
 
     def record(self, sources_dir: Path) -> dict[str, str]:
-        """What a manifest says of this source: requirement, file and the digest of its bytes."""
-        path = self.fetch(sources_dir)
-        return {"requirement": self.requirement, "file": self.filename,
-                "sha256": self.sha256 or file_sha256(path)}
+        """What a manifest says of this source: requirement, file and the digest of its bytes. A
+        pinned file was checked when it was fetched, so only an unpinned one is read (hashed) here."""
+        sha256 = self.sha256 or file_sha256(self.fetch(sources_dir))
+        return {"requirement": self.requirement, "file": self.filename, "sha256": sha256}

@@ -270,26 +270,26 @@ def write_eval_files(root: Path, corpora: dict[str, DomainCorpus], *, n_examples
     carved from it); each file's leading rows do not depend on its size."""
     fits = _Fits(tokenizer, max_tokens)
     counts: dict[str, int] = {}
-    asked = {"tasks": {s: n_examples for s in EVAL_SPLITS}, "text": {s: n_texts for s in EVAL_SPLITS}}
-    asked["tasks"]["search"] = search_examples or n_examples
-    asked["text"]["search"] = search_texts or n_texts
+    wanted: dict[str, int] = {}
     for split in EVAL_SPLITS:
-        n_examples, n_texts = asked["tasks"][split], asked["text"][split]
+        n_rows, n_samples = ((search_examples or n_examples, search_texts or n_texts)
+                             if split == "search" else (n_examples, n_texts))
         for task, domain in TASK_DOMAINS.items():
             rng = random.Random(f"demo-task-{task}-{split}-{seed}")
             rows = []
             for row in TASK_BUILDERS[task](corpora[domain].split(split), rng, fits):
                 rows.append(row)
-                if len(rows) >= n_examples:
+                if len(rows) >= n_rows:
                     break
-            counts[f"tasks/{task}.{split}"] = write_jsonl(root / "tasks" / f"{task}.{split}.jsonl",
-                                                          rows)
+            key = f"tasks/{task}.{split}"
+            counts[key], wanted[key] = write_jsonl(root / f"{key}.jsonl", rows), n_rows
         for domain, corpus in corpora.items():
             rng = random.Random(f"demo-text-{domain}-{split}-{seed}")
-            texts = text_samples(corpus.split(split), domain, n_texts, text_chars, fits, rng)
-            counts[f"text/{domain}.{split}"] = write_jsonl(
-                root / "text" / f"{domain}.{split}.jsonl", ({"text": t} for t in texts))
-    short = {k: v for k, v in counts.items() if v < asked[k.split("/")[0]][k.rsplit(".", 1)[1]]}
+            texts = text_samples(corpus.split(split), domain, n_samples, text_chars, fits, rng)
+            key = f"text/{domain}.{split}"
+            counts[key] = write_jsonl(root / f"{key}.jsonl", ({"text": t} for t in texts))
+            wanted[key] = n_samples
+    short = {k: v for k, v in counts.items() if v < wanted[k]}
     if short:
         logger.warning("fewer rows than asked for: %s", short)
     return counts
