@@ -254,3 +254,27 @@ def test_a_run_sharded_with_rows_and_merged_gives_the_unsharded_table(quality, t
         quality.main(["--merge", str(out / "a.json"), str(out / "stale.json"), "--json", str(out / "x.json")])
     with pytest.raises(SystemExit, match="same shard"):
         quality.main([*argv, "--rows", "gptailor+repair"])
+
+
+def test_a_runs_own_output_under_results_does_not_mark_the_checkout_dirty(tmp_path):
+    import subprocess
+
+    from gptailor_merge.bench.environment import RESULTS_DIR, git_sha
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "one")
+    assert git_sha(tmp_path)["dirty"] is False
+    (tmp_path / RESULTS_DIR / "run-1").mkdir(parents=True)
+    (tmp_path / RESULTS_DIR / "run-1" / "quality.json").write_text("{}")
+    assert git_sha(tmp_path)["dirty"] is False  # the run's own output: data
+    (tmp_path / "new_module.py").write_text("y = 2\n")
+    assert git_sha(tmp_path)["dirty"] is True  # untracked code elsewhere: a dirty checkout
+    (tmp_path / "new_module.py").unlink()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_sha(tmp_path)["dirty"] is True

@@ -6,8 +6,8 @@ where its cache folder is built, else skipped."""
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gptailor_merge.bench.environment import SMOLLM2_MARKER, smollm2_root
 from gptailor_merge.bench.throughput import compare_mc
-from gptailor_merge.demo.layout import default_cache_dir
 from gptailor_merge.scoring import load_task
 
 
@@ -30,7 +30,7 @@ def test_demo_family_tasks_score_the_same_with_a_shared_context(default_demo_fam
 
 
 def test_smollm2_family_tasks_score_the_same_with_a_shared_context():
-    root = default_cache_dir() / "smollm2-family"
-    if not (root / "SMOLLM2_FAMILY.json").is_file():
+    root = smollm2_root()
+    if not (root / SMOLLM2_MARKER).is_file():
         pytest.skip("the SmolLM2 family is not built here (python benchmarks/smollm2_family.py)")
     _check_task_files(root / "base", sorted((root / "tasks").glob("*.heldout.jsonl")))

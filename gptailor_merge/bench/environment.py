@@ -15,6 +15,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+RESULTS_DIR = "benchmarks/results"
+"""Where benchmark outputs are committed: a run's own untracked output there is data, not code, so
+it does not mark the run's checkout dirty (any other change, tracked or untracked, does)."""
+
+
 def git_sha(root: Path = ROOT) -> dict:
     """{"sha", "dirty"} of the checkout the code runs from ("unknown" outside a git checkout)."""
     def git(*args: str) -> str:
@@ -23,7 +28,7 @@ def git_sha(root: Path = ROOT) -> dict:
                                   check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
-    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR}"))}
 
 
 def hardware() -> dict:
