@@ -11,11 +11,13 @@ from gptailor_merge.share.report import (
     LAYER_MAP_PNG,
     PARETO_PNG,
     TRACE_PNG,
+    VALIDATION_PNG,
     layer_map_markdown,
     layer_roles,
     plot_layer_map,
     plot_pareto_front,
     plot_search_trace,
+    plot_validation_pick,
     write_report,
 )
 
@@ -29,11 +31,11 @@ def _is_png(path) -> bool:
         return path.read_bytes()[:8] == PNG_MAGIC and image.size[0] > 400 and image.size[1] > 200
 
 
-def test_write_report_writes_markdown_that_embeds_three_figures_and_the_summary_table(tiny_run):
+def test_write_report_writes_markdown_that_embeds_four_figures_and_the_summary_table(tiny_run):
     out = write_report(tiny_run)
     assert out == tiny_run / "report.md"
     text = out.read_text()
-    for png in (LAYER_MAP_PNG, PARETO_PNG, TRACE_PNG):
+    for png in (LAYER_MAP_PNG, PARETO_PNG, TRACE_PNG, VALIDATION_PNG):
         assert f"](figures/{png})" in text
         assert _is_png(tiny_run / "figures" / png), png
     summary_table = next(line for line in (tiny_run / "summary.md").read_text().splitlines()
@@ -101,3 +103,15 @@ def test_pareto_and_trace_plots_handle_any_number_of_tasks(tmp_path, tasks):
 
 def test_pareto_plot_without_full_fidelity_trials_says_so(tmp_path):
     assert _is_png(plot_pareto_front([_trial(0, {"mc": 0.5}, n=3)], 9, tmp_path / "empty.png"))
+
+
+def test_validation_pick_plot_takes_a_returned_seed_and_contenders_without_scores(tmp_path):
+    seed = {"genome_id": "s", "kind": "seed", "name": "greedy_ppl", "origin": "seed", "search_retention": 0.9,
+            "validation_objective": 0.93}
+    selection = {"contenders": [seed, {"genome_id": "f", "kind": "finalist", "name": "trial 7", "origin": "optimizer",
+                                       "search_retention": 0.97, "validation_objective": 0.92},
+                                {"genome_id": "x", "kind": "finalist", "name": "trial 9", "origin": "local",
+                                 "search_retention": None, "validation_objective": None}],
+                 "winner": seed, "best_finalist_vs_best_seed": {"diff": -0.01, "ci95": [-0.05, 0.03]}}
+    assert _is_png(plot_validation_pick(selection, tmp_path / "pick.png"))
+    assert _is_png(plot_validation_pick({"contenders": [], "winner": {}}, tmp_path / "none.png"))

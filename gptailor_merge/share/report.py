@@ -28,6 +28,7 @@ LAYER_MAP_PNG = "layer_map.png"
 PARETO_PNG = "pareto_front.png"
 TRACE_PNG = "search_trace.png"
 ANYTIME_PNG = "anytime.png"
+VALIDATION_PNG = "validation_pick.png"
 ANYTIME_JSON = "anytime.json"
 
 BASE_COLOR = "#8c8c8c"
@@ -336,6 +337,40 @@ def plot_anytime(data: dict, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+def plot_validation_pick(selection: dict, path: str | os.PathLike) -> Path:
+    """Each contender of the validation pick at its search objective on the search split (x) and the
+    same objective on validation (y): how far the search's reads fall on fresh examples (the
+    winner's curse), and which contender was returned."""
+    fig = _new_figure(6.4, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    contenders = [c for c in selection.get("contenders", [])
+                  if c.get("search_retention") is not None and c.get("validation_objective") is not None]
+    winner = selection.get("winner", {}).get("genome_id")
+    for c in contenders:
+        seed = c.get("kind") == "seed"
+        ax.scatter([c["search_retention"]], [c["validation_objective"]], s=70 if c["genome_id"] == winner else 34,
+                   marker="D" if seed else "o", color="#777777" if seed else FRONT_COLOR, zorder=3,
+                   edgecolor="black", linewidth=1.6 if c["genome_id"] == winner else 0.5)
+        ax.annotate(c["name"] + (" (returned)" if c["genome_id"] == winner else ""),
+                    (c["search_retention"], c["validation_objective"]), fontsize=7.5, xytext=(4, 3),
+                    textcoords="offset points")
+    if contenders:
+        values = [v for c in contenders for v in (c["search_retention"], c["validation_objective"])]
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#bbbbbb", linewidth=1, linestyle="--",
+                zorder=1, label="validation = search")
+        ax.legend(fontsize=8, loc="lower right", frameon=False)
+    ax.set_xlabel("search objective on the search split (as raced)")
+    ax.set_ylabel("search objective on the validation split")
+    ax.grid(alpha=0.25)
+    diff = selection.get("best_finalist_vs_best_seed")
+    gap = "" if not diff else f";\nbest finalist vs best seed on validation retention_sym {diff['diff']:+.3f} [{diff['ci95'][0]:+.3f}, " \
+                               f"{diff['ci95'][1]:+.3f}]"
+    ax.set_title(f"Validation pick: circles finalists, diamonds baseline seeds{gap}", fontsize=9.5, loc="left")
+    return _save(fig, path)
+
+
 # ---- report.md ------------------------------------------------------------------------------
 @dataclass
 class RunRecord:
@@ -399,12 +434,14 @@ def _pareto_table(record: RunRecord) -> list[str]:
     return lines
 
 
-def _selection_section(selection: dict | None) -> list[str]:
+def _selection_section(selection: dict | None, figures: Path) -> list[str]:
     """The finalists and baseline seeds as scored on validation, and which one the run returned."""
     if not selection:
         return []
     n = selection.get("validation_examples")
+    plot_validation_pick(selection, figures / VALIDATION_PNG)
     lines = ["## Winner chosen on validation", "", selection["message"] + ".", "",
+             f"![validation pick]({FIGURES_DIR}/{VALIDATION_PNG})", "",
              f"Validation split, {'all' if n is None else n} examples per task; the objective is the "
              "search's (exp of the mean log ratio against the dense base), `retention_sym` the reported "
              "yardstick.", "",
@@ -445,7 +482,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
                   "Run it with `mergekit-yaml best.yaml out/`.", "",
                   f"![layer map]({FIGURES_DIR}/{LAYER_MAP_PNG})", "",
                   layer_map_markdown(record.best_genome, names), ""]
-    lines += _selection_section((record.summary or {}).get("selection"))
+    lines += _selection_section((record.summary or {}).get("selection"), figures)
     plot_pareto_front(trials, record.top, figures / PARETO_PNG, best=record.best_trial)
     lines += ["## Pareto front (search split)", "",
               "Per-task search losses of the trials that reached full fidelity; a trial is on the front when no "
