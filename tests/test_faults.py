@@ -252,6 +252,37 @@ def test_resume_reuses_the_runs_baseline_seed_removals_without_calibrating(run_c
     assert summary["search"]["seed_calibration_seconds"] == round(stored["seconds"], 1)
 
 
+def test_a_run_killed_while_scoring_validation_resumes_without_scoring_those_again(fam, finished_run, tmp_path,
+                                                                                    monkeypatch):
+    from gptailor_merge.search.evaluator import Evaluator
+    from gptailor_merge.search.score_cache import VALIDATION_SCORES
+
+    score, calls = Evaluator.score, []
+
+    def killed_after_two(self, genome, split, n):
+        if split == "validation":
+            calls.append(genome.genome_id)
+            if len(calls) > 2:
+                raise KeyboardInterrupt
+        return score(self, genome, split, n)
+
+    out = tmp_path / "run"
+    config = _write_config(fam, tmp_path / "c.yaml", out)
+    monkeypatch.setattr(Evaluator, "score", killed_after_two)
+    assert main(["-q", "optimize", "--config", str(config)]) == 130  # "interrupted"
+    assert not (out / "summary.json").exists()
+    assert len((out / VALIDATION_SCORES).read_text().splitlines()) == 2  # the reference and one contender
+    first = list(calls)
+    calls.clear()
+    monkeypatch.setattr(Evaluator, "score", lambda self, g, split, n: (calls.append(g.genome_id) if split ==
+                                                                        "validation" else None) or score(self, g,
+                                                                                                         split, n))
+    assert main(["-q", "optimize", "--resume", str(out)]) == 0
+    assert not set(first[:2]) & set(calls)  # the two finished scores were read back, not scored again
+    resumed, clean = (json.loads((d / "summary.json").read_text())["selection"] for d in (out, finished_run))
+    assert resumed == clean  # the same pick, bitwise, as the run that was never killed
+
+
 def test_seed_removals_handed_to_optimize_are_used_without_calibrating(fam, tmp_path, monkeypatch):
     import gptailor_merge.run.optimize as optimize
     from gptailor_merge.core.config import RunConfig

@@ -87,3 +87,55 @@ def test_the_pick_is_between_kept_forms_and_a_harmful_repair_is_dropped():
     # without the repair the seed is the better model and is returned
     plain = select_on_validation(ev, [_trial(1, finalist)], 90, {"greedy_ppl": [4, 5]})
     assert plain.source == "seed" and not plain.winner.repaired
+
+
+class _CountingEvaluator(_Evaluator):
+    def __init__(self, losses: dict[str, float], fail: bool = False):
+        super().__init__(losses)
+        self.calls, self.fail = [], fail
+
+    def reference(self, split, n):
+        self.calls.append("reference")
+        assert not self.fail, "a resumed pick scored the reference again"
+        return REFERENCE
+
+    def score(self, genome, split, n):
+        self.calls.append(genome.genome_id)
+        assert not self.fail, "a resumed pick scored a contender again"
+        return super().score(genome, split, n)
+
+
+def test_validation_scores_kept_in_the_run_folder_give_a_resumed_pick_without_scoring_again(tmp_path):
+    from gptailor_merge.search.score_cache import ScoreCache
+
+    finalist, seed = Genome.base_only(6, 1, [1, 2]), Genome.base_only(6, 1, [4, 5])
+    losses = {finalist.genome_id: 0.30, seed.genome_id: 0.25}
+    path = tmp_path / "validation_scores.jsonl"
+    first_ev = _CountingEvaluator(losses)
+    first = select_on_validation(first_ev, [_trial(1, finalist)], 90, {"greedy_ppl": [4, 5]},
+                                 cache=ScoreCache(path))
+    assert sorted(first_ev.calls) == sorted(["reference", finalist.genome_id, seed.genome_id])
+    assert len(path.read_text().splitlines()) == 3
+    again = select_on_validation(_CountingEvaluator(losses, fail=True), [_trial(1, finalist)], 90,
+                                 {"greedy_ppl": [4, 5]}, cache=ScoreCache(path))
+    assert again.to_dict() == first.to_dict()
+    for a, b in zip(first.contenders, again.contenders, strict=True):
+        assert a.score == b.score and all(a.score.tasks[k].per_example == b.score.tasks[k].per_example
+                                          for k in a.score.tasks)
+
+
+def test_a_torn_last_score_line_is_skipped_and_cut_before_the_next_write(tmp_path):
+    from gptailor_merge.search.score_cache import ScoreCache
+
+    path = tmp_path / "validation_scores.jsonl"
+    cache = ScoreCache(path)
+    cache.get("a/validation/all", lambda: _score(0.1))
+    with path.open("ab") as handle:
+        handle.write(b'{"key": "b/validation/all", "score": {"spl')  # the kill cut this write short
+    resumed = ScoreCache(path)
+    assert list(resumed.scores) == ["a/validation/all"]
+    resumed.get("c/validation/all", lambda: _score(0.2))
+    assert list(ScoreCache(path).scores) == ["a/validation/all", "c/validation/all"]
+    path.write_text('{"key": "x"}\n{"key": "c/validation/all", "score": {}}\n')
+    with pytest.raises(ValueError, match="line 1 is not a score record.*delete the file"):
+        ScoreCache(path)

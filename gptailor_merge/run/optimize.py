@@ -106,6 +106,7 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     if result.best is None:
         raise ConfigError("no trial finished at full fidelity; raise search.n_trials or the time budget")
 
+    from gptailor_merge.search.score_cache import VALIDATION_SCORES, ScoreCache
     from gptailor_merge.search.selection import select_on_validation
 
     repairer = None
@@ -115,7 +116,8 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
         repairer = FinalistRepair(evaluator, config, **repair_options)
     selection = select_on_validation(evaluator, result.trials, result.rungs[-1], seed_removals,
                                      finalists=s.finalists, n_examples=s.validation_examples,
-                                     progress=progress, repair=repairer)
+                                     progress=progress, repair=repairer,
+                                     cache=ScoreCache(run_dir / VALIDATION_SCORES))
     logger.info("%s", selection.message)
     refs = FamilyRefs.of(family)
     best_genome = selection.winner.genome

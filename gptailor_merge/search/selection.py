@@ -32,6 +32,7 @@ from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
 from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
 from gptailor_merge.search.journal import Trial
+from gptailor_merge.search.score_cache import ScoreCache, score_key
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +130,14 @@ def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[st
 def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                          seed_removals: Mapping[str, Sequence[int]], *, finalists: int = 3,
                          n_examples: int | None = None, progress: bool = False,
-                         repair: RepairScorer | None = None) -> Selection:
+                         repair: RepairScorer | None = None, cache: ScoreCache | None = None) -> Selection:
     """Score the finalists and the baseline seeds on validation and pick the winner (module
     docstring). `evaluator` is the search's (`search.Evaluator`); `repair`, where given, also
-    scores each contender repaired."""
+    scores each contender repaired; `cache` (the run folder's `search.score_cache`) keeps every
+    unrepaired validation score, so a run killed here resumes without scoring those again."""
     from tqdm.auto import tqdm
+
+    cache = cache or ScoreCache(None)
 
     fam = evaluator.stitcher.family
     by_genome = {t.genome_id: t for t in trials if t.status == "ok"}
@@ -144,7 +148,8 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
         entries.append((name, "seed", g, by_genome.get(g.genome_id)))
     if not entries:
         raise ValueError("nothing to select: no trial reached full fidelity and there are no seeds")
-    reference = evaluator.reference("validation", n_examples)
+    reference = cache.get(score_key("reference", "validation", n_examples),
+                          lambda: evaluator.reference("validation", n_examples))
     tasks = evaluator.tasks
     objective_names = [t.name for t in evaluator.objective_tasks()]
     counted = counted_tasks(reference, tasks, metric=evaluator.metric,
@@ -154,7 +159,9 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
     for name, kind, genome, trial in tqdm(entries, desc="validation", disable=not progress):
         gid = genome.genome_id
         if gid not in scored:
-            score, repaired, record = evaluator.score(genome, "validation", n_examples), False, None
+            score = cache.get(score_key(gid, "validation", n_examples),
+                              lambda g=genome: evaluator.score(g, "validation", n_examples))
+            repaired, record = False, None
             if repair is not None and genome.n_kept < genome.n_layers:
                 fixed, fit_record = repair(genome, n_examples)
                 repaired, record = repair_decision(fixed, score, reference, tasks, counted,
@@ -168,6 +175,8 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                                         counted=counted)
         contenders.append(Contender(name, kind, genome, trial, objective.retention_sym,
                                     yardstick.retention_sym, score, repaired, record))
+    if cache.read:
+        logger.info("validation: %d scores read back from %s (a resumed run)", cache.read, cache.path)
     return decide(contenders, reference, tasks, counted, evaluator.metric, n_examples,
                   objective_counted=objective_names, mc=evaluator.mc_objective)
 
