@@ -28,7 +28,8 @@ def git_sha(root: Path = ROOT) -> dict:
                                   check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
-    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR}"))}
+    changes = git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR}")
+    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(changes)}
 
 
 def hardware() -> dict:

@@ -11,9 +11,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gptailor_merge.core.atomic import write_json_atomic  # noqa: F401  (run.json / summary.json writers import it here)
 from gptailor_merge.core.errors import JournalError
@@ -88,6 +89,53 @@ def best_so_far(trials: Sequence[Trial], top: int) -> list[Trial]:
     return steps
 
 
+RECORD_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+"""What parsing a damaged JSON line as a record raises."""
+
+
+def read_records(path: Path, parse: Callable[[dict], Any], bad_line: Callable[[int, Exception], Exception]
+                 ) -> list:
+    """Every line of a JSON-lines file parsed, in order, without writing: a last line that does not
+    parse is a write a kill cut short and is skipped; any other is `bad_line(number, error)`, raised."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse(json.loads(line)))
+        except RECORD_ERRORS as exc:
+            if number == len(lines):  # no newline after it: a write the kill cut short
+                logger.warning("%s: skipping the torn last line %d (the run was killed mid-write)", path, number)
+                break
+            raise bad_line(number, exc) from None
+    return records
+
+
+def append_record(path: Path, line: str, parse: Callable[[dict], Any]) -> None:
+    """Append one JSON line, fsync'd. A last line without its newline is first cut off (a torn
+    write) or, if `parse` reads it as a whole record, ended, so the new record starts on its own line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size:
+        with path.open("r+b") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                data = handle.seek(0) or handle.read()
+                start = data.rfind(b"\n") + 1
+                try:
+                    parse(json.loads(data[start:]))
+                    handle.write(b"\n")
+                except RECORD_ERRORS:
+                    logger.warning("%s: removing the torn last line (the run was killed mid-write)", path)
+                    handle.truncate(start)
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 class Journal:
     """The run's `journal.jsonl`."""
 
@@ -96,27 +144,15 @@ class Journal:
 
     def load(self) -> list[Trial]:
         """The journaled trials, in order. Read-only: a torn last line is skipped, not removed."""
-        if not self.path.is_file():
-            return []
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        trials: list[Trial] = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                trials.append(Trial.from_dict(json.loads(line)))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                if number == len(lines):  # no newline after it: a write the kill cut short
-                    logger.warning("%s: skipping the torn last line %d (the run was killed mid-write)",
-                                   self.path, number)
-                    break
-                reason = str(exc) if "format version" in str(exc) else f"{type(exc).__name__}: {exc}"
-                raise JournalError(
-                    f"{self.path} line {number} is not a trial record ({reason[:200]}). The journal was "
-                    "left as it is: repair or delete that line (the other lines are kept), or start a "
-                    "new run"
-                ) from None
+        def bad_line(number: int, exc: Exception) -> JournalError:
+            reason = str(exc) if "format version" in str(exc) else f"{type(exc).__name__}: {exc}"
+            return JournalError(
+                f"{self.path} line {number} is not a trial record ({reason[:200]}). The journal was "
+                "left as it is: repair or delete that line (the other lines are kept), or start a "
+                "new run"
+            )
+
+        trials = read_records(self.path, Trial.from_dict, bad_line)
         for expected, trial in enumerate(trials):
             if trial.index != expected:
                 raise JournalError(f"{self.path}: trial {trial.index} follows trial {expected - 1} "
@@ -124,27 +160,4 @@ class Journal:
         return trials
 
     def append(self, trial: Trial) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cut_torn_tail()
-        with self.path.open("a") as handle:
-            handle.write(trial.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def _cut_torn_tail(self) -> None:
-        """Before writing: a last line without its newline is a torn write; cut it off (or, if it
-        is a whole record, end it) so the new record starts on its own line."""
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            return
-        with self.path.open("r+b") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) == b"\n":
-                return
-            data = handle.seek(0) or handle.read()
-            start = data.rfind(b"\n") + 1
-            try:
-                Trial.from_dict(json.loads(data[start:]))
-                handle.write(b"\n")
-            except (ValueError, TypeError, KeyError, AttributeError):
-                logger.warning("%s: removing the torn last line (the run was killed mid-write)", self.path)
-                handle.truncate(start)
+        append_record(self.path, trial.to_json(), Trial.from_dict)
