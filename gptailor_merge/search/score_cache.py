@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gptailor_merge.core.errors import ResumeError
 from gptailor_merge.scoring.evaluate import Score, TaskScore
 from gptailor_merge.search.journal import append_record, read_records
 
@@ -50,8 +51,8 @@ class ScoreCache:
             for key, score in read_records(self.path, _parse, self._bad_line):
                 self.scores[key] = score
 
-    def _bad_line(self, number: int, exc: Exception) -> ValueError:
-        return ValueError(f"{self.path} line {number} is not a score record ({exc}); delete the file "
+    def _bad_line(self, number: int, exc: Exception) -> ResumeError:
+        return ResumeError(f"{self.path} line {number} is not a score record ({exc}); delete the file "
                           "to score validation again")
 
     def get(self, key: str, compute: Callable[[], Score]) -> Score:
