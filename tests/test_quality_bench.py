@@ -278,3 +278,38 @@ def test_a_runs_own_output_under_results_does_not_mark_the_checkout_dirty(tmp_pa
     (tmp_path / "new_module.py").unlink()
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_sha(tmp_path)["dirty"] is True
+
+
+def test_validation_examples_reach_the_pick_and_the_repair_choice_and_no_validation_score_is_paid_twice(
+        quality, tiny_demo_family, tmp_path_factory, monkeypatch):
+    """`--validation-examples`: the search's pick and the +repair rows' choice read the same number
+    of validation examples; each genome is scored on validation once (the +repair rows read the
+    search's scores), and a resumed run reads them all back."""
+    from gptailor_merge.search.evaluator import Evaluator
+
+    monkeypatch.setenv("GPTAILOR_CACHE", str(tiny_demo_family.root.parent))
+    out = tmp_path_factory.mktemp("validation-n")
+    argv = [a for a in _small_run(out) if a != "--skip-repair"] + [
+        "--validation-examples", "5", "--rows", "shortgpt", "gptailor", "shortgpt+repair", "gptailor+repair"]
+    scored, score = [], Evaluator.score
+    monkeypatch.setattr(Evaluator, "score", lambda self, g, split, n: (
+        scored.append((g.genome_id, split, n)) or score(self, g, split, n)))
+    first = quality.main(argv)
+    summary = json.loads((out / "runs" / "remove0.25-gptailor" / "summary.json").read_text())
+    assert summary["selection"]["validation_examples"] == 5
+    repaired = [r for r in first["rows"] if r["method"].endswith("+repair")]
+    assert [r["repair"]["validation_choice"]["validation_examples"] for r in repaired] == [5, 5]
+    validated = [s for s in scored if s[1] == "validation"]
+    assert validated and all(n == 5 for _, _, n in validated)
+    assert len(validated) == len(set(validated))  # the reference and every genome: once
+
+    cut = {**first, "complete": False, "rows": [r for r in first["rows"] if r not in repaired]}
+    (out / "q.json").write_text(json.dumps(cut))
+    scored.clear()
+    again = quality.main([*argv, "--resume"])
+    assert not [s for s in scored if s[1] == "validation"]  # every validation score read from the files
+    choice = lambda r: ({k: v for k, v in r["repair"]["validation_choice"].items()  # noqa: E731
+                         if not k.endswith("_seconds")}, r["repair_kept"])
+    assert [choice(r) for r in again["rows"] if r["method"].endswith("+repair")] == [choice(r) for r in repaired]
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main([a if a != "5" else "6" for a in argv] + ["--resume"])

@@ -86,7 +86,8 @@ def run_config(base: dict, args: argparse.Namespace, *, remove_fraction: float =
         **base,
         "target": {"remove_fraction": remove_fraction},
         "search": {"n_trials": args.trials, "max_examples": args.max_examples, "seed": args.seed,
-                   "calibration_texts": args.calibration_texts, **(search or {})},
+                   "calibration_texts": args.calibration_texts,
+                   "validation_examples": args.validation_examples, **(search or {})},
         "eval": {"batch_size": args.batch_size, "max_length": args.max_length,
                  "device": args.device, "dtype": args.dtype,
                  "heldout_examples": args.heldout_examples},
@@ -491,26 +492,49 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 
+def repair_scores(runs_dir: Path | None, fraction: float, name: str):
+    """The `+repair` row's validation scores, kept in its own file (a resumed shard does not pay
+    again), read first from the full search's run folder, whose validation pick scored the same
+    genomes and the same reference (one key scheme: `search.score_cache.score_key`)."""
+    from gptailor_merge.search.score_cache import VALIDATION_SCORES, ScoreCache
+
+    if runs_dir is None:
+        return ScoreCache(None)
+    cache = ScoreCache(runs_dir / f"remove{fraction:g}-{name}-{VALIDATION_SCORES}")
+    searched = runs_dir / f"remove{fraction:g}-gptailor" / VALIDATION_SCORES
+    if searched.is_file():
+        cache.scores = {**ScoreCache(searched).scores, **cache.scores}
+    return cache
+
+
 def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, genomes: dict,
-                args: argparse.Namespace) -> None:
+                args: argparse.Namespace, runs_dir: Path | None = None) -> None:
     """`<method>+repair`: the same genome with the run's repair of its cuts (`run.repair_run`:
     its calibration sources and objective, `--repair-texts` search examples per task), scored like
-    every other row, with the validation choice the tool makes for it (kept or not, and why)."""
+    every other row, with the validation choice the tool makes for it (kept or not, and why), on
+    `--validation-examples` per task as the search's pick."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.run.repair_run import FinalistRepair
     from gptailor_merge.scoring import counted_tasks
+    from gptailor_merge.search.score_cache import score_key
     from gptailor_merge.search.selection import repair_decision
 
+    n_val = args.validation_examples
     repairer = FinalistRepair(evaluator, config, n_examples_per_task=args.repair_texts)
-    reference = evaluator.reference("validation", None)
-    counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric, chance_z=evaluator.chance_z or 2.0)
     for method, genome in genomes.items():
         name = f"{method}+repair"
         if not bench.wanted(name) or bench.reuse(name, fraction) is not None:
             continue
+        cache = repair_scores(runs_dir, fraction, name)
+        reference = cache.get(score_key("reference", "validation", n_val),
+                              lambda: evaluator.reference("validation", n_val))
+        counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric,
+                                chance_z=evaluator.chance_z or 2.0)
         t0 = time.perf_counter()
-        repaired_val, record = repairer(genome, None)  # fits (timed in record) and scores validation
-        kept, choice = repair_decision(repaired_val, evaluator.score(genome, "validation", None), reference,
+        repaired_val, record = repairer(genome, n_val)  # fits (timed in record) and scores validation
+        unrepaired_val = cache.get(score_key(genome.genome_id, "validation", n_val),
+                                   lambda g=genome: evaluator.score(g, "validation", n_val))
+        kept, choice = repair_decision(repaired_val, unrepaired_val, reference,
                                        evaluator.tasks, counted, evaluator.metric, record)
         model, info = repairer.repaired_model(genome)  # the fitted maps, fused again
         seconds = record["fit_seconds"]
@@ -519,7 +543,8 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
         bench.add(name, fraction, genome.kept, score, transfer, seconds=seconds,
                   heldout_seconds=heldout_seconds, removed=list(genome.removed),
                   repair={**info.to_json(), "settings": repairer.settings.model_dump(mode="json"),
-                          "validation_choice": choice}, repair_kept=kept)
+                          "validation_choice": {**choice, "validation_examples": n_val}},
+                  repair_kept=kept)
         logging.getLogger(__name__).info("%s: %s (%.0f s)", name, choice["message"], time.perf_counter() - t0)
 
 
@@ -621,6 +646,8 @@ def footnote(result: dict) -> str:
                      for t in result["tasks"])
     t_used = ", ".join(f"{t.name} n={len(next(iter(per_example[t.name].values())))}"
                        for t in stored_tasks(result)[1])
+    n_val = result.get("args", {}).get("validation_examples")
+    validation = "every validation example" if n_val is None else f"the first {n_val} validation examples of each task"
     return "\n".join([
         f"Held-out examples, the same for every row: {used}. Transfer texts (never seen by any "
         f"member's training or any search): {t_used}. Task columns: accuracy (multiple choice) or "
@@ -636,15 +663,15 @@ def footnote(result: dict) -> str:
         "method's own compute (baselines: calibration + selection; searches: the trials' own time "
         "as first run plus the calibration of their baseline seeds as first measured; seeds-only: "
         "that calibration plus scoring the seeds; +repair rows: the fit). A +repair row says whether the "
-        "tool keeps that repair: only where the repaired model beats its unrepaired one on every "
-        "validation example with a paired interval above zero.",
+        "tool keeps that repair: only where the repaired model beats its unrepaired one on "
+        f"{validation} with a paired interval above zero (the search's pick reads the same).",
     ])
 
 
 # ---- main -------------------------------------------------------------------------------------
 SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed", "laco_threshold",
                  "batch_size", "max_length", "calibration_texts", "demo_preset", "dtype",
-                 "skip_ablations", "repair_texts")
+                 "skip_ablations", "repair_texts", "validation_examples")
 
 
 # ---- shards -------------------------------------------------------------------------------------
@@ -788,6 +815,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                    help="assemble finished shards (the same code version and settings) into --json; "
                         "scores nothing")
+    p.add_argument("--validation-examples", type=int, default=None,
+                   help="validation examples per task for the search's pick and the +repair rows' "
+                        "choice (default: all; more than --max-examples, or the pick re-reads the rungs)")
     p.add_argument("--repair-texts", type=int, default=128,
                    help="search-split texts per text task the +repair rows fit on (a map has "
                         "hidden_size^2 parameters: more text than a baseline's calibration)")
@@ -799,7 +829,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.resume and args.runs_dir is None:
         p.error("--resume needs --runs-dir (the GPTailor journals to resume)")
     if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1,
-           args.transfer_texts, args.repair_texts) < 1:
+           args.transfer_texts, args.repair_texts, args.validation_examples or 1) < 1:
         p.error("--trials, --max-examples, --heldout-examples, --transfer-texts, "
                 "--calibration-texts and --repair-texts must be at least 1")
     if args.merge and args.json is None:
@@ -932,7 +962,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             save()  # the full search's row gained its anytime curve after it was written
             if not args.skip_repair:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
-                repair_rows(bench, ctx.evaluator, ctx.config, ctx.tokenizer, fraction, {**to_repair, **searched}, args)
+                repair_rows(bench, ctx.evaluator, ctx.config, ctx.tokenizer, fraction, {**to_repair, **searched},
+                            args, args.runs_dir)
             comparisons(bench)
             save()
     finally:
