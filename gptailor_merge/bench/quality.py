@@ -817,7 +817,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "scores nothing")
     p.add_argument("--validation-examples", type=int, default=None,
                    help="validation examples per task for the search's pick and the +repair rows' "
-                        "choice (default: all; more than --max-examples, or the pick re-reads the rungs)")
+                        "choice (default: all; keep it above --max-examples, the top rung's sample)")
     p.add_argument("--repair-texts", type=int, default=128,
                    help="search-split texts per text task the +repair rows fit on (a map has "
                         "hidden_size^2 parameters: more text than a baseline's calibration)")
