@@ -139,3 +139,29 @@ def test_a_torn_last_score_line_is_skipped_and_cut_before_the_next_write(tmp_pat
     path.write_text('{"key": "x"}\n{"key": "c/validation/all", "score": {}}\n')
     with pytest.raises(ValueError, match="line 1 is not a score record.*delete the file"):
         ScoreCache(path)
+
+
+def test_a_kept_repair_names_the_multiple_choice_skill_it_costs():
+    """A text gain large enough to keep the repair, with a multiple-choice task that falls by more
+    than its paired standard error: the record lists every task's change and the message names it."""
+    mc = Task("mc", "multiple_choice", (), (), 0.25)
+    rng = np.random.default_rng(3)
+    gold = rng.random(N) < 0.7
+    lost = gold & (rng.random(N) < 0.4)  # the repair forgets ~40% of what the model knew
+
+    def scored(ppl: Score, correct: np.ndarray) -> Score:
+        acc = TaskScore("mc", {"acc": float(correct.mean()), "n": N}, {"acc": tuple(correct.astype(float))})
+        return Score("validation", None, {**ppl.tasks, "mc": acc})
+
+    reference = scored(REFERENCE, gold)
+    unrepaired, repaired = scored(_score(0.6, seed=1), gold), scored(_score(0.05, seed=2), gold & ~lost)
+    keep, record = repair_decision(repaired, unrepaired, reference, [TASK, mc], ["t", "mc"], "acc", {})
+    (change,) = record["skills"]
+    assert change["task"] == "mc" and change["n"] == N and change["fell"] is True
+    assert change["diff"] == pytest.approx(-lost.mean()) and 0 < change["se"] < lost.mean()
+    assert f"lowers mc by {lost.mean():.3f}" in record["message"]
+    # the same repair without the loss: nothing named
+    _, clean = repair_decision(scored(_score(0.05, seed=2), gold), unrepaired, reference, [TASK, mc], ["t", "mc"],
+                               "acc", {})
+    assert clean["skills"][0]["fell"] is False and "lowers" not in clean["message"]
+    assert keep is (record["repaired_vs_unrepaired"]["ci95"][0] > 0)

@@ -79,6 +79,26 @@ def paired_bootstrap(a: Score, b: Score, reference: Score, tasks: Sequence[Task]
             "n_boot": n_boot, "tasks": [t.name for t in chosen]}
 
 
+def skill_changes(a: Score, b: Score, tasks: Sequence[Task], counted: Sequence[str], *,
+                  metric: str = "acc") -> list[dict]:
+    """Per counted multiple-choice task, A's accuracy minus B's on the same examples with the paired
+    standard error (sd of the per-example differences / sqrt(n)): where an overall gain hides a lost
+    skill. `fell`: the task dropped by more than that standard error."""
+    changes = []
+    for task in tasks:
+        if task.kind != "multiple_choice" or task.name not in set(counted):
+            continue
+        va, vb = (_values(s, task, metric, w)[metric] for s, w in ((a, "first"), (b, "second")))
+        if len(va) != len(vb):
+            raise TaskError(f"{task.name!r}: the two models were scored on different numbers of examples.")
+        d = va - vb
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        diff = float(d.mean())
+        changes.append({"task": task.name, "diff": round(diff, 6), "se": round(se, 6), "n": len(d),
+                        "fell": diff < -se})
+    return changes
+
+
 def interval_text(result: dict | None) -> str:
     """`+0.123 [+0.050, +0.190]`, or `-` when there is none."""
     if not result or result.get("diff") is None or not math.isfinite(result["diff"]):

@@ -30,7 +30,7 @@ from typing import Any
 
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
-from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
+from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap, skill_changes
 from gptailor_merge.search.journal import Trial
 from gptailor_merge.search.score_cache import ScoreCache, score_key
 
@@ -118,13 +118,20 @@ RepairScorer = Callable[[Genome, int | None], tuple[Any, dict]]
 def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[str], metric: str,
                     record: dict) -> tuple[bool, dict]:
     """(keep the repair?, its record): kept only where repaired beats unrepaired on validation with a
-    paired interval above zero (a repair that may hurt is not worth a weight file the recipe lacks)."""
+    paired interval above zero (a repair that may hurt is not worth a weight file the recipe lacks).
+    The record also lists each multiple-choice task's accuracy change (`skills`), and the message
+    names those that fell by more than their paired standard error: the maps are fitted on text, and
+    a text gain can outweigh a lost skill in the overall interval."""
     interval = paired_bootstrap(repaired, unrepaired, reference, tasks, counted, metric=metric)
     keep = interval["ci95"][0] > 0
+    skills = skill_changes(repaired, unrepaired, tasks, counted, metric=metric)
+    fell = [c for c in skills if c["fell"]]
     verdict = "beat" if keep else "did not beat"
-    return keep, {**record, "repaired_vs_unrepaired": interval, "kept": keep,
+    cost = ("; on validation it lowers " + ", ".join(f"{c['task']} by {-c['diff']:.3f} (paired SE {c['se']:.3f})"
+                                                     for c in fell)) if fell else ""
+    return keep, {**record, "repaired_vs_unrepaired": interval, "kept": keep, "skills": skills,
                   "message": f"the repair {verdict} the unrepaired model on validation "
-                             f"({interval_text(interval)}); keeping the {'repaired' if keep else 'unrepaired'} model"}
+                             f"({interval_text(interval)}){cost}; keeping the {'repaired' if keep else 'unrepaired'} model"}
 
 
 def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
