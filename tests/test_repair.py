@@ -259,8 +259,10 @@ def test_repair_sources_and_objective_flags_reach_the_fitted_settings(cli_setup,
     assert main(["-q", "prune", "--family", str(cli_setup / "config.yaml"), "--method", "reverse",
                  "--out", str(out), "--repair", "linear", "--keep-repair",
                  "--repair-sources", "all", "--repair-objective", "cosine"]) == 0, capsys.readouterr().err
-    settings = json.loads((tmp_path / "p_repaired" / "repair.json").read_text())["settings"]
+    body = json.loads((tmp_path / "p_repaired" / "repair.json").read_text())
+    settings, choice = body["settings"], body["validation_choice"]
     assert (settings["sources"], settings["objective"]) == ("all", "cosine")
+    assert set(choice) == {"kept", "message", "repaired_vs_unrepaired", "skills"}  # kept or not, it says why
     # a folder's repair.json fixes the settings: no flag may change them
     rc = main(["-q", "materialize", str(tmp_path / "p_repaired" / "mergekit_config.yml"), str(tmp_path / "again"),
                "--repair", "linear", "--repair-settings", str(tmp_path / "p_repaired" / "repair.json"),
@@ -452,3 +454,9 @@ def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(
                  "--repair-settings", str(folder / "repair.json")]) == 0, capsys.readouterr().err
     for name in ("model.safetensors", "repair.safetensors"):
         assert (again / name).read_bytes() == (folder / name).read_bytes(), name
+    # the folder says why it holds a repair: the choice in repair.json, and on its model card
+    from gptailor_merge.repair.folder import card_section
+
+    assert json.loads((folder / "repair.json").read_text())["validation_choice"] == {
+        "kept": True, "message": "kept by hand"}
+    assert "Chosen on validation: kept by hand." in card_section(folder)

@@ -207,6 +207,21 @@ def save_repaired(model: Any, base_path: Path, recipe: Any, info: RepairInfo, se
     return stage.out
 
 
+CHOICE_KEYS = ("kept", "message", "repaired_vs_unrepaired", "skills")
+
+
+def record_choice(folder: str | os.PathLike, choice: dict) -> None:
+    """Add the validation choice (`search.selection.repair_decision`) to the folder's repair.json,
+    so its model card says why the repair is there and which skills it costs. Timings are left
+    out: the file stays the same for the same scores."""
+    from gptailor_merge.core.atomic import write_text_atomic
+
+    path = Path(folder) / SETTINGS_FILE
+    body = json.loads(path.read_text())
+    body["validation_choice"] = {k: choice[k] for k in CHOICE_KEYS if k in choice}
+    write_text_atomic(path, json.dumps(body, indent=2) + "\n")
+
+
 def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSettings,
                     out_dir: str | os.PathLike, *, texts: Sequence[str] | None = None, stitcher: Any = None,
                     tokenizer: Any = None, overwrite: bool = False) -> tuple[Path, RepairInfo]:
@@ -304,4 +319,8 @@ def card_section(folder: Path) -> list[str]:
     skipped = result.get("skipped_runs_at_layer_0") or []
     if skipped:
         lines += [f"Left unrepaired (no kept layer before them): {skipped}.", ""]
+    choice = body.get("validation_choice")
+    if choice:
+        lines += [f"Chosen on validation: {choice.get('message')}"
+                  + ("." if choice.get("kept") else " (this folder was written anyway, `--keep-repair`)."), ""]
     return lines

@@ -151,7 +151,7 @@ def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, spec
     config's tasks, and keep the folder only where the repair wins (paired interval above zero)."""
     import shutil
 
-    from gptailor_merge.repair.folder import REPAIR_TEXTS, repair_pruned
+    from gptailor_merge.repair.folder import REPAIR_TEXTS, record_choice, repair_pruned
     from gptailor_merge.run.repair_run import choose_repaired_folder
     from gptailor_merge.run.resolve import load_tasks
     from gptailor_merge.search.evaluator import build_evaluator
@@ -163,6 +163,7 @@ def _repair_on_validation(config: RunConfig, family, calib, genome, recipe, spec
     choice = choose_repaired_folder(evaluator, genome, folder)
     logger.info("repair: %s", choice["message"])
     if choice["kept"] or keep_anyway:
+        record_choice(folder, choice)
         return folder, choice
     shutil.rmtree(folder)
     return None, choice

@@ -87,7 +87,7 @@ def write_repaired(run_dir: Path, repairer: FinalistRepair, winner: Any, config:
                    summary: dict | None) -> Path | None:
     """The winner's repaired folder where it kept its repair on validation (None otherwise, with the
     reason in `summary["repair"]`); with held-out rows in `summary`, its held-out row too."""
-    from gptailor_merge.repair.folder import save_repaired, texts_digest
+    from gptailor_merge.repair.folder import record_choice, save_repaired, texts_digest
 
     record = winner.repair or {"kept": False, "message": "the winner removes no layer; nothing to repair"}
     block = {"settings": repairer.settings.model_dump(mode="json"), "kept": bool(winner.repaired),
@@ -103,6 +103,7 @@ def write_repaired(run_dir: Path, repairer: FinalistRepair, winner: Any, config:
                                                     "texts_sha256": texts_digest(repairer.texts)})
     folder = save_repaired(model, family.base.path, Recipe.load(run_dir / "best.yaml"), info, settings,
                            run_dir / REPAIRED_DIR, overwrite=True)
+    record_choice(folder, record)
     logger.info("repaired best model in %s (%d maps): %s", folder, len(info.maps), record.get("message"))
     if summary is not None:
         summary["best_model_repaired"] = str(folder)
