@@ -313,3 +313,12 @@ def test_validation_examples_reach_the_pick_and_the_repair_choice_and_no_validat
     assert [choice(r) for r in again["rows"] if r["method"].endswith("+repair")] == [choice(r) for r in repaired]
     with pytest.raises(SystemExit, match="other settings"):
         quality.main([a if a != "5" else "6" for a in argv] + ["--resume"])
+
+
+@pytest.mark.parametrize("flag", ["--validation-examples", "--heldout-examples", "--trials", "--repair-texts"])
+def test_a_count_of_zero_is_a_usage_error_naming_the_flags(quality, flag, capsys):
+    """0 is not "every example" (that is the flag left out): argparse's one-line error, not a
+    ConfigError traceback from the run config."""
+    with pytest.raises(SystemExit) as exc:
+        quality.parse_args([flag, "0"])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err

@@ -828,10 +828,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--remove {bad[0]}: a fraction of layers in (0, 1), e.g. 0.25")
     if args.resume and args.runs_dir is None:
         p.error("--resume needs --runs-dir (the GPTailor journals to resume)")
-    if min(args.trials, args.max_examples, args.calibration_texts, args.heldout_examples or 1,
-           args.transfer_texts, args.repair_texts, args.validation_examples or 1) < 1:
+    counts = (args.trials, args.max_examples, args.calibration_texts, args.heldout_examples,
+              args.transfer_texts, args.repair_texts, args.validation_examples)
+    if min(n for n in counts if n is not None) < 1:  # None: every example
         p.error("--trials, --max-examples, --heldout-examples, --transfer-texts, "
-                "--calibration-texts and --repair-texts must be at least 1")
+                "--calibration-texts, --repair-texts and --validation-examples must be at least 1")
     if args.merge and args.json is None:
         p.error("--merge needs --json (where the assembled table goes)")
     env.resolve_dtype(args)
