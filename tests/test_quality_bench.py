@@ -45,6 +45,9 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert saved["complete"] is True and saved["git"]["sha"] and saved["hardware"]["torch"]
     manifest = json.loads((tiny_demo_family.root / "DEMO_FAMILY.json").read_text())
     assert saved["corpus_sha256"] == {d: s["corpus_sha256"] for d, s in manifest["sources"].items()}
+    # the weights' own record: equal corpora on another CPU still train other weights
+    assert saved["family_build"]["specialisation_heldout_ppl"] == manifest["specialisation_heldout_ppl"]
+    assert saved["family_build"]["build_version"] == manifest["build_version"]
     rows = saved["rows"]
     assert [r["method"] for r in rows] == METHODS
     n_layers, total = saved["family"]["n_layers"], saved["family"]["total_params"]

@@ -92,9 +92,9 @@ def smollm2_root() -> Path:
     return default_cache_dir() / SMOLLM2_DIR
 
 
-def corpus_digests(args: dict | None) -> dict[str, str]:
-    """Each corpus's digest from the build manifest of the family a benchmark ran on (demo or
-    SmolLM2, by its `--family` / `--demo-preset`): equal digests, equal corpora on any machine."""
+def _manifest(args: dict | None) -> tuple[Path, dict | None]:
+    """The build manifest of the family a benchmark ran on (demo or SmolLM2, by its `--family` /
+    `--demo-preset`), or None where it cannot be read."""
     from gptailor_merge.demo.layout import MARKER, default_family_dir
 
     args = args or {}
@@ -103,21 +103,40 @@ def corpus_digests(args: dict | None) -> dict[str, str]:
     else:
         marker = default_family_dir(args.get("demo_preset") or "default", 0) / MARKER
     try:
-        sources = json.loads(marker.read_text(encoding="utf-8")).get("sources", {})
+        return marker, json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return marker, None
+
+
+def corpus_digests(args: dict | None) -> dict[str, str]:
+    """Each corpus's digest from the family's build manifest: equal digests, equal corpora on any machine."""
+    marker, manifest = _manifest(args)
+    if manifest is None:
         return {"unrecorded": f"no family manifest at {marker}"}
-    digests = {name: s["corpus_sha256"] for name, s in sources.items()
+    digests = {name: s["corpus_sha256"] for name, s in manifest.get("sources", {}).items()
                if isinstance(s, dict) and "corpus_sha256" in s}
     return digests or {"unrecorded": f"{marker} predates corpus digests (an older build)"}
 
 
+def family_build(args: dict | None) -> dict:
+    """The build's version and its held-out perplexity table, from the manifest. Equal corpora do
+    not make equal weights: training on another CPU (its kernels, its thread count) gives other
+    weights, so two results are of one family only where these numbers match too."""
+    marker, manifest = _manifest(args)
+    if manifest is None:
+        return {"unrecorded": f"no family manifest at {marker}"}
+    return {k: manifest.get(k) for k in ("build_version", "torch_threads", "specialisation_heldout_ppl")}
+
+
 def write_result(path: Path, result: dict) -> None:
     """The result JSON, written atomically (a killed run leaves the previous file whole). Adds the
-    family's corpus digests to `result` itself unless it carries them, so what a benchmark returns
-    is what it wrote."""
+    family's corpus digests and build record to `result` itself unless it carries them, so what a
+    benchmark returns is what it wrote."""
     from gptailor_merge.core.atomic import write_json_atomic
 
     if "corpus_sha256" not in result:
         result["corpus_sha256"] = corpus_digests(result.get("args"))
+    if "family_build" not in result:
+        result["family_build"] = family_build(result.get("args"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, result)
