@@ -492,19 +492,25 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
     return {"gptailor": best_genome} if best_genome is not None else {}
 
 
-def repair_scores(runs_dir: Path | None, fraction: float, name: str):
+def repair_scores(runs_dir: Path | None, fraction: float, name: str, searched: dict):
     """The `+repair` row's validation scores, kept in its own file (a resumed shard does not pay
-    again), read first from the full search's run folder, whose validation pick scored the same
+    again), over `searched`: the scores of the full search's validation pick, which scored the same
     genomes and the same reference (one key scheme: `search.score_cache.score_key`)."""
     from gptailor_merge.search.score_cache import VALIDATION_SCORES, ScoreCache
 
     if runs_dir is None:
         return ScoreCache(None)
     cache = ScoreCache(runs_dir / f"remove{fraction:g}-{name}-{VALIDATION_SCORES}")
-    searched = runs_dir / f"remove{fraction:g}-gptailor" / VALIDATION_SCORES
-    if searched.is_file():
-        cache.scores = {**ScoreCache(searched).scores, **cache.scores}
+    cache.scores = {**searched, **cache.scores}
     return cache
+
+
+def searched_scores(runs_dir: Path | None, fraction: float) -> dict:
+    """The full search's validation scores at `fraction` (read once for every `+repair` row)."""
+    from gptailor_merge.search.score_cache import VALIDATION_SCORES, ScoreCache
+
+    path = runs_dir / f"remove{fraction:g}-gptailor" / VALIDATION_SCORES if runs_dir is not None else None
+    return ScoreCache(path).scores if path is not None and path.is_file() else {}
 
 
 def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, genomes: dict,
@@ -521,11 +527,12 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
 
     n_val = args.validation_examples
     repairer = FinalistRepair(evaluator, config, n_examples_per_task=args.repair_texts)
+    searched = searched_scores(runs_dir, fraction)
     for method, genome in genomes.items():
         name = f"{method}+repair"
         if not bench.wanted(name) or bench.reuse(name, fraction) is not None:
             continue
-        cache = repair_scores(runs_dir, fraction, name)
+        cache = repair_scores(runs_dir, fraction, name, searched)
         reference = cache.get(score_key("reference", "validation", n_val),
                               lambda: evaluator.reference("validation", n_val))
         counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric,

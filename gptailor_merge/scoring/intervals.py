@@ -84,9 +84,9 @@ def skill_changes(a: Score, b: Score, tasks: Sequence[Task], counted: Sequence[s
     """Per counted multiple-choice task, A's accuracy minus B's on the same examples with the paired
     standard error (sd of the per-example differences / sqrt(n)): where an overall gain hides a lost
     skill. `fell`: the task dropped by more than that standard error."""
-    changes = []
+    changes, counted = [], set(counted)
     for task in tasks:
-        if task.kind != "multiple_choice" or task.name not in set(counted):
+        if task.kind != "multiple_choice" or task.name not in counted:
             continue
         va, vb = (_values(s, task, metric, w)[metric] for s, w in ((a, "first"), (b, "second")))
         if len(va) != len(vb):
