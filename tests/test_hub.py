@@ -156,7 +156,7 @@ def test_dry_run_writes_the_upload_folder_calls_no_api_and_the_card_is_valid_hub
     assert "![layer map](layer_map.png)" in text and "| layer | position in the pruned model |" in text
     assert "| **this model** | 4 |" in text and "llama (family member)" in text
     # the best single-model baseline among the run's seeds, and how this model was chosen
-    seed = summary["selection"]["best_seed"]["name"]
+    seed = summary["selection"]["best_baseline"]["name"]
     assert f"best-baseline ({seed}) (single-model pruning of the base)" in text
     assert "vs best baseline (95% CI)" in text and summary["selection"]["message"] in text
     assert "mergekit-yaml mergekit_config.yml out/" in text

@@ -187,3 +187,49 @@ def test_a_gain_the_yardstick_cannot_resolve_is_settled_by_the_likelihood_object
     else:
         assert chosen.winner is seed and chosen.message.startswith("no genome beat greedy_ppl's removal")
         assert chosen.to_dict()["best_finalist_vs_best_seed_objective"] == chosen.vs_best_seed_objective
+
+
+def test_a_searched_winner_must_also_beat_the_best_search_seed():
+    # the finalist clearly beats both single-model baselines but only ties a merge seed of the
+    # search (what a seeds-only run returns): that seed is returned, and the held-out baseline row
+    # stays the best single-model baseline
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(10, 30, 64).astype(float)
+    difficulty = rng.normal(3.0, 0.5, 64) * tokens
+    task = Task("t", "perplexity", (), (), 0.0)
+    reference = _score(difficulty, tokens)
+    seeds = [_contender("greedy_ppl", "seed", difficulty + 0.4 * tokens, tokens, reference),
+             _contender("shortgpt", "seed", difficulty + 0.6 * tokens, tokens, reference)]
+    merge_nll = difficulty + 0.1 * tokens + rng.normal(0, 2.0, 64)
+    merge = _contender("seed trial 4", "search seed", merge_nll, tokens, reference)
+    merge = Contender(merge.name, "search seed", Genome.base_only(6, 1, [2, 3]), None, merge.objective,
+                      merge.retention_sym, merge.score)
+    trial = type("T", (), {"origin": "optimizer", "index": 9, "retention": 1.0})()
+    fin = _contender("trial 9", "finalist", merge_nll + rng.normal(0, 2.0, 64), tokens, reference)
+    fin = Contender(fin.name, "finalist", Genome.base_only(6, 1, [0, 1]), trial, fin.objective,
+                    fin.retention_sym, fin.score)
+    against_baselines = decide([fin, *seeds], reference, [task], ["t"], "acc", None)
+    assert against_baselines.source == "search" and against_baselines.winner is fin
+    chosen = decide([fin, merge, *seeds], reference, [task], ["t"], "acc", None)
+    assert chosen.source == "seed" and chosen.winner is merge and chosen.best_seed is merge
+    assert chosen.best_baseline.name == "greedy_ppl"
+    assert chosen.message.startswith("no genome beat seed trial 4 (a search seed) on validation")
+    assert chosen.to_dict()["best_baseline"]["name"] == "greedy_ppl"
+
+
+def test_finalists_are_the_optimizers_proposals_and_search_seeds_the_best_other_seeds():
+    from gptailor_merge.search.journal import Trial
+    from gptailor_merge.search.selection import finalist_trials
+
+    def trial(index, removed, loss, origin, fidelity=TOP):
+        g = Genome.base_only(6, 1, removed)
+        rung = RungResult(fidelity, {}, {}, 1 - loss, 0.0)
+        return Trial(index=index, genome=g.to_dict(), genome_id=g.genome_id, rungs=(rung,), loss=loss,
+                     seconds=0.0, seeded=origin == "seed", extra={"origin": origin})
+
+    trials = [trial(0, [0], 0.05, "seed"), trial(1, [1], 0.10, "seed"), trial(2, [2], 0.20, "seed"),
+              trial(3, [3], 0.15, "optimizer"), trial(4, [4], 0.01, "local", fidelity=FIRST),
+              trial(5, [5], 0.30, "local")]
+    assert [t.index for t in finalist_trials(trials, TOP, 3)] == [3, 5]
+    baseline = Genome.base_only(6, 1, [0]).genome_id
+    assert [t.index for t in finalist_trials(trials, TOP, 1, seeds=True, exclude=[baseline])] == [1]

@@ -112,7 +112,7 @@ def heldout_summary(family, names, evaluator, selection, result, run_dir: Path, 
     winner = tailored("gptailor-best", best_genome, best_stitched)
     winner["selected_from"] = selection.source
     rows.append(winner)
-    seed = selection.best_seed
+    seed = selection.best_baseline  # the best single-model baseline (the winner may be a search seed)
     if seed is not None:
         seed_score = (best_stitched if seed.genome.genome_id == best_genome.genome_id
                       else evaluator.score(seed.genome, "heldout", n))
@@ -167,10 +167,11 @@ def _selection_lines(selection: dict | None, search: dict) -> list[str]:
     if not selection:
         return []
     w = selection["winner"]
-    origin = "a baseline seed" if selection["source"] == "seed" else f"the search ({w['origin']})"
+    origin = ({"seed": "a baseline seed", "search seed": "a seed of the search"}.get(w["kind"], "a seed")
+              if selection["source"] == "seed" else f"the search ({w['origin']})")
     n = selection.get("validation_examples")
     return [f"Winner: {w['name']}, from {origin}, chosen on the validation split "
-            f"({'all' if n is None else n} examples per task; finalists and baseline seeds "
+            f"({'all' if n is None else n} examples per task; finalists, baseline seeds and the best search seed "
             f"scored there): {selection['message']}.",
             f"Budget: {search['trials']} trials, rungs {search['rungs']} examples per task, "
             f"{search.get('trial_seconds', search['search_seconds'])} s of trials (as first run; "

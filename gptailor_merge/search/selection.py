@@ -1,12 +1,14 @@
 """The winner, chosen on validation: the search's best few genomes against the baseline seeds.
 
 The largest of many noisy full-fidelity reads is biased upward (the winner's curse), so the search
-split never picks the returned model. The best `finalists` distinct full-fidelity genomes and every
-baseline seed (a single-model removal set with the base's layers) are re-scored on the validation
+split never picks the returned model. The best `finalists` distinct full-fidelity genomes the optimizer
+proposed (never a seed), every baseline seed (a single-model removal set with the base's layers)
+and the best `search_seeds` other seeds of the search (merges or single fine-tunes on a removal
+order: the best of them is what a seeds-only run would return) are re-scored on the validation
 split, which neither the search nor any baseline read, and ranked there on the reported yardstick
 (`retention_sym`, accuracy on multiple choice: what the held-out claim measures; the search's
 likelihood objective is recorded beside it). The best searched genome is returned only where the
-evidence says it beats the best seed: its paired bootstrap interval on the yardstick is above zero,
+evidence says it beats the best seed of either kind: its paired bootstrap interval on the yardstick is above zero,
 or (with the likelihood objective) it is not below the seed on the yardstick and its paired interval
 on the objective is above zero. Accuracy flips one example at a time, so a real gain of a few
 points on ~100 examples per task rarely clears zero on the yardstick alone; the gold choice's
@@ -42,7 +44,7 @@ class Contender:
     """One genome scored on validation: a finalist of the search or a baseline seed."""
 
     name: str  # "trial 42" or the baseline's name ("greedy_ppl", "shortgpt=angular")
-    kind: str  # "finalist" | "seed"
+    kind: str  # "finalist" | "seed" (a baseline's removal) | "search seed" (another seed trial)
     genome: Genome
     trial: Trial | None  # its search trial, where the search evaluated it
     objective: float  # exp(mean log ratio) on validation, the search's objective form
@@ -64,23 +66,32 @@ class Contender:
     def label(self) -> str:
         return f"{self.name}+repair" if self.repaired else self.name
 
+    @property
+    def what(self) -> str:
+        """How a message names it: "greedy_ppl's removal", "seed trial 4 (a search seed)"."""
+        if self.kind == "seed":
+            return f"{self.label}'s removal"
+        return f"{self.label} (a search seed)" if self.kind == "search seed" else self.label
+
 
 @dataclass(frozen=True)
 class Selection:
     """What the run returns and why: the winner, the best seed, and every contender's scores."""
 
     winner: Contender
-    best_seed: Contender | None
+    best_seed: Contender | None  # the best seed of either kind: what a searched winner must beat
     contenders: tuple[Contender, ...]
     vs_best_seed: dict | None  # the best finalist against the best seed, on the yardstick
     source: str  # "search" | "seed": where the returned winner came from
     message: str
     n_examples: int | None
     vs_best_seed_objective: dict | None = None  # the same on the search's likelihood objective
+    best_baseline: Contender | None = None  # the best single-model baseline seed (its held-out row)
 
     def to_dict(self) -> dict:
         return {"winner": self.winner.to_dict(), "source": self.source, "message": self.message,
                 "best_seed": self.best_seed.to_dict() if self.best_seed else None,
+                "best_baseline": self.best_baseline.to_dict() if self.best_baseline else None,
                 "best_finalist_vs_best_seed": self.vs_best_seed,
                 "best_finalist_vs_best_seed_objective": self.vs_best_seed_objective,
                 "validation_examples": self.n_examples,
@@ -91,10 +102,13 @@ def _r(v: float) -> float | None:
     return round(v, 6) if v is not None and math.isfinite(v) else None
 
 
-def finalist_trials(trials: Sequence[Trial], top: int, n: int) -> list[Trial]:
-    """The `n` distinct genomes with the lowest full-fidelity search loss."""
+def finalist_trials(trials: Sequence[Trial], top: int, n: int, *, seeds: bool = False,
+                    exclude: Sequence[str] = ()) -> list[Trial]:
+    """The `n` distinct genomes with the lowest full-fidelity search loss among the optimizer's
+    proposals (`seeds`: among the seed trials instead), leaving out the genome ids in `exclude`."""
     best: dict[str, Trial] = {}
-    for t in sorted((t for t in trials if t.status == "ok" and t.fidelity == top),
+    for t in sorted((t for t in trials if t.status == "ok" and t.fidelity == top
+                     and (t.origin == "seed") == seeds and t.genome_id not in exclude),
                     key=lambda t: (t.loss, t.index)):
         best.setdefault(t.genome_id, t)
     return list(best.values())[:n]
@@ -110,6 +124,10 @@ def seed_genomes(n_layers: int, n_candidates: int, removals: Mapping[str, Sequen
         by_id.setdefault(g.genome_id, ([], g))[0].append(name)
     return {"=".join(names): g for names, g in by_id.values()}
 
+
+SEARCH_SEEDS = 1
+"""Search seeds (beyond the baselines') raced on validation: the best one by search loss is what a
+seeds-only run returns, so a searched winner must beat it, not only the single-model baselines."""
 
 RepairScorer = Callable[[Genome, int | None], tuple[Any, dict]]
 """(genome, validation examples) -> (the repaired model's validation Score, a record of the fit)."""
@@ -136,7 +154,7 @@ def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[st
 
 def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                          seed_removals: Mapping[str, Sequence[int]], *, finalists: int = 3,
-                         n_examples: int | None = None, progress: bool = False,
+                         search_seeds: int = SEARCH_SEEDS, n_examples: int | None = None, progress: bool = False,
                          repair: RepairScorer | None = None, cache: ScoreCache | None = None) -> Selection:
     """Score the finalists and the baseline seeds on validation and pick the winner (module
     docstring). `evaluator` is the search's (`search.Evaluator`); `repair`, where given, also
@@ -151,8 +169,12 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
     entries: list[tuple[str, str, Genome, Trial | None]] = [
         (f"trial {t.index}", "finalist", Genome.from_dict(t.genome), t)
         for t in finalist_trials(trials, top, finalists)]
-    for name, g in seed_genomes(fam.n_layers, fam.n_candidates, seed_removals).items():
+    baseline_genomes = seed_genomes(fam.n_layers, fam.n_candidates, seed_removals)
+    for name, g in baseline_genomes.items():
         entries.append((name, "seed", g, by_genome.get(g.genome_id)))
+    for t in finalist_trials(trials, top, search_seeds, seeds=True,
+                             exclude=[g.genome_id for g in baseline_genomes.values()]):
+        entries.append((f"seed trial {t.index}", "search seed", Genome.from_dict(t.genome), t))
     if not entries:
         raise ValueError("nothing to select: no trial reached full fidelity and there are no seeds")
     reference = cache.get(score_key("reference", "validation", n_examples),
@@ -195,42 +217,44 @@ def decide(contenders: Sequence[Contender], reference, tasks, counted: Sequence[
     `objective_counted` and `mc`, the search objective's (its second line of evidence where `mc`
     is "likelihood")."""
     finalists = [c for c in contenders if c.kind == "finalist"]
-    seeds = [c for c in contenders if c.kind == "seed"]
+    seeds = [c for c in contenders if c.kind in ("seed", "search seed")]
+    baselines = [c for c in contenders if c.kind == "seed"]
 
     def rank(c: Contender) -> tuple[float, float]:
         return (c.retention_sym, c.objective)
 
     best_seed = max(seeds, key=rank) if seeds else None
+    base = max(baselines, key=rank) if baselines else None
     best = max(finalists, key=rank) if finalists else None
+
+    def selection(winner, source, message, interval=None, objective=None) -> Selection:
+        return Selection(winner, best_seed, tuple(contenders), interval, source, message, n_examples,
+                         objective, base)
+
     if best is None:
-        return Selection(best_seed, best_seed, tuple(contenders), None, "seed",
-                         f"no searched genome reached full fidelity; returning {best_seed.name}'s "
-                         f"removal", n_examples)
+        return selection(best_seed, "seed", f"no searched genome reached full fidelity; returning "
+                                            f"{best_seed.what}")
     if best_seed is None:
-        return Selection(best, None, tuple(contenders), None, "search",
-                         f"{best.name} ({best.trial.origin}) is the best finalist on validation; "
-                         f"the run had no baseline seeds to compare it with", n_examples)
+        return selection(best, "search", f"{best.name} ({best.trial.origin}) is the best finalist on "
+                                         f"validation; the run had no seeds to compare it with")
     if best.genome.genome_id == best_seed.genome.genome_id:
-        return Selection(best_seed, best_seed, tuple(contenders), None, "seed",
-                         f"the search's best genome is {best_seed.name}'s removal itself; "
-                         f"returning it", n_examples)
+        return selection(best_seed, "seed", f"the search's best genome is {best_seed.what} itself; "
+                                            f"returning it")
     interval = paired_bootstrap(best.score, best_seed.score, reference, tasks, counted, metric=metric)
     if interval["ci95"][0] > 0:
-        return Selection(best, best_seed, tuple(contenders), interval, "search",
-                         f"{best.label} ({best.trial.origin}) beat {best_seed.label}'s removal on "
-                         f"validation by {interval_text(interval)}; returning it", n_examples)
+        return selection(best, "search", f"{best.label} ({best.trial.origin}) beat {best_seed.what} on "
+                                         f"validation by {interval_text(interval)}; returning it", interval)
     objective = None
     if mc == "likelihood" and objective_counted:
         objective = paired_bootstrap(best.score, best_seed.score, reference, tasks,
                                      objective_counted, metric=metric, mc="likelihood")
         if interval["diff"] >= 0 and objective["ci95"][0] > 0:
-            return Selection(best, best_seed, tuple(contenders), interval, "search",
-                             f"{best.label} ({best.trial.origin}) beat {best_seed.label}'s removal on "
+            return selection(best, "search",
+                             f"{best.label} ({best.trial.origin}) beat {best_seed.what} on "
                              f"validation on the likelihood objective by {interval_text(objective)} "
                              f"and is not below it on the yardstick ({interval_text(interval)}); "
-                             f"returning it", n_examples, objective)
+                             f"returning it", interval, objective)
     why = (f"{best.label}: {interval_text(interval)}, its paired interval is not above zero"
            + (f"; on the likelihood objective {interval_text(objective)}" if objective else ""))
-    return Selection(best_seed, best_seed, tuple(contenders), interval, "seed",
-                     f"no genome beat {best_seed.label}'s removal on validation ({why}); "
-                     f"returning it", n_examples, objective)
+    return selection(best_seed, "seed", f"no genome beat {best_seed.what} on validation ({why}); "
+                                        f"returning it", interval, objective)

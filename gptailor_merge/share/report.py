@@ -347,7 +347,7 @@ def plot_validation_pick(selection: dict, path: str | os.PathLike) -> Path:
                   if c.get("search_retention") is not None and c.get("validation_objective") is not None]
     winner = selection.get("winner", {}).get("genome_id")
     for c in contenders:
-        seed = c.get("kind") == "seed"
+        seed = c.get("kind") in ("seed", "search seed")
         ax.scatter([c["search_retention"]], [c["validation_objective"]], s=70 if c["genome_id"] == winner else 34,
                    marker="D" if seed else "o", color="#777777" if seed else FRONT_COLOR, zorder=3,
                    edgecolor="black", linewidth=1.6 if c["genome_id"] == winner else 0.5)
@@ -367,7 +367,7 @@ def plot_validation_pick(selection: dict, path: str | os.PathLike) -> Path:
     diff = selection.get("best_finalist_vs_best_seed")
     gap = "" if not diff else f";\nbest finalist vs best seed on validation retention_sym {diff['diff']:+.3f} [{diff['ci95'][0]:+.3f}, " \
                                f"{diff['ci95'][1]:+.3f}]"
-    ax.set_title(f"Validation pick: circles finalists, diamonds baseline seeds{gap}", fontsize=9.5, loc="left")
+    ax.set_title(f"Validation pick: circles finalists, diamonds seeds{gap}", fontsize=9.5, loc="left")
     return _save(fig, path)
 
 
