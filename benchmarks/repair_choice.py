@@ -25,7 +25,7 @@ from gptailor_merge.core.genome import Genome
 from gptailor_merge.run.repair_run import FinalistRepair
 from gptailor_merge.run.resolve import load_tasks, resolve_family
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
-from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
+from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap, skill_changes
 from gptailor_merge.search.evaluator import build_evaluator
 
 VARIANTS = {"text/lstsq": {"sources": "text", "objective": "lstsq"},
@@ -33,7 +33,10 @@ VARIANTS = {"text/lstsq": {"sources": "text", "objective": "lstsq"},
             "text/cosine": {"sources": "text", "objective": "cosine"},
             "all/cosine": {"sources": "all", "objective": "cosine"},
             "text/lstsq/0.5": {"sources": "text", "objective": "lstsq", "strength": 0.5},
-            "text/lstsq/0.75": {"sources": "text", "objective": "lstsq", "strength": 0.75}}
+            "text/lstsq/0.75": {"sources": "text", "objective": "lstsq", "strength": 0.75},
+            "all/lstsq/tokens": {"sources": "all", "objective": "lstsq", "balance": "tokens"},
+            "all/cosine/tokens": {"sources": "all", "objective": "cosine", "balance": "tokens"},
+            "all/lstsq/tokens/0.5": {"sources": "all", "objective": "lstsq", "balance": "tokens", "strength": 0.5}}
 GENOME_ROWS = ("shortgpt", "greedy-ppl", "gptailor")
 
 
@@ -56,12 +59,36 @@ def genome_of(row: dict, n_layers: int, n_candidates: int) -> Genome:
     return Genome.base_only(n_layers, n_candidates, row["removed"])
 
 
+def without_each_map(evaluator, repairer: FinalistRepair, genome: Genome, n: int | None, name: str) -> dict:
+    """`name`'s repair of `genome` with each fitted map left out in turn, scored on validation."""
+    from gptailor_merge.repair.fit import apply_maps
+    from gptailor_merge.scoring import evaluate_model
+
+    _, info = repairer.repaired_model(genome)
+    out = {}
+    for layer in info.maps:
+        start = time.perf_counter()
+        maps = {i: t for i, t in info.maps.items() if i != layer}
+        model = apply_maps(evaluator.stitcher.build(genome), evaluator.stitcher.family, genome, maps)
+        score = evaluate_model(model, evaluator.tokenizer, evaluator.tasks, split="validation", n_examples=n,
+                               batch_size=evaluator.batch_size, max_length=evaluator.max_length,
+                               shared_context=evaluator.shared_context)
+        out[f"{name}/-{layer}"] = (score, {"seconds": round(time.perf_counter() - start, 1), "maps": len(maps)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="source", type=Path, required=True, help="a quality.py result JSON")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
+    p.add_argument("--genomes", nargs="+", default=list(GENOME_ROWS), choices=list(GENOME_ROWS))
+    p.add_argument("--validation-examples", type=int, default=None,
+                   help="the first N validation examples per task (default: every one)")
+    p.add_argument("--drop-each-map", action="store_true",
+                   help="also score the first variant's repair with each of its maps left out in turn "
+                        "(which cut's map costs which skill)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     family, _ = resolve_family(config, progress=False)
     tasks = load_tasks(config)
     evaluator = build_evaluator(config, family, tasks)
-    reference = evaluator.reference("validation", None)
+    n = args.validation_examples
+    if n is not None and n < 1:
+        p.error("--validation-examples must be at least 1")
+    reference = evaluator.reference("validation", n)
     counted = counted_tasks(reference, tasks, metric=evaluator.metric, chance_z=evaluator.chance_z or 2.0)
     rows = {r["method"]: r for r in old["rows"] if r.get("remove_fraction") == 0.25}
     repairers = {name: FinalistRepair(evaluator, config, **VARIANTS[name]) for name in args.variants}
@@ -81,13 +111,15 @@ def main(argv: list[str] | None = None) -> None:
                  "variants": {n: VARIANTS[n] for n in args.variants}, "rows": [], **environment(args)}
     lines = ["| genome | repair | retention_sym | text | " + " | ".join(t.name for t in tasks)
              + " | vs unrepaired | vs text/lstsq | fit s |", "|---" * (6 + len(tasks)) + "|"]
-    for gname in GENOME_ROWS:
+    for gname in args.genomes:
         genome = genome_of(rows[gname], family.n_layers, family.n_candidates)
-        scores = {"none": (evaluator.score(genome, "validation", None), {})}
+        scores = {"none": (evaluator.score(genome, "validation", n), {})}
         for name, repairer in repairers.items():
             start = time.perf_counter()
-            scores[name] = repairer(genome, None)
+            scores[name] = repairer(genome, n)
             scores[name][1]["seconds"] = round(time.perf_counter() - start, 1)
+        if args.drop_each_map:
+            scores.update(without_each_map(evaluator, repairers[args.variants[0]], genome, n, args.variants[0]))
         for name, (score, record) in scores.items():
             ret = symmetric_retention(score, reference, tasks, metric=evaluator.metric, counted=counted)
             vs = {other: paired_bootstrap(score, scores[other][0], reference, tasks, counted,
@@ -97,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                      for t in tasks}
             out["rows"].append({"genome": gname, "repair": name, "retention_sym": ret.retention_sym,
                                 "retention_sym_text": ret.retention_sym_text, "tasks": cells,
-                                "vs": vs, "fit": record})
+                                "vs": vs, "fit": record,
+                                "skills_vs_unrepaired": None if name == "none" else
+                                skill_changes(score, scores["none"][0], tasks, counted, metric=evaluator.metric)})
             lines.append(f"| {gname} | {name} | {ret.retention_sym:.3f} | {ret.retention_sym_text:.3f} | "
                          + " | ".join(f"{v:.3f}" for v in cells.values())
                          + f" | {interval_text(vs.get('none'))} | {interval_text(vs.get('text/lstsq'))} | "

@@ -258,16 +258,18 @@ def test_repair_sources_and_objective_flags_reach_the_fitted_settings(cli_setup,
     out = tmp_path / "p.yaml"
     assert main(["-q", "prune", "--family", str(cli_setup / "config.yaml"), "--method", "reverse",
                  "--out", str(out), "--repair", "linear", "--keep-repair",
-                 "--repair-sources", "all", "--repair-objective", "cosine"]) == 0, capsys.readouterr().err
+                 "--repair-sources", "all", "--repair-objective", "cosine", "--repair-balance", "tokens"]) == 0, \
+        capsys.readouterr().err
     body = json.loads((tmp_path / "p_repaired" / "repair.json").read_text())
     settings, choice = body["settings"], body["validation_choice"]
-    assert (settings["sources"], settings["objective"]) == ("all", "cosine")
+    assert (settings["sources"], settings["objective"], settings["balance"]) == ("all", "cosine", "tokens")
     assert set(choice) == {"kept", "message", "repaired_vs_unrepaired", "skills"}  # kept or not, it says why
     # a folder's repair.json fixes the settings: no flag may change them
     rc = main(["-q", "materialize", str(tmp_path / "p_repaired" / "mergekit_config.yml"), str(tmp_path / "again"),
                "--repair", "linear", "--repair-settings", str(tmp_path / "p_repaired" / "repair.json"),
-               "--repair-sources", "text"])
-    assert rc == 2 and "--repair-sources cannot be combined with --repair-settings" in capsys.readouterr().err
+               "--repair-sources", "text", "--repair-balance", "examples"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--repair-sources, --repair-balance cannot be combined with --repair-settings" in err
 
 
 def test_materialize_repair_needs_calibration_and_refuses_bad_settings(cli_setup, tmp_path, capsys):
@@ -460,3 +462,68 @@ def test_a_repaired_finalist_is_rebuilt_bitwise_from_its_recipe_and_repair_json(
     assert json.loads((folder / "repair.json").read_text())["validation_choice"] == {
         "kept": True, "message": "kept by hand"}
     assert "Chosen on validation: kept by hand." in card_section(folder)
+
+
+def test_token_balance_gives_every_task_the_same_weight_and_equals_repeating_rows():
+    from gptailor_merge.repair.fit import balanced_weights
+
+    lengths, groups = [10, 30, 5, 5, 2], [0, 0, 1, 1, 2]
+    w = balanced_weights(lengths, groups)
+    per_task = {g: sum(n * x for n, x, gg in zip(lengths, w, groups, strict=True) if gg == g) for g in (0, 1, 2)}
+    assert all(v == pytest.approx(sum(lengths) / 3) for v in per_task.values())
+    with pytest.raises(RepairError, match="groups"):
+        balanced_weights(lengths, groups[:-1])
+    # weighted sums with integer weights are the sums over repeated rows
+    gen = torch.Generator().manual_seed(1)
+    m, d = torch.randn(20, 6, generator=gen, dtype=torch.float64), torch.randn(20, 6, generator=gen, dtype=torch.float64)
+    reps = torch.tensor([1, 3] * 10, dtype=torch.float64)
+    weighted, repeated = NormalEquations(), NormalEquations()
+    weighted.add(m, d, reps)
+    repeated.add(m.repeat_interleave(reps.long(), 0), d.repeat_interleave(reps.long(), 0))
+    assert torch.allclose(weighted.gram, repeated.gram, atol=1e-12)
+    assert torch.allclose(weighted.cross, repeated.cross, atol=1e-12)
+    assert weighted.target_sq == pytest.approx(repeated.target_sq, rel=1e-12)
+    t = fit_linear_map(weighted)
+    assert torch.allclose(t, fit_linear_map(repeated), atol=1e-9)
+    rows_w, rows_r = Rows(), Rows()
+    rows_w.add(m, m, d, reps)
+    rows_r.add(m.repeat_interleave(reps.long(), 0), m.repeat_interleave(reps.long(), 0),
+               d.repeat_interleave(reps.long(), 0))
+    assert float(rows_w.cosine_distance(t.float())) == pytest.approx(float(rows_r.cosine_distance(t.float())), rel=1e-5)
+
+
+def test_a_token_balanced_repair_weighs_the_short_multiple_choice_contexts_up(llama_family):
+    from gptailor_merge.repair.calibration import repair_groups
+    from gptailor_merge.scoring.examples import ChoiceExample, TextExample
+    from gptailor_merge.scoring.task import make_task
+
+    texts = [TextExample(t) for t in _texts(12)]
+    mc = [ChoiceExample(f"the fox {w}", ("cat", "dog"), i % 2) for i, w in enumerate(WORDS)]
+    tasks = [make_task("txt", texts[:6], texts[6:], "test"), make_task("mc", mc[:7], mc[7:], "test")]
+    every, groups = repair_texts(tasks, None, "all"), repair_groups(tasks, None, "all")
+    assert groups == [0] * 6 + [1] * len(tasks[1].search) and len(groups) == len(every)
+    genome = Genome.base_only(4, 3, removed=[2])
+    _, plain = repair_model(llama_family, genome, every, batch_size=8, max_length=32)
+    _, balanced = repair_model(llama_family, genome, every, batch_size=8, max_length=32, balance="tokens",
+                               text_groups=groups)
+    assert balanced.fits[0].n_tokens == plain.fits[0].n_tokens and balanced.balance == "tokens"
+    assert not torch.equal(plain.maps[1], balanced.maps[1])
+    # weights that are all one are the unweighted fit
+    _, ones = repair_model(llama_family, genome, every, batch_size=8, max_length=32, balance="tokens",
+                           text_groups=[0] * len(every))
+    assert torch.allclose(ones.maps[1], plain.maps[1], atol=1e-10)
+    with pytest.raises(RepairError, match="text_groups"):
+        repair_model(llama_family, genome, every, balance="tokens")
+    with pytest.raises(RepairError, match="balance"):
+        repair_model(llama_family, genome, every, balance="words", text_groups=groups)
+
+
+def test_settings_written_before_the_balance_existed_load_as_they_were_fitted(tmp_path):
+    from gptailor_merge.repair.folder import RepairSettings
+
+    new = RepairSettings(tasks=("t.jsonl",))
+    assert (new.sources, new.objective, new.balance) == ("all", "cosine", "tokens")  # today's defaults
+    old = new.model_dump(mode="json")
+    old.pop("balance")
+    (tmp_path / "repair.json").write_text(json.dumps({"settings": old}))
+    assert RepairSettings.load(tmp_path).balance == "examples"  # every token once, as it was fitted

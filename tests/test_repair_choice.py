@@ -141,27 +141,56 @@ def test_a_torn_last_score_line_is_skipped_and_cut_before_the_next_write(tmp_pat
         ScoreCache(path)
 
 
-def test_a_kept_repair_names_the_multiple_choice_skill_it_costs():
-    """A text gain large enough to keep the repair, with a multiple-choice task that falls by more
-    than its paired standard error: the record lists every task's change and the message names it."""
+def test_a_repair_that_costs_a_searched_skill_is_not_kept_and_the_message_names_it():
+    """A text gain large enough to beat the unrepaired model overall, with a multiple-choice task
+    that falls by more than its paired standard error: the record lists every task's change, the
+    message names the loss, and the unrepaired model is kept; without the loss the repair is kept."""
     mc = Task("mc", "multiple_choice", (), (), 0.25)
     rng = np.random.default_rng(3)
     gold = rng.random(N) < 0.7
-    lost = gold & (rng.random(N) < 0.4)  # the repair forgets ~40% of what the model knew
+    lost = gold & (rng.random(N) < 0.15)  # the repair forgets ~15% of what the model knew
 
     def scored(ppl: Score, correct: np.ndarray) -> Score:
         acc = TaskScore("mc", {"acc": float(correct.mean()), "n": N}, {"acc": tuple(correct.astype(float))})
         return Score("validation", None, {**ppl.tasks, "mc": acc})
 
     reference = scored(REFERENCE, gold)
-    unrepaired, repaired = scored(_score(0.6, seed=1), gold), scored(_score(0.05, seed=2), gold & ~lost)
+    unrepaired, repaired = scored(_score(0.9, seed=1), gold), scored(_score(0.05, seed=2), gold & ~lost)
     keep, record = repair_decision(repaired, unrepaired, reference, [TASK, mc], ["t", "mc"], "acc", {})
     (change,) = record["skills"]
     assert change["task"] == "mc" and change["n"] == N and change["fell"] is True
     assert change["diff"] == pytest.approx(-lost.mean()) and 0 < change["se"] < lost.mean()
-    assert f"lowers mc by {lost.mean():.3f}" in record["message"]
-    # the same repair without the loss: nothing named
-    _, clean = repair_decision(scored(_score(0.05, seed=2), gold), unrepaired, reference, [TASK, mc], ["t", "mc"],
-                               "acc", {})
+    assert record["repaired_vs_unrepaired"]["ci95"][0] > 0  # better overall ...
+    assert keep is False and record["kept"] is False  # ... but a skill is lost
+    assert f"but it lowers mc by {lost.mean():.3f}" in record["message"]
+    assert record["message"].endswith("keeping the unrepaired model")
+    # the same repair without the loss: nothing named, kept
+    keep, clean = repair_decision(scored(_score(0.05, seed=2), gold), unrepaired, reference, [TASK, mc],
+                                  ["t", "mc"], "acc", {})
     assert clean["skills"][0]["fell"] is False and "lowers" not in clean["message"]
-    assert keep is (record["repaired_vs_unrepaired"]["ci95"][0] > 0)
+    assert keep is True and clean["message"].endswith("keeping the repaired model")
+
+
+def test_a_repair_the_yardstick_cannot_resolve_is_kept_on_the_likelihood_objective_as_the_pick_does():
+    mc = Task("mc", "multiple_choice", (), (), 0.25)
+    rng = np.random.default_rng(0)
+    n = 128
+
+    def scored(acc, nll) -> Score:
+        ts = TaskScore("mc", {"acc": float(np.mean(acc)), "choice_nll": float(np.mean(nll)), "n": n},
+                       {"acc": tuple(acc), "choice_nll": tuple(nll)})
+        return Score("validation", None, {"mc": ts})
+
+    ref_acc = (rng.random(n) < 0.6).astype(float)
+    ref_nll = rng.normal(1.0, 0.3, n)
+    un_acc, un_nll = ref_acc.copy(), ref_nll + 0.2 + rng.normal(0, 0.02, n)
+    un_acc[np.flatnonzero(ref_acc)[:10]] = 0.0
+    re_acc, re_nll = un_acc.copy(), un_nll - 0.08 + rng.normal(0, 0.02, n)
+    re_acc[np.flatnonzero(un_acc == 0)[:2]] = 1.0  # two flips: no resolution on accuracy
+    reference, unrepaired, repaired = scored(ref_acc, ref_nll), scored(un_acc, un_nll), scored(re_acc, re_nll)
+    keep_acc, on_acc = repair_decision(repaired, unrepaired, reference, [mc], ["mc"], "acc", {})
+    assert keep_acc is False and on_acc["repaired_vs_unrepaired"]["ci95"][0] <= 0
+    keep, record = repair_decision(repaired, unrepaired, reference, [mc], ["mc"], "acc", {},
+                                   objective_counted=["mc"], mc="likelihood")
+    assert keep is True and record["repaired_vs_unrepaired_objective"]["ci95"][0] > 0
+    assert "on the likelihood objective" in record["message"] and record["message"].endswith("repaired model")

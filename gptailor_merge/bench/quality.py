@@ -521,9 +521,8 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
     `--validation-examples` per task as the search's pick."""
     from gptailor_merge.core.genome import Genome
     from gptailor_merge.run.repair_run import FinalistRepair
-    from gptailor_merge.scoring import counted_tasks
     from gptailor_merge.search.score_cache import score_key
-    from gptailor_merge.search.selection import repair_decision
+    from gptailor_merge.search.selection import evaluator_repair_decision
 
     n_val = args.validation_examples
     repairer = FinalistRepair(evaluator, config, n_examples_per_task=args.repair_texts)
@@ -535,14 +534,11 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
         cache = repair_scores(runs_dir, fraction, name, searched)
         reference = cache.get(score_key("reference", "validation", n_val),
                               lambda: evaluator.reference("validation", n_val))
-        counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric,
-                                chance_z=evaluator.chance_z or 2.0)
         t0 = time.perf_counter()
         repaired_val, record = repairer(genome, n_val)  # fits (timed in record) and scores validation
         unrepaired_val = cache.get(score_key(genome.genome_id, "validation", n_val),
                                    lambda g=genome: evaluator.score(g, "validation", n_val))
-        kept, choice = repair_decision(repaired_val, unrepaired_val, reference,
-                                       evaluator.tasks, counted, evaluator.metric, record)
+        kept, choice = evaluator_repair_decision(evaluator, repaired_val, unrepaired_val, reference, record)
         model, info = repairer.repaired_model(genome)  # the fitted maps, fused again
         seconds = record["fit_seconds"]
         score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)

@@ -14,18 +14,23 @@ REPAIR_HELP = ("repair the cuts without training (ReplaceMe-style): per removed 
 
 
 def add_repair_choice_flags(p: argparse.ArgumentParser) -> None:
-    """--repair-sources / --repair-objective: the RepairSettings fields a user may change."""
+    """--repair-sources / --repair-objective / --repair-balance: the RepairSettings fields a user may change."""
     p.add_argument("--repair-sources", choices=("text", "all"), default=None,
-                   help="repair: calibrate on the text tasks (text, the default) or also on each multiple-choice "
-                        "context with its gold continuation (all)")
+                   help="repair: calibrate on the text tasks (text) or also on each multiple-choice context with "
+                        "its gold continuation (all, the default)")
     p.add_argument("--repair-objective", choices=("lstsq", "cosine"), default=None,
-                   help="repair: least squares (lstsq, the default) or ReplaceMe's cosine distance, L-BFGS "
-                        "from the least-squares map (cosine)")
+                   help="repair: least squares (lstsq) or ReplaceMe's cosine distance, L-BFGS from the "
+                        "least-squares map (cosine, the default; 2-5x the fit time)")
+    p.add_argument("--repair-balance", choices=("examples", "tokens"), default=None,
+                   help="repair: every calibration token once (examples), or each calibration task the same "
+                        "total weight in the fit (tokens, the default: short multiple-choice contexts weigh "
+                        "as much as long texts)")
 
 
 def repair_options(args: argparse.Namespace) -> dict:
     """The RepairSettings fields the flags set (none: the defaults)."""
-    given = {"sources": getattr(args, "repair_sources", None), "objective": getattr(args, "repair_objective", None)}
+    given = {"sources": getattr(args, "repair_sources", None), "objective": getattr(args, "repair_objective", None),
+             "balance": getattr(args, "repair_balance", None)}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -57,7 +62,8 @@ def materialize_repair(args: argparse.Namespace) -> Path:
     if args.repair_settings is not None:
         given = [f for f, v in (("--calibration", args.calibration), ("--n-calibration", args.n_calibration),
                                 ("--ridge", args.ridge), ("--repair-sources", args.repair_sources),
-                                ("--repair-objective", args.repair_objective)) if v is not None]
+                                ("--repair-objective", args.repair_objective),
+                                ("--repair-balance", args.repair_balance)) if v is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} cannot be combined with --repair-settings, which fixes the "
                               "calibration; drop them, or drop --repair-settings to fit anew")

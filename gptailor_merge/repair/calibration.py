@@ -20,6 +20,13 @@ from gptailor_merge.scoring.task import Task
 SOURCES = ("text", "all")
 """`text`: the perplexity tasks' texts only (ReplaceMe's calibration); `all`: every task's."""
 
+BALANCES = ("examples", "tokens")
+"""How the calibration tasks weigh in the fit. `examples`: every token counts once, so a task weighs
+by its tokens (a multiple-choice context of ~15 tokens against a 256-token text: SmolLM2's four
+multiple-choice tasks give under a tenth of the fit's tokens with `all`). `tokens`: each task's
+tokens are weighted so that every task has the same total weight (a per-task token budget without
+repeating examples)."""
+
 
 def example_text(example: Example) -> str:
     """The sequence a repair sees for one example: a text as is; a multiple-choice example's
@@ -45,3 +52,9 @@ def repair_texts(tasks: Sequence[Task], n_examples: int | None, sources: str = "
         raise TaskError("no task to calibrate the repair on: give a text (perplexity) task, or use "
                         "sources 'all' to calibrate on the multiple-choice tasks too")
     return [example_text(ex) for task in chosen for ex in task.examples("search", n_examples)]
+
+
+def repair_groups(tasks: Sequence[Task], n_examples: int | None, sources: str = "text") -> list[int]:
+    """For each sequence of `repair_texts` (same arguments), the index of its calibration task."""
+    chosen = calibration_tasks(tasks, sources)
+    return [k for k, task in enumerate(chosen) for _ in task.examples("search", n_examples)]

@@ -36,6 +36,7 @@ from gptailor_merge.core.errors import RepairError
 from gptailor_merge.core.genome import Genome, LayerSpec
 from gptailor_merge.family.architecture import DecoderLayout
 from gptailor_merge.family.family import Family
+from gptailor_merge.repair.calibration import BALANCES
 from gptailor_merge.scoring.batching import length_sorted_batches, model_device, pad_right
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ layer reads the stream through an RMSNorm, which discards its scale, so the dire
 land; the price is keeping the rows (3 x tokens x hidden floats) instead of the sums."""
 COSINE_STEPS = 50
 """L-BFGS iterations of the cosine fit (each one pass over the rows, plus line-search passes)."""
+
+BALANCE = "examples"
+"""How the calibration tasks weigh in the fit (`repair.calibration.BALANCES`)."""
 
 STRENGTH = 1.0
 """How far each fused map goes from the identity (no repair) to the fitted map: T_a = I + a (T - I).
@@ -122,13 +126,15 @@ class NormalEquations:
     target_sq: float = 0.0
     n_rows: int = 0
 
-    def add(self, m: torch.Tensor, d: torch.Tensor) -> None:
-        """`m`, `d`: (n, h) rows (any float dtype; summed in float64 on their device)."""
+    def add(self, m: torch.Tensor, d: torch.Tensor, w: torch.Tensor | None = None) -> None:
+        """`m`, `d`: (n, h) rows (any float dtype; summed in float64 on their device); `w`, where
+        given, each row's weight (n,) (weighted least squares)."""
         m, d = m.double(), d.double()
-        gram, cross = m.T @ m, m.T @ d
+        mw, dw = (m, d) if w is None else (m * w.double()[:, None], d * w.double()[:, None])
+        gram, cross = mw.T @ m, mw.T @ d
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
-        self.target_sq += float((d * d).sum())
+        self.target_sq += float((dw * d).sum())
         self.n_rows += m.shape[0]
 
     def residual(self, t: torch.Tensor) -> float:
@@ -144,18 +150,22 @@ class Rows:
     m: list[torch.Tensor] = field(default_factory=list)
     y: list[torch.Tensor] = field(default_factory=list)
     h: list[torch.Tensor] = field(default_factory=list)
+    w: list[torch.Tensor | None] = field(default_factory=list)
 
-    def add(self, m: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
+    def add(self, m: torch.Tensor, y: torch.Tensor, h: torch.Tensor, w: torch.Tensor | None = None) -> None:
         for store, value in ((self.m, m), (self.y, y), (self.h, h)):
             store.append(value.detach().float().cpu())
+        self.w.append(None if w is None else w.detach().float().cpu())
 
     def cosine_distance(self, t: torch.Tensor) -> torch.Tensor:
-        """mean over tokens of 1 - cos(Y + M T, H) (differentiable in `t`)."""
-        total, n = t.new_zeros(()), 0
-        for m, y, h in zip(self.m, self.y, self.h, strict=True):
-            total = total + (1 - torch.nn.functional.cosine_similarity(y + m @ t, h, dim=-1)).sum()
-            n += m.shape[0]
-        return total / max(n, 1)
+        """(weighted) mean over tokens of 1 - cos(Y + M T, H) (differentiable in `t`)."""
+        total, n = t.new_zeros(()), 0.0
+        weights = self.w or [None] * len(self.m)
+        for m, y, h, w in zip(self.m, self.y, self.h, weights, strict=True):
+            distance = 1 - torch.nn.functional.cosine_similarity(y + m @ t, h, dim=-1)
+            total = total + (distance.sum() if w is None else (w * distance).sum())
+            n += m.shape[0] if w is None else float(w.sum())
+        return total / max(n, 1e-12)
 
 
 def fit_cosine_map(rows: Rows, start: torch.Tensor, steps: int = COSINE_STEPS) -> tuple[torch.Tensor, float, float]:
@@ -164,7 +174,8 @@ def fit_cosine_map(rows: Rows, start: torch.Tensor, steps: int = COSINE_STEPS) -
     if steps < 1:
         raise RepairError(f"cosine steps must be at least 1, got {steps}")
     if any(x.is_inference() for x in rows.m):  # collected under inference_mode: autograd needs copies
-        rows = Rows([x.clone() for x in rows.m], [x.clone() for x in rows.y], [x.clone() for x in rows.h])
+        rows = Rows([x.clone() for x in rows.m], [x.clone() for x in rows.y], [x.clone() for x in rows.h],
+                    [None if x is None else x.clone() for x in rows.w])
     t = start.detach().float().cpu().contiguous().clone().requires_grad_(True)
     with torch.no_grad():
         before = float(rows.cosine_distance(t))
@@ -274,6 +285,7 @@ class RepairInfo:
     target: str = TARGET
     objective: str = OBJECTIVE
     strength: float = STRENGTH
+    balance: str = BALANCE
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -285,6 +297,7 @@ class RepairInfo:
             "target": self.target,
             "objective": self.objective,
             "strength": self.strength,
+            "balance": self.balance,
             "ridge": self.ridge,
             "runs": [{"removed": list(f.run.removed), "layer": f.run.layer_idx, "position": f.run.position,
                       "n_tokens": f.n_tokens, "error_unrepaired": round(f.error_unrepaired, 6),
@@ -293,19 +306,37 @@ class RepairInfo:
         }
 
 
-class _Batches:
-    """The calibration texts as right-padded batches (the same order for every pass)."""
+def balanced_weights(lengths: Sequence[int], groups: Sequence[int]) -> list[float]:
+    """Per sequence, the weight of each of its tokens so that every group (calibration task) has the
+    same total weight and all weights sum to the token count: N / (G * N_g)."""
+    if len(groups) != len(lengths):
+        raise RepairError(f"{len(groups)} calibration groups for {len(lengths)} calibration texts")
+    per_group: dict[int, int] = {}
+    for n, g in zip(lengths, groups, strict=True):
+        per_group[g] = per_group.get(g, 0) + n
+    total = sum(per_group.values())
+    return [total / (len(per_group) * per_group[g]) if per_group[g] else 0.0 for g in groups]
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int) -> None:
+
+class _Batches:
+    """The calibration texts as right-padded batches (the same order for every pass), each with its
+    sequences' token weights (None: every token once)."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int,
+                 groups: Sequence[int] | None = None) -> None:
         if max_length < 1:
             raise RepairError(f"max_length must be at least 1, got {max_length}")
         self.sequences = encode_all(tokenizer, texts, max_length)
         self.order = list(length_sorted_batches(self.sequences, batch_size))
         self.pad_id = tokenizer.pad_token_id or 0
+        self.weights = (None if groups is None else
+                        balanced_weights([len(s) for s in self.sequences], groups))
 
     def __iter__(self):
         for batch in self.order:
-            yield pad_right([self.sequences[i] for i in batch], torch.device("cpu"), self.pad_id)
+            ids, mask = pad_right([self.sequences[i] for i in batch], torch.device("cpu"), self.pad_id)
+            w = None if self.weights is None else torch.tensor([self.weights[i] for i in batch])
+            yield ids, mask, w
 
 
 def _dense_targets(model: nn.Module, family: Family, runs: Sequence[RemovedRun], batches: _Batches
@@ -330,7 +361,7 @@ def _dense_targets(model: nn.Module, family: Family, runs: Sequence[RemovedRun],
     handles = [layers[i].register_forward_hook(hook(i)) for i in sorted(wanted)]
     try:
         with torch.inference_mode():
-            for input_ids, mask in batches:
+            for input_ids, mask, _ in batches:
                 captured.clear()
                 _run(stack, input_ids.to(device), mask.to(device))
                 keep = mask.to(device).bool()
@@ -382,18 +413,19 @@ def _candidate_sums(model: nn.Module, family: Family, position: int, where: str,
         handles.append(target_layer.register_forward_hook(target_hook))
     try:
         with torch.inference_mode():
-            for b, (input_ids, mask) in enumerate(batches):
+            for b, (input_ids, mask, weights) in enumerate(batches):
                 seen.clear()
                 _run(stack, input_ids.to(device), mask.to(device))
                 keep = mask.to(device).bool()
                 y, m, out = seen["y"][keep], seen["m"][keep], seen["out"][keep]
+                w = None if weights is None else weights.to(device)[:, None].expand(keep.shape)[keep]
                 if b == 0 and not torch.allclose((y + m).float(), out.float(), rtol=1e-2, atol=1e-3):
                     raise RepairError(f"{where}: its output is not residual + MLP output, so a map on "
                                       "the MLP output cannot repair it; use this model without --repair")
                 h = seen["h"][keep] if target_layer is not None else targets[b]
-                eq.add(m, h.double() - y.double())
+                eq.add(m, h.double() - y.double(), w)
                 if rows is not None:
-                    rows.add(m, y, h)
+                    rows.add(m, y, h, w)
     finally:
         for handle in handles:
             handle.remove()
@@ -426,6 +458,8 @@ def repair_model(
     objective: str = OBJECTIVE,
     cosine_steps: int = COSINE_STEPS,
     strength: float = STRENGTH,
+    balance: str = BALANCE,
+    text_groups: Sequence[int] | None = None,
     max_length: int = 256,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -442,7 +476,8 @@ def repair_model(
     `scoring.evaluate_model`, never through `Evaluator.score(genome)` or a `PrefixReuse` keyed by
     the genome, which would give (or replay cached states of) the unrepaired layers. A genome
     without removals returns the stitched model unchanged. `strength` < 1 shrinks every fitted
-    map toward the identity after all runs are fitted (`shrink_map`).
+    map toward the identity after all runs are fitted (`shrink_map`). `balance="tokens"` weighs
+    each calibration task equally (`text_groups`: each text's task, `repair.calibration.repair_groups`).
     """
     from transformers import AutoTokenizer
 
@@ -460,12 +495,17 @@ def repair_model(
         raise RepairError(f"unknown repair target {target!r}; use one of {', '.join(TARGETS)}")
     if objective not in OBJECTIVES:
         raise RepairError(f"unknown repair objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if balance not in BALANCES:
+        raise RepairError(f"unknown calibration balance {balance!r}; use one of {', '.join(BALANCES)}")
+    if balance == "tokens" and text_groups is None:
+        raise RepairError("balance 'tokens' needs each calibration text's task (text_groups)")
     settings = dict(ridge=float(ridge), n_texts=len(calibration_texts), max_length=max_length,
                     batch_size=batch_size, target=target, objective=objective,
-                    strength=check_strength(strength))  # a bad strength fails before the fit
+                    strength=check_strength(strength), balance=balance)  # bad settings fail before the fit
     if not runs:
         return stitcher.build(genome), RepairInfo({}, (), tuple(skipped), **settings)
-    batches = _Batches(tokenizer, calibration_texts, batch_size, max_length)
+    batches = _Batches(tokenizer, calibration_texts, batch_size, max_length,
+                       text_groups if balance == "tokens" else None)
     targets: list[Any] = [None] * len(runs)
     if target == "base":
         dense = Genome.base_only(family.n_layers, family.n_candidates)

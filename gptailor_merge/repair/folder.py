@@ -20,11 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gptailor_merge.core.errors import ConfigError, RepairError
 from gptailor_merge.core.outputs import prepare_output, staged_folder
 from gptailor_merge.family.family import copy_tokenizer
-from gptailor_merge.repair.calibration import repair_texts
+from gptailor_merge.repair.calibration import repair_groups, repair_texts
 from gptailor_merge.repair.fit import (
     COSINE_STEPS,
     DEFAULT_RIDGE,
-    OBJECTIVE,
     STRENGTH,
     TARGET,
     RepairInfo,
@@ -34,11 +33,16 @@ from gptailor_merge.repair.fit import (
 logger = logging.getLogger(__name__)
 
 REPAIR_METHODS = ("linear",)
-SOURCES = "text"
-"""Default calibration: the text tasks' search texts. On the demo family's validation split at 25%
-(benchmarks/README, "Repair: calibration and objective"), adding the multiple-choice contexts
-(`all`) lowered the mean retention of three genomes' repairs (0.948 against 0.976), and ShortGPT's
-the most (0.836 against 0.931); the cosine objective did not beat least squares beyond noise."""
+SOURCES = "all"
+OBJECTIVE = "cosine"
+BALANCE = "tokens"
+"""The defaults a repair is fitted with, chosen on validation (benchmarks/README, "Repair: chosen on
+validation"): every task's search examples (texts, and each multiple-choice context with its gold
+continuation), each task the same total weight, ReplaceMe's cosine objective from the
+least-squares map. On SmolLM2's 25% winner (128 validation examples per task) it scored 0.876
+against text-only least squares' 0.821 and kept arithmetic (0.641 against 0.500, unrepaired
+0.586); on the demo family's three 25% genomes its mean was 0.990 against 0.977. The price is the
+fit's time: 2-5x least squares (the cosine fit keeps the rows and runs L-BFGS)."""
 REPAIR_TEXTS = 128
 """Search-split texts per text task a repair fits on by default. The map has hidden_size**2
 parameters: on SmolLM2 (hidden 576) at 25% removal, 8 texts per task (2k tokens) overfit and the
@@ -72,6 +76,9 @@ class RepairSettings(BaseModel):
     sources: Literal["text", "all"] = Field(
         SOURCES, description="calibrate on the text tasks only (text) or on every task, multiple-choice "
                              "contexts with their gold continuation included (all); see repair.calibration")
+    balance: Literal["examples", "tokens"] = Field(
+        BALANCE, description="every calibration token once (examples) or each calibration task the same "
+                             "total weight (tokens); see repair.calibration")
     tasks: tuple[str, ...] = Field(description="calibration tasks, as specs that load without a "
                                                "registry (JSONL paths, hf:/disk: specs)")
     task_names: tuple[str, ...] = Field((), description="the tasks' names (for people)")
@@ -95,16 +102,19 @@ class RepairSettings(BaseModel):
         if not path.is_file():
             raise ConfigError(f"repair settings '{path}' do not exist; pass a repaired model folder's {SETTINGS_FILE}")
         data = json.loads(path.read_text())
+        fields = dict(data.get("settings", data))
+        # written before the balance existed: every token counted once, which is what rebuilds it
+        fields.setdefault("balance", "examples")
         try:
-            return cls.model_validate(data.get("settings", data))
+            return cls.model_validate(fields)
         except ValidationError as exc:
             raise ConfigError(f"{path}: not valid repair settings: {exc}") from None
 
     def fit_options(self) -> dict[str, Any]:
         """The `repair_model` keywords these settings fix (device and dtype: the stitcher's, or the caller's)."""
         return {"ridge": self.ridge, "target": self.target, "objective": self.objective,
-                "cosine_steps": self.cosine_steps, "strength": self.strength, "max_length": self.max_length,
-                "batch_size": self.batch_size}
+                "cosine_steps": self.cosine_steps, "strength": self.strength, "balance": self.balance,
+                "max_length": self.max_length, "batch_size": self.batch_size}
 
 
 def check_method(method: str | None) -> str | None:
@@ -159,6 +169,16 @@ def settings_for_recipe(recipe_path: str | os.PathLike, specs: Sequence[str], **
     if base:
         register_demo_tasks(resolve_model_path(str(base)))
     return settings_for(specs, seed=fields.pop("seed", 0), dtype=recipe.data.get("dtype") or "float32", **fields)
+
+
+def calibration_groups(settings: RepairSettings) -> list[int] | None:
+    """Each calibration text's task index where the settings balance tasks by tokens (else None)."""
+    from gptailor_merge.scoring import load_task
+
+    if settings.balance != "tokens":
+        return None
+    tasks = [load_task(spec, seed=settings.seed) for spec in settings.tasks]
+    return repair_groups(tasks, settings.n_examples_per_task, settings.sources)
 
 
 def calibration_for(settings: RepairSettings) -> list[str]:
@@ -228,7 +248,8 @@ def repair_and_save(family: Any, genome: Any, recipe: Any, settings: RepairSetti
     """Fit the repair of `genome` with `settings` and write the repaired folder."""
     texts = list(texts) if texts is not None else calibration_for(settings)
     model, info = repair_model(family, genome, texts, **settings.fit_options(), device=settings.device,
-                               dtype=settings.dtype, stitcher=stitcher, tokenizer=tokenizer)
+                               dtype=settings.dtype, stitcher=stitcher, tokenizer=tokenizer,
+                               text_groups=calibration_groups(settings))
     settings = settings.model_copy(update={"n_texts": len(texts), "texts_sha256": texts_digest(texts)})
     return save_repaired(model, family.base.path, recipe, info, settings, out_dir, overwrite=overwrite), info
 

@@ -46,7 +46,12 @@ class FinalistRepair:
 
     def __init__(self, evaluator: Any, config: Any, *, ridge: float | None = None, **overrides: Any) -> None:
         from gptailor_merge.repair.fit import DEFAULT_RIDGE
-        from gptailor_merge.repair.folder import REPAIR_TEXTS, calibration_for, settings_for
+        from gptailor_merge.repair.folder import (
+            REPAIR_TEXTS,
+            calibration_for,
+            calibration_groups,
+            settings_for,
+        )
 
         ev = config.eval
         self.evaluator = evaluator
@@ -54,6 +59,7 @@ class FinalistRepair:
                   "dtype": ev.dtype, "device": ev.device, "ridge": DEFAULT_RIDGE if ridge is None else ridge}
         self.settings = settings_for(config.tasks, seed=config.search.seed, **{**fields, **overrides})
         self.texts = calibration_for(self.settings)
+        self.groups = calibration_groups(self.settings)
         self.fits: dict[str, Any] = {}  # genome_id -> RepairInfo
 
     def repaired_model(self, genome: Genome) -> tuple[Any, Any]:
@@ -65,7 +71,7 @@ class FinalistRepair:
             info = self.fits[genome.genome_id]
             return apply_maps(stitcher.build(genome), stitcher.family, genome, info.maps), info
         model, info = repair_model(stitcher.family, genome, self.texts, **self.settings.fit_options(),
-                                   stitcher=stitcher, tokenizer=self.evaluator.tokenizer)
+                                   stitcher=stitcher, tokenizer=self.evaluator.tokenizer, text_groups=self.groups)
         self.fits[genome.genome_id] = info
         return model, info
 
@@ -132,15 +138,13 @@ def _heldout_row(folder: Path, evaluator: Any, genome: Genome, config: Any, coun
 def choose_repaired_folder(evaluator: Any, genome: Genome, folder: Path) -> dict:
     """`prune --repair`: the repaired folder against the recipe's model on every validation example;
     the decision record (`search.selection.repair_decision`). The caller removes a folder not kept."""
-    from gptailor_merge.scoring import counted_tasks, evaluate_model, load_model_folder
-    from gptailor_merge.search.selection import repair_decision
+    from gptailor_merge.scoring import evaluate_model, load_model_folder
+    from gptailor_merge.search.selection import evaluator_repair_decision
 
     reference = evaluator.reference("validation", None)
-    counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric,
-                            chance_z=evaluator.chance_z or 2.0)
     unrepaired = evaluator.score(genome, "validation", None)
     model, tokenizer = load_model_folder(folder, device=evaluator.stitcher.device)
     repaired = evaluate_model(model, tokenizer, evaluator.tasks, split="validation",
                               batch_size=evaluator.batch_size, max_length=evaluator.max_length,
                               shared_context=evaluator.shared_context)
-    return repair_decision(repaired, unrepaired, reference, evaluator.tasks, counted, evaluator.metric, {})[1]
+    return evaluator_repair_decision(evaluator, repaired, unrepaired, reference, {})[1]

@@ -134,22 +134,43 @@ RepairScorer = Callable[[Genome, int | None], tuple[Any, dict]]
 
 
 def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[str], metric: str,
-                    record: dict) -> tuple[bool, dict]:
-    """(keep the repair?, its record): kept only where repaired beats unrepaired on validation with a
-    paired interval above zero (a repair that may hurt is not worth a weight file the recipe lacks).
-    The record also lists each multiple-choice task's accuracy change (`skills`), and the message
-    names those that fell by more than their paired standard error: the maps are fitted on text, and
-    a text gain can outweigh a lost skill in the overall interval."""
+                    record: dict, *, objective_counted: Sequence[str] = (), mc: str = "accuracy"
+                    ) -> tuple[bool, dict]:
+    """(keep the repair?, its record), on validation. Kept only where the evidence says the repaired
+    model is better, by the same rule as the pick (its paired interval on the yardstick above zero;
+    or, with the likelihood objective, not below on the yardstick and its interval on the objective
+    above zero), and no counted multiple-choice task fell by more than its paired standard error
+    (`skills`): the maps are fitted on calibration text, and a text gain can outweigh a lost skill
+    in the overall interval, which is not what a user who searched for that skill wants."""
     interval = paired_bootstrap(repaired, unrepaired, reference, tasks, counted, metric=metric)
-    keep = interval["ci95"][0] > 0
+    better = interval["ci95"][0] > 0
+    objective = None
+    if not better and mc == "likelihood" and objective_counted:
+        objective = paired_bootstrap(repaired, unrepaired, reference, tasks, objective_counted,
+                                     metric=metric, mc="likelihood")
+        better = interval["diff"] >= 0 and objective["ci95"][0] > 0
     skills = skill_changes(repaired, unrepaired, tasks, counted, metric=metric)
     fell = [c for c in skills if c["fell"]]
-    verdict = "beat" if keep else "did not beat"
-    cost = ("; on validation it lowers " + ", ".join(f"{c['task']} by {-c['diff']:.3f} (paired SE {c['se']:.3f})"
-                                                     for c in fell)) if fell else ""
-    return keep, {**record, "repaired_vs_unrepaired": interval, "kept": keep, "skills": skills,
-                  "message": f"the repair {verdict} the unrepaired model on validation "
-                             f"({interval_text(interval)}){cost}; keeping the {'repaired' if keep else 'unrepaired'} model"}
+    keep = better and not fell
+    evidence = interval_text(interval) + (f"; on the likelihood objective {interval_text(objective)}"
+                                          if objective else "")
+    cost = ((" but it lowers " if better else "; it lowers ")
+            + ", ".join(f"{c['task']} by {-c['diff']:.3f} (paired SE {c['se']:.3f})" for c in fell)) if fell else ""
+    verdict = "beat" if better else "did not beat"
+    return keep, {**record, "repaired_vs_unrepaired": interval, "repaired_vs_unrepaired_objective": objective,
+                  "kept": keep, "skills": skills,
+                  "message": f"the repair {verdict} the unrepaired model on validation ({evidence}){cost}; "
+                             f"keeping the {'repaired' if keep else 'unrepaired'} model"}
+
+
+def evaluator_repair_decision(evaluator, repaired, unrepaired, reference, record: dict
+                              ) -> tuple[bool, dict]:
+    """`repair_decision` with the evaluator's yardstick tasks, objective tasks and objective."""
+    counted = counted_tasks(reference, evaluator.tasks, metric=evaluator.metric,
+                            chance_z=evaluator.chance_z or 2.0)
+    return repair_decision(repaired, unrepaired, reference, evaluator.tasks, counted, evaluator.metric, record,
+                           objective_counted=[t.name for t in evaluator.objective_tasks()],
+                           mc=evaluator.mc_objective)
 
 
 def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
@@ -194,7 +215,8 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
             if repair is not None and genome.n_kept < genome.n_layers:
                 fixed, fit_record = repair(genome, n_examples)
                 repaired, record = repair_decision(fixed, score, reference, tasks, counted,
-                                                   evaluator.metric, fit_record)
+                                                   evaluator.metric, fit_record,
+                                                   objective_counted=objective_names, mc=evaluator.mc_objective)
                 score = fixed if repaired else score
             scored[gid] = (score, repaired, record)
         score, repaired, record = scored[gid]
