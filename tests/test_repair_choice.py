@@ -9,6 +9,7 @@ import pytest
 
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring.evaluate import Score, TaskScore
+from gptailor_merge.scoring.intervals import SKILL_Z
 from gptailor_merge.scoring.task import Task
 from gptailor_merge.search.journal import RungResult, Trial
 from gptailor_merge.search.selection import repair_decision, select_on_validation
@@ -169,6 +170,15 @@ def test_a_repair_that_costs_a_searched_skill_is_not_kept_and_the_message_names_
                                   ["t", "mc"], "acc", {})
     assert clean["skills"][0]["fell"] is False and "lowers" not in clean["message"]
     assert keep is True and clean["message"].endswith("keeping the repaired model")
+    assert change["lost"] is True and "lost)" in record["message"]
+    # three examples forgotten: more than one paired SE, under SKILL_Z of them; named, not decisive
+    few = gold & (np.cumsum(gold) <= 3)
+    keep, small = repair_decision(scored(_score(0.05, seed=2), gold & ~few), unrepaired, reference, [TASK, mc],
+                                  ["t", "mc"], "acc", {})
+    (change,) = small["skills"]
+    assert change["fell"] is True and change["lost"] is False and -change["diff"] < SKILL_Z * change["se"]
+    assert keep is True and "lowers mc by 0.047" in small["message"]
+    assert small["message"].endswith("keeping the repaired model")
 
 
 def test_a_repair_the_yardstick_cannot_resolve_is_kept_on_the_likelihood_objective_as_the_pick_does():

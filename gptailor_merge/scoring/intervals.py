@@ -79,11 +79,18 @@ def paired_bootstrap(a: Score, b: Score, reference: Score, tasks: Sequence[Task]
             "n_boot": n_boot, "tasks": [t.name for t in chosen]}
 
 
+SKILL_Z = 1.96
+"""A skill is `lost` where its accuracy drop exceeds this many paired standard errors: a loss the
+examples resolve. `fell` (one SE) is reported beside it; with four counted tasks, one of them falls
+by one SE by chance about half the time, so one SE names a risk but cannot decide."""
+
+
 def skill_changes(a: Score, b: Score, tasks: Sequence[Task], counted: Sequence[str], *,
                   metric: str = "acc") -> list[dict]:
     """Per counted multiple-choice task, A's accuracy minus B's on the same examples with the paired
     standard error (sd of the per-example differences / sqrt(n)): where an overall gain hides a lost
-    skill. `fell`: the task dropped by more than that standard error."""
+    skill. `fell`: the task dropped by more than that standard error; `lost`: by more than
+    `SKILL_Z` of them."""
     changes, counted = [], set(counted)
     for task in tasks:
         if task.kind != "multiple_choice" or task.name not in counted:
@@ -95,7 +102,7 @@ def skill_changes(a: Score, b: Score, tasks: Sequence[Task], counted: Sequence[s
         se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         diff = float(d.mean())
         changes.append({"task": task.name, "diff": round(diff, 6), "se": round(se, 6), "n": len(d),
-                        "fell": diff < -se})
+                        "fell": diff < -se, "lost": diff < -SKILL_Z * se})
     return changes
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from gptailor_merge.core.genome import Genome
 from gptailor_merge.scoring import counted_tasks, symmetric_retention
-from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap, skill_changes
+from gptailor_merge.scoring.intervals import SKILL_Z, interval_text, paired_bootstrap, skill_changes
 from gptailor_merge.search.journal import Trial
 from gptailor_merge.search.score_cache import ScoreCache, score_key
 
@@ -139,9 +139,10 @@ def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[st
     """(keep the repair?, its record), on validation. Kept only where the evidence says the repaired
     model is better, by the same rule as the pick (its paired interval on the yardstick above zero;
     or, with the likelihood objective, not below on the yardstick and its interval on the objective
-    above zero), and no counted multiple-choice task fell by more than its paired standard error
-    (`skills`): the maps are fitted on calibration text, and a text gain can outweigh a lost skill
-    in the overall interval, which is not what a user who searched for that skill wants."""
+    above zero), and no counted multiple-choice task lost accuracy by more than `SKILL_Z` paired
+    standard errors (`skills`; the message also names every task that fell by one SE): the maps are
+    fitted on calibration text, and a text gain can outweigh a lost skill in the overall interval,
+    which is not what a user who searched for that skill wants."""
     interval = paired_bootstrap(repaired, unrepaired, reference, tasks, counted, metric=metric)
     better = interval["ci95"][0] > 0
     objective = None
@@ -151,11 +152,13 @@ def repair_decision(repaired, unrepaired, reference, tasks, counted: Sequence[st
         better = interval["diff"] >= 0 and objective["ci95"][0] > 0
     skills = skill_changes(repaired, unrepaired, tasks, counted, metric=metric)
     fell = [c for c in skills if c["fell"]]
-    keep = better and not fell
+    lost = [c for c in fell if c["lost"]]
+    keep = better and not lost
     evidence = interval_text(interval) + (f"; on the likelihood objective {interval_text(objective)}"
                                           if objective else "")
-    cost = ((" but it lowers " if better else "; it lowers ")
-            + ", ".join(f"{c['task']} by {-c['diff']:.3f} (paired SE {c['se']:.3f})" for c in fell)) if fell else ""
+    cost = ((" but it lowers " if better and lost else "; it lowers ")
+            + ", ".join(f"{c['task']} by {-c['diff']:.3f} (paired SE {c['se']:.3f}"
+                        + (f", over {SKILL_Z:g} SE: lost" if c["lost"] else "") + ")" for c in fell)) if fell else ""
     verdict = "beat" if better else "did not beat"
     return keep, {**record, "repaired_vs_unrepaired": interval, "repaired_vs_unrepaired_objective": objective,
                   "kept": keep, "skills": skills,
