@@ -233,3 +233,24 @@ def test_finalists_are_the_optimizers_proposals_and_search_seeds_the_best_other_
     assert [t.index for t in finalist_trials(trials, TOP, 3)] == [3, 5]
     baseline = Genome.base_only(6, 1, [0]).genome_id
     assert [t.index for t in finalist_trials(trials, TOP, 1, seeds=True, exclude=[baseline])] == [1]
+
+
+def test_a_search_seed_replaces_the_best_baseline_only_on_evidence():
+    # a merge seed a hair better than greedy-ppl by its point estimate is not enough: the returned
+    # seed stays the single-model baseline, so a seed is never returned on a lucky read
+    rng = np.random.default_rng(6)
+    tokens = rng.integers(10, 30, 64).astype(float)
+    difficulty = rng.normal(3.0, 0.5, 64) * tokens
+    task = Task("t", "perplexity", (), (), 0.0)
+    reference = _score(difficulty, tokens)
+    greedy_nll = difficulty + 0.4 * tokens + rng.normal(0, 2.0, 64)
+    base = _contender("greedy_ppl", "seed", greedy_nll, tokens, reference)
+    noise = rng.normal(0, 4.0, 64)
+    merge = _contender("seed trial 4", "search seed", greedy_nll - 0.01 * tokens + noise - noise.mean(),
+                       tokens, reference)
+    merge = Contender(merge.name, "search seed", Genome.base_only(6, 1, [2, 3]), None, merge.objective,
+                      merge.retention_sym, merge.score)
+    assert merge.retention_sym > base.retention_sym  # ahead by its point estimate ...
+    chosen = decide([merge, base], reference, [task], ["t"], "acc", None)
+    assert chosen.winner is base and chosen.best_seed is base and chosen.source == "seed"  # ... not by evidence
+    assert "a search seed" not in chosen.message

@@ -8,7 +8,8 @@ order: the best of them is what a seeds-only run would return) are re-scored on 
 split, which neither the search nor any baseline read, and ranked there on the reported yardstick
 (`retention_sym`, accuracy on multiple choice: what the held-out claim measures; the search's
 likelihood objective is recorded beside it). The best searched genome is returned only where the
-evidence says it beats the best seed of either kind: its paired bootstrap interval on the yardstick is above zero,
+evidence says it beats the incumbent seed (the best baseline seed, or a search seed that beat it
+on the same evidence): its paired bootstrap interval on the yardstick is above zero,
 or (with the likelihood objective) it is not below the seed on the yardstick and its paired interval
 on the objective is above zero. Accuracy flips one example at a time, so a real gain of a few
 points on ~100 examples per task rarely clears zero on the yardstick alone; the gold choice's
@@ -235,25 +236,58 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                   objective_counted=objective_names, mc=evaluator.mc_objective)
 
 
+def _beats(a: Contender, b: Contender, reference, tasks, counted, metric: str, objective_counted,
+           mc: str) -> tuple[bool, dict, dict | None]:
+    """(the evidence says `a` beats `b`, its yardstick interval, its objective interval or None):
+    the yardstick's paired interval above zero, or (likelihood objective) not below on the
+    yardstick with the objective's paired interval above zero."""
+    interval = paired_bootstrap(a.score, b.score, reference, tasks, counted, metric=metric)
+    if interval["ci95"][0] > 0:
+        return True, interval, None
+    if mc == "likelihood" and objective_counted:
+        objective = paired_bootstrap(a.score, b.score, reference, tasks, objective_counted, metric=metric,
+                                     mc="likelihood")
+        return interval["diff"] >= 0 and objective["ci95"][0] > 0, interval, objective
+    return False, interval, None
+
+
+def _evidence_text(interval: dict, objective: dict | None) -> str:
+    if objective is None:
+        return f"by {interval_text(interval)}"
+    return (f"on the likelihood objective by {interval_text(objective)} and is not below it on the "
+            f"yardstick ({interval_text(interval)})")
+
+
 def decide(contenders: Sequence[Contender], reference, tasks, counted: Sequence[str],
            metric: str, n_examples: int | None, *, objective_counted: Sequence[str] = (),
            mc: str = "accuracy") -> Selection:
     """The rule of the module docstring over scored contenders; `counted`, the yardstick's tasks;
     `objective_counted` and `mc`, the search objective's (its second line of evidence where `mc`
-    is "likelihood")."""
+    is "likelihood"). The incumbent seed is the best baseline seed; a search seed replaces it only
+    on the same evidence a finalist needs, so a returned seed is never a lucky read either."""
     finalists = [c for c in contenders if c.kind == "finalist"]
-    seeds = [c for c in contenders if c.kind in ("seed", "search seed")]
     baselines = [c for c in contenders if c.kind == "seed"]
 
     def rank(c: Contender) -> tuple[float, float]:
         return (c.retention_sym, c.objective)
 
-    best_seed = max(seeds, key=rank) if seeds else None
+    def beats(a: Contender, b: Contender) -> tuple[bool, dict, dict | None]:
+        return _beats(a, b, reference, tasks, counted, metric, objective_counted, mc)
+
     base = max(baselines, key=rank) if baselines else None
+    best_seed, note = base, ""
+    for seed in sorted((c for c in contenders if c.kind == "search seed"), key=rank, reverse=True):
+        if best_seed is None:
+            best_seed = seed
+        elif seed.genome.genome_id != best_seed.genome.genome_id:
+            won, interval, objective = beats(seed, best_seed)
+            if won:
+                note = f"; {seed.what} beat {best_seed.what} on validation {_evidence_text(interval, objective)}"
+                best_seed = seed
     best = max(finalists, key=rank) if finalists else None
 
     def selection(winner, source, message, interval=None, objective=None) -> Selection:
-        return Selection(winner, best_seed, tuple(contenders), interval, source, message, n_examples,
+        return Selection(winner, best_seed, tuple(contenders), interval, source, message + note, n_examples,
                          objective, base)
 
     if best is None:
@@ -265,20 +299,11 @@ def decide(contenders: Sequence[Contender], reference, tasks, counted: Sequence[
     if best.genome.genome_id == best_seed.genome.genome_id:
         return selection(best_seed, "seed", f"the search's best genome is {best_seed.what} itself; "
                                             f"returning it")
-    interval = paired_bootstrap(best.score, best_seed.score, reference, tasks, counted, metric=metric)
-    if interval["ci95"][0] > 0:
+    won, interval, objective = beats(best, best_seed)
+    if won:
         return selection(best, "search", f"{best.label} ({best.trial.origin}) beat {best_seed.what} on "
-                                         f"validation by {interval_text(interval)}; returning it", interval)
-    objective = None
-    if mc == "likelihood" and objective_counted:
-        objective = paired_bootstrap(best.score, best_seed.score, reference, tasks,
-                                     objective_counted, metric=metric, mc="likelihood")
-        if interval["diff"] >= 0 and objective["ci95"][0] > 0:
-            return selection(best, "search",
-                             f"{best.label} ({best.trial.origin}) beat {best_seed.what} on "
-                             f"validation on the likelihood objective by {interval_text(objective)} "
-                             f"and is not below it on the yardstick ({interval_text(interval)}); "
-                             f"returning it", interval, objective)
+                                         f"validation {_evidence_text(interval, objective)}; returning it",
+                         interval, objective)
     why = (f"{best.label}: {interval_text(interval)}, its paired interval is not above zero"
            + (f"; on the likelihood objective {interval_text(objective)}" if objective else ""))
     return selection(best_seed, "seed", f"no genome beat {best_seed.what} on validation ({why}); "
