@@ -189,15 +189,19 @@ def test_a_gain_the_yardstick_cannot_resolve_is_settled_by_the_likelihood_object
         assert chosen.to_dict()["best_finalist_vs_best_seed_objective"] == chosen.vs_best_seed_objective
 
 
+def _perplexity_setup(seed: int):
+    """(rng, tokens, per-example dense NLL, the task, the dense reference score) of 64 texts."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(10, 30, 64).astype(float)
+    difficulty = rng.normal(3.0, 0.5, 64) * tokens
+    return rng, tokens, difficulty, Task("t", "perplexity", (), (), 0.0), _score(difficulty, tokens)
+
+
 def test_a_searched_winner_must_also_beat_the_best_search_seed():
     # the finalist clearly beats both single-model baselines but only ties a merge seed of the
     # search (what a seeds-only run returns): that seed is returned, and the held-out baseline row
     # stays the best single-model baseline
-    rng = np.random.default_rng(5)
-    tokens = rng.integers(10, 30, 64).astype(float)
-    difficulty = rng.normal(3.0, 0.5, 64) * tokens
-    task = Task("t", "perplexity", (), (), 0.0)
-    reference = _score(difficulty, tokens)
+    rng, tokens, difficulty, task, reference = _perplexity_setup(5)
     seeds = [_contender("greedy_ppl", "seed", difficulty + 0.4 * tokens, tokens, reference),
              _contender("shortgpt", "seed", difficulty + 0.6 * tokens, tokens, reference)]
     merge_nll = difficulty + 0.1 * tokens + rng.normal(0, 2.0, 64)
@@ -238,11 +242,7 @@ def test_finalists_are_the_optimizers_proposals_and_search_seeds_the_best_other_
 def test_a_search_seed_replaces_the_best_baseline_only_on_evidence():
     # a merge seed a hair better than greedy-ppl by its point estimate is not enough: the returned
     # seed stays the single-model baseline, so a seed is never returned on a lucky read
-    rng = np.random.default_rng(6)
-    tokens = rng.integers(10, 30, 64).astype(float)
-    difficulty = rng.normal(3.0, 0.5, 64) * tokens
-    task = Task("t", "perplexity", (), (), 0.0)
-    reference = _score(difficulty, tokens)
+    rng, tokens, difficulty, task, reference = _perplexity_setup(6)
     greedy_nll = difficulty + 0.4 * tokens + rng.normal(0, 2.0, 64)
     base = _contender("greedy_ppl", "seed", greedy_nll, tokens, reference)
     noise = rng.normal(0, 4.0, 64)
