@@ -89,7 +89,11 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     assert list(handed) == [Genome.from_dict(by["gptailor"]["genome"]).genome_id]
     assert "vs_unrepaired" in by["shortgpt+repair"] and isinstance(by["shortgpt+repair"]["repair_kept"], bool)
     choice = by["shortgpt+repair"]["repair"]["validation_choice"]
-    assert choice["kept"] is by["shortgpt+repair"]["repair_kept"] is (choice["repaired_vs_unrepaired"]["ci95"][0] > 0)
+    assert choice["kept"] is by["shortgpt+repair"]["repair_kept"]
+    if choice["kept"]:  # kept only on evidence and with no skill lost
+        assert not any(c["lost"] for c in choice["skills"])
+        assert (choice["repaired_vs_unrepaired"]["ci95"][0] > 0
+                or choice["repaired_vs_unrepaired_objective"]["ci95"][0] > 0)
     assert "vs_unrepaired" in by["gptailor+repair"] and "vs_seeds_only" not in by["gptailor+repair"]
     # compare.py recomputes an interval from the stored per-example values alone, bitwise
     compare = _load("compare")
@@ -97,6 +101,11 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     again = compare.compare(saved, "gptailor", "gptailor-seeds-only", seed=index)
     assert again["heldout"] == by["gptailor"]["vs_seeds_only"]
     assert again["transfer"] == by["gptailor"]["transfer_vs_seeds_only"]
+    mc_counted = [t for t in saved["counted_tasks"] if "acc" in by["gptailor"]["tasks"][t]]
+    assert [k["task"] for k in again["skills"]] == mc_counted
+    assert all(k["diff"] == pytest.approx(by["gptailor"]["tasks"][k["task"]]["acc"]
+                                          - by["gptailor-seeds-only"]["tasks"][k["task"]]["acc"], abs=1e-6)
+               for k in again["skills"])
     # a member row is `evaluate` on that member's own folder, on the same held-out examples
     from gptailor_merge.cli.app import main as cli
     from gptailor_merge.demo.layout import default_family_dir

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gptailor_merge.bench.environment import write_result
-from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap
+from gptailor_merge.scoring.intervals import interval_text, paired_bootstrap, skill_changes
 
 N_BOOT = 2000
 
@@ -38,7 +38,8 @@ def _row(result: dict, method: str, fraction: float | None) -> dict:
 
 
 def compare(result: dict, a: str, b: str, fraction: float | None = None, seed: int = 0) -> dict:
-    """{"heldout": interval, "transfer": interval} of row `a` minus row `b` (> 0: `a` is better)."""
+    """{"heldout": interval, "transfer": interval, "skills": per counted multiple-choice task, the
+    held-out accuracy change with its paired SE} of row `a` minus row `b` (> 0: `a` is better)."""
     ra, rb, base = _row(result, a, fraction), _row(result, b, fraction), _row(result, "member-base", None)
     from gptailor_merge.bench.quality import (  # the one reader of a row's stored scores
         score_of,
@@ -58,7 +59,8 @@ def compare(result: dict, a: str, b: str, fraction: float | None = None, seed: i
             "heldout": paired_bootstrap(sa, sb, s0, tasks, result["counted_tasks"], metric=metric,
                                         n_boot=N_BOOT, seed=seed),
             "transfer": paired_bootstrap(ta, tb, t0, transfer, transfer_names, n_boot=N_BOOT,
-                                         seed=seed)}
+                                         seed=seed),
+            "skills": skill_changes(sa, sb, tasks, result["counted_tasks"], metric=metric)}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -75,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     out = [compare(result, args.row, other, args.remove) for other in args.against]
     print(f"paired bootstrap 95% intervals ({N_BOOT} resamples) of the difference in mean log "
           f"ratio, {args.row} minus each row; > 0 means {args.row} is better\n")
-    print("| against | held-out | transfer |\n|---|---|---|")
+    print("| against | held-out | transfer | multiple-choice change (paired SE; * fell by more than it) |\n"
+          "|---|---|---|---|")
     for c in out:
-        print(f"| {c['b']} | {interval_text(c['heldout'])} | {interval_text(c['transfer'])} |")
+        skills = ", ".join(f"{k['task']} {k['diff']:+.3f} ({k['se']:.3f}){'*' if k['fell'] else ''}"
+                           for k in c["skills"])
+        print(f"| {c['b']} | {interval_text(c['heldout'])} | {interval_text(c['transfer'])} | {skills} |")
     if args.json:
         write_result(args.json, {"benchmark": "compare", "from": str(args.result), "row": args.row,
                                  "comparisons": out,
