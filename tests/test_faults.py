@@ -490,6 +490,16 @@ def test_layers_with_remove_fraction_is_an_error_naming_both(fam, tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flags, named", [(["--remove-fraction", "1.5"], "--remove-fraction (target.remove_fraction)"),
+                                          (["--trials", "0"], "--trials (search.n_trials)")])
+def test_a_refused_flag_value_names_the_flag_and_its_config_key(fam, tmp_path, capsys, flags, named):
+    config = _write_config(fam, tmp_path / "c.yaml", tmp_path / "run")
+    assert main(["-q", "optimize", "--config", str(config), *flags]) != 0
+    err = capsys.readouterr().err
+    assert f"{config} is invalid: {named}:" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_max_examples_above_the_tasks_is_clamped_and_the_summary_says_so(finished_run):
     summary = json.loads((finished_run / "summary.json").read_text())
     budgets = summary["search"]["budgets"]

@@ -37,41 +37,34 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     add_repair_choice_flags(p)
 
 
+_FLAG_KEYS = (  # (flag, argparse dest, config key) of every override `config_from_args` applies
+    ("--trials", "trials", "search.n_trials"), ("--time-budget", "time_budget", "search.time_budget_s"),
+    ("--optimizer", "optimizer", "search.optimizer"), ("--methods", "methods", "search.merge_methods"),
+    ("--max-examples", "max_examples", "search.max_examples"), ("--seed", "seed", "search.seed"),
+    ("--layers", "layers", "target.layers"), ("--remove-fraction", "remove_fraction", "target.remove_fraction"),
+    ("--tasks", "tasks", "tasks"), ("--out", "out", "out_dir"), ("--demo-preset", "demo_preset", "family.demo_preset"),
+    ("--device", "device", "eval.device"), ("--workers", "workers", "search.workers"),
+    ("--ray-address", "ray_address", "search.ray_address"),
+)
+
+
 def config_from_args(args: argparse.Namespace, default=None):
     """RunConfig from --config (else `default`, else the demo run) plus flag overrides (flags win)."""
     from gptailor_merge.core.config import RunConfig
 
     base = (RunConfig.load(args.config) if args.config else default or RunConfig()).model_dump(mode="json")
-    s, e = base["search"], base["eval"]
-    if args.trials is not None:
-        s["n_trials"] = args.trials
-    if args.time_budget is not None:
-        s["time_budget_s"] = args.time_budget
-    if args.optimizer:
-        s["optimizer"] = args.optimizer
-    if args.methods:
-        s["merge_methods"] = args.methods
-    if args.max_examples is not None:
-        s["max_examples"] = args.max_examples
-    if args.seed is not None:
-        s["seed"] = args.seed
-    if args.layers is not None:
-        base["target"] = {"layers": args.layers}
-    if args.remove_fraction is not None:
-        base["target"] = {"remove_fraction": args.remove_fraction}
-    if args.tasks:
-        base["tasks"] = args.tasks
-    if args.out:
-        base["out_dir"] = args.out
-    if args.demo_preset:
-        base["family"]["demo_preset"] = args.demo_preset
-    if args.device:
-        e["device"] = args.device
-    if args.workers is not None:
-        s["workers"] = args.workers
-    if args.ray_address:
-        s["ray_address"] = args.ray_address
-    return RunConfig.from_dict(base, source=str(args.config or "flags"))
+    flags: dict[str, str] = {}  # config key -> the flag that set it, so a refused value names the flag
+    for flag, dest, key in _FLAG_KEYS:
+        value = getattr(args, dest, None)
+        if value is None or value == [] or value == "":
+            continue
+        section, _, name = key.rpartition(".")
+        if key.startswith("target."):  # one target: the flag replaces the section
+            base["target"] = {name: value}
+        else:
+            (base[section] if section else base)[name] = value
+        flags[key] = flag
+    return RunConfig.from_dict(base, source=str(args.config or "the command line"), flags=flags)
 
 
 @command("optimize", "search for the best tailoring of a family (default: the embedded demo family)", _optimize_args)

@@ -206,6 +206,13 @@ def check_device(device: str, source: str = "eval.device") -> None:
                               f"{torch.cuda.device_count()} GPU(s)")
 
 
+def _where(loc: tuple, flags: dict[str, str]) -> str:
+    """A validation error's place: its config key, and the flag that set it where one did."""
+    key = ".".join(map(str, loc))
+    flag = next((flags[k] for k in (key, key.rpartition(".")[0]) if k in flags), None)
+    return f"{flag} ({key})" if flag else key or "(top)"
+
+
 class RunConfig(_Strict):
     family: FamilyConfig = FamilyConfig()
     target: TargetConfig = TargetConfig(remove_fraction=0.25)
@@ -226,13 +233,12 @@ class RunConfig(_Strict):
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
+    def from_dict(cls, data: dict, source: str = "config", flags: dict[str, str] | None = None) -> RunConfig:
+        """`flags`: config key -> the command-line flag that set it, named in the error beside the key."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            lines = [
-                f"  {'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in exc.errors()
-            ]
+            lines = [f"  {_where(err['loc'], flags or {})}: {err['msg']}" for err in exc.errors()]
             if len(lines) == 1:  # one problem: one line
                 raise ConfigError(f"{source} is invalid: {lines[0].strip()}") from None
             raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
