@@ -231,6 +231,23 @@ def test_a_seed_edited_in_the_runs_config_is_refused(run_copy, capsys):
     assert "seed" in _err(capsys)
 
 
+def test_resuming_a_run_whose_model_folder_moved_names_the_folder_and_the_fix(fam, run_copy, tmp_path, capsys):
+    moved = tmp_path / "moved-base"
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["family"]["base"] = str(moved)  # as if the run had been searched on a base since moved away
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config))
+    header = json.loads((run_copy / "run.json").read_text())
+    header["fingerprint"]["base"] = str(moved)
+    (run_copy / "run.json").write_text(json.dumps(header))
+    journal = (run_copy / "journal.jsonl").read_bytes()
+    assert main(["-q", "optimize", "--resume", str(run_copy)]) == 2
+    err = _err(capsys)
+    assert f"model folder '{moved}' does not exist" in err and "a symlink" in err
+    assert (run_copy / "journal.jsonl").read_bytes() == journal
+    os.symlink(fam[1], moved)  # the fix the message names
+    assert main(["-q", "optimize", "--resume", str(run_copy)]) == 0
+
+
 def test_resume_trials_extends_the_run_and_records_it(run_copy):
     assert main(["-q", "optimize", "--resume", str(run_copy), "--trials", "7"]) == 0
     assert len((run_copy / "journal.jsonl").read_text().splitlines()) == 7

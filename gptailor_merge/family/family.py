@@ -186,7 +186,9 @@ class Family:
                 )
             path = resolve_model_path(ref)
             config = load_model_config(path)
-            model_id = str(path) if Path(ref).expanduser().is_dir() else ref
+            # a folder is named by its absolute path as given, not its symlinks' target: a run searched
+            # on a folder since moved resumes once a symlink at the old path points at the new place
+            model_id = os.path.abspath(Path(ref).expanduser()) if Path(ref).expanduser().is_dir() else ref
             members.append(Member(name=name, model_id=model_id, path=path, config=config))
         paths = [m.path for m in members]
         for i, member in enumerate(members):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gptailor_merge.core.config import DEMO, RunConfig, check_device
-from gptailor_merge.core.errors import ConfigError
+from gptailor_merge.core.errors import ConfigError, ModelNotFoundError, ResumeError
 from gptailor_merge.core.genome import Genome, resolve_target
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 from gptailor_merge.run.resolve import load_tasks, resolve_family
@@ -80,7 +80,14 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
 
     start = time.perf_counter()
     non_demo_tasks = load_tasks(config) if config.family.base != DEMO else None
-    family, names = resolve_family(config, progress)
+    try:
+        family, names = resolve_family(config, progress)
+    except ModelNotFoundError as exc:
+        if not resumed:
+            raise
+        raise ResumeError(f"model folder '{exc.model}' does not exist, and run '{run_dir}' was searched on it "
+                          "(its config.yaml and run.json name that path): put the model back there (a symlink to "
+                          "where it is now will do), then resume") from None
     tasks = non_demo_tasks or load_tasks(config)
     if repair is not None:  # before the search, not after it
         from gptailor_merge.run.repair_run import check_repair
