@@ -350,6 +350,31 @@ def test_optimize_repair_without_heldout_still_decides_the_repair(cli_setup, tmp
     assert outcome.summary["rows"] == []
 
 
+def test_a_resumed_optimize_repair_fits_only_the_winners_repair_and_rebuilds_it_bitwise(cli_setup, tmp_path,
+                                                                                        monkeypatch):
+    from gptailor_merge.core.config import RunConfig
+    from gptailor_merge.repair import fit
+    from gptailor_merge.run.optimize import optimize
+    from gptailor_merge.search import selection
+
+    decide = selection.repair_decision  # every repair kept, so the winner's folder is written twice
+    monkeypatch.setattr(selection, "repair_decision",
+                        lambda *a, **k: (True, {**decide(*a, **k)[1], "kept": True}))
+    data = yaml.safe_load((cli_setup / "config.yaml").read_text())
+    data.update(out_dir=str(tmp_path / "run"), search={"n_trials": 3, "max_examples": 4, "seeds": False})
+    first = optimize(RunConfig.from_dict(data), progress=False, repair="linear", heldout=False)
+    repaired = first.run_dir / "best_model_repaired"
+    weights = {p.name: p.read_bytes() for p in repaired.glob("*.safetensors")}
+    assert first.summary["repair"]["kept"] and set(weights) == {"model.safetensors", "repair.safetensors"}
+    fits = []
+    real = fit.repair_model
+    monkeypatch.setattr(fit, "repair_model", lambda *a, **k: fits.append(1) or real(*a, **k))
+    again = optimize(RunConfig.from_dict(data), resume=first.run_dir, progress=False, repair="linear", heldout=False)
+    assert again.summary["selection"] == first.summary["selection"]
+    assert len(fits) == 1  # the winner's folder, nothing else: every contender's repaired score is read back
+    assert {p.name: p.read_bytes() for p in repaired.glob("*.safetensors")} == weights
+
+
 # ---- cosine objective and calibration sources -------------------------------------------------------
 def test_cosine_fit_lowers_its_own_objective_from_the_least_squares_start():
     gen = torch.Generator().manual_seed(1)

@@ -125,6 +125,39 @@ def test_validation_scores_kept_in_the_run_folder_give_a_resumed_pick_without_sc
                                           for k in a.score.tasks)
 
 
+class _TaggedRepair:
+    """A repair scorer with settings (`cache_tag`): counts its fits."""
+
+    def __init__(self, losses: dict[str, float], tag: str):
+        self.losses, self.cache_tag, self.calls = losses, tag, []
+
+    def __call__(self, genome, n):
+        self.calls.append(genome.genome_id)
+        return _score(self.losses[genome.genome_id], seed=10 + len(genome.kept)), {"fit_seconds": 1.5, "maps": 1}
+
+
+def test_repaired_validation_scores_are_kept_too_so_a_resumed_pick_fits_no_repair_again(tmp_path):
+    from gptailor_merge.search.score_cache import ScoreCache
+
+    finalist, seed = Genome.base_only(6, 1, [1, 2]), Genome.base_only(6, 1, [4, 5])
+    losses = {finalist.genome_id: 0.30, seed.genome_id: 0.25}
+    repaired = {finalist.genome_id: 0.05, seed.genome_id: 0.6}
+    path = tmp_path / "validation_scores.jsonl"
+    pick = lambda ev, repair: select_on_validation(ev, [_trial(1, finalist)], 90, {"greedy_ppl": [4, 5]},  # noqa: E731
+                                                   repair=repair, cache=ScoreCache(path))
+    first_repair = _TaggedRepair(repaired, "settings-a")
+    first = pick(_CountingEvaluator(losses), first_repair)
+    assert sorted(first_repair.calls) == sorted([finalist.genome_id, seed.genome_id])
+    assert len(path.read_text().splitlines()) == 5  # reference, two unrepaired, two repaired
+    resumed_repair = _TaggedRepair(repaired, "settings-a")
+    again = pick(_CountingEvaluator(losses, fail=True), resumed_repair)
+    assert resumed_repair.calls == [] and again.to_dict() == first.to_dict()
+    assert again.winner.repaired and again.winner.repair["fit_seconds"] == 1.5
+    other = _TaggedRepair(repaired, "settings-b")  # other repair settings: fitted again, never read back
+    pick(_CountingEvaluator(losses, fail=True), other)
+    assert sorted(other.calls) == sorted([finalist.genome_id, seed.genome_id])
+
+
 def test_a_torn_last_score_line_is_skipped_and_cut_before_the_next_write(tmp_path):
     from gptailor_merge.search.score_cache import ScoreCache
 

@@ -13,6 +13,7 @@ unrepaired layers).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ class FinalistRepair:
             calibration_for,
             calibration_groups,
             settings_for,
+            texts_digest,
         )
 
         ev = config.eval
@@ -61,6 +63,9 @@ class FinalistRepair:
         self.texts = calibration_for(self.settings)
         self.groups = calibration_groups(self.settings)
         self.fits: dict[str, Any] = {}  # genome_id -> RepairInfo
+        # keys this repair's validation scores in the run's score cache: other settings, other key
+        self.cache_tag = hashlib.sha256(f"{self.settings.model_dump_json()}|{texts_digest(self.texts)}".encode()
+                                        ).hexdigest()[:12]
 
     def repaired_model(self, genome: Genome) -> tuple[Any, Any]:
         """(the repaired model, its RepairInfo): fitted once per genome, rebuilt from its maps after."""

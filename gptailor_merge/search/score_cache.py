@@ -3,7 +3,8 @@
 Scoring the finalists and the baseline seeds on validation takes longer than the search on a real
 family (SmolLM2-135M on 2 cores: ~15 minutes a contender), and the journal only replays the search.
 Each finished score (every task's metrics and per-example values, which the paired intervals
-resample) is appended as one JSON line, keyed by the genome and the budget; a resumed run (whose
+resample) is appended as one JSON line, keyed by the genome and the budget (a repaired contender's
+also by its repair settings, with its fit's record beside the score); a resumed run (whose
 config, family and tasks `run.run_folder.check_fingerprint` has matched) reads it back bitwise
 equal. A torn last line is a write the kill cut short and is skipped.
 """
@@ -46,10 +47,13 @@ class ScoreCache:
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = Path(path) if path is not None else None
         self.scores: dict[str, Score] = {}
+        self.records: dict[str, dict] = {}  # key -> what produced the score (a repair's fit), where kept
         self.read = 0  # scores served from the file, for the run's log
         if self.path is not None:
-            for key, score in read_records(self.path, _parse, self._bad_line):
+            for key, score, record in read_records(self.path, _parse, self._bad_line):
                 self.scores[key] = score
+                if record is not None:
+                    self.records[key] = record
 
     def _bad_line(self, number: int, exc: Exception) -> ResumeError:
         return ResumeError(f"{self.path} line {number} is not a score record ({exc}); delete the file "
@@ -57,15 +61,23 @@ class ScoreCache:
 
     def get(self, key: str, compute: Callable[[], Score]) -> Score:
         """The stored score of `key`, else `compute()`, stored (and appended to the file) first."""
+        return self.get_with_record(key, lambda: (compute(), None))[0]
+
+    def get_with_record(self, key: str, compute: Callable[[], tuple[Score, dict | None]]
+                        ) -> tuple[Score, dict | None]:
+        """`get` for a computation that also returns a JSON-able record of itself (a repair's fit)."""
         if key in self.scores:
             self.read += 1
-            return self.scores[key]
-        score = compute()
+            return self.scores[key], self.records.get(key)
+        score, record = compute()
         self.scores[key] = score
+        if record is not None:
+            self.records[key] = record
         if self.path is not None:
-            append_record(self.path, json.dumps({"key": key, "score": score_to_dict(score)}), _parse)
-        return score
+            line = {"key": key, "score": score_to_dict(score), **({"record": record} if record is not None else {})}
+            append_record(self.path, json.dumps(line), _parse)
+        return score, record
 
 
-def _parse(record: dict) -> tuple[str, Score]:
-    return record["key"], score_from_dict(record["score"])
+def _parse(record: dict) -> tuple[str, Score, dict | None]:
+    return record["key"], score_from_dict(record["score"]), record.get("record")

@@ -184,7 +184,8 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
     """Score the finalists and the baseline seeds on validation and pick the winner (module
     docstring). `evaluator` is the search's (`search.Evaluator`); `repair`, where given, also
     scores each contender repaired; `cache` (the run folder's `search.score_cache`) keeps every
-    unrepaired validation score, so a run killed here resumes without scoring those again."""
+    unrepaired validation score, and every repaired one where `repair` has a `cache_tag` (its
+    settings), so a run killed here resumes without scoring or fitting those again."""
     from tqdm.auto import tqdm
 
     cache = cache or ScoreCache(None)
@@ -217,7 +218,13 @@ def select_on_validation(evaluator, trials: Sequence[Trial], top: int,
                               lambda g=genome: evaluator.score(g, "validation", n_examples))
             repaired, record = False, None
             if repair is not None and genome.n_kept < genome.n_layers:
-                fixed, fit_record = repair(genome, n_examples)
+                tag = getattr(repair, "cache_tag", None)  # the repair's settings: a key for its scores
+                if tag is None:
+                    fixed, fit_record = repair(genome, n_examples)
+                else:
+                    fixed, fit_record = cache.get_with_record(
+                        score_key(f"{gid}+repair-{tag}", "validation", n_examples),
+                        lambda g=genome: repair(g, n_examples))
                 repaired, record = repair_decision(fixed, score, reference, tasks, counted,
                                                    evaluator.metric, fit_record,
                                                    objective_counted=objective_names, mc=evaluator.mc_objective)
