@@ -47,6 +47,11 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def is_local_path(model_id: str) -> bool:
+    """Whether `model_id` names a local folder (absolute, ./ or ~/, or deeper than a Hub `owner/name`)."""
+    return Path(model_id).expanduser().is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1
+
+
 def resolve_model_path(model_id: str) -> Path:
     """A local folder for `model_id`: the folder itself, or the Hub snapshot (cache or download)."""
     path = Path(model_id).expanduser()
@@ -58,7 +63,7 @@ def resolve_model_path(model_id: str) -> Path:
                 model=model_id,
             )
         return path.resolve()
-    if path.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1:
+    if is_local_path(model_id):
         raise ModelNotFoundError(
             f"model folder '{model_id}' does not exist; check the path", model=model_id
         )
@@ -188,7 +193,8 @@ class Family:
             config = load_model_config(path)
             # a folder is named by its absolute path as given, not its symlinks' target: a run searched
             # on a folder since moved resumes once a symlink at the old path points at the new place
-            model_id = os.path.abspath(Path(ref).expanduser()) if Path(ref).expanduser().is_dir() else ref
+            local = Path(ref).expanduser()
+            model_id = os.path.abspath(local) if local.is_dir() else ref
             members.append(Member(name=name, model_id=model_id, path=path, config=config))
         paths = [m.path for m in members]
         for i, member in enumerate(members):

@@ -18,6 +18,7 @@ from typing import Any
 from gptailor_merge.core.config import DEMO, RunConfig, check_device
 from gptailor_merge.core.errors import ConfigError, ModelNotFoundError, ResumeError
 from gptailor_merge.core.genome import Genome, resolve_target
+from gptailor_merge.family.family import is_local_path
 from gptailor_merge.materialize.recipe import FamilyRefs, genome_to_recipe
 from gptailor_merge.run.resolve import load_tasks, resolve_family
 from gptailor_merge.search.journal import Trial, write_json_atomic
@@ -83,8 +84,8 @@ def _optimize_locked(config: RunConfig, run_dir: Path, resumed: bool, progress: 
     try:
         family, names = resolve_family(config, progress)
     except ModelNotFoundError as exc:
-        if not resumed:
-            raise
+        if not (resumed and is_local_path(exc.model) and not Path(exc.model).expanduser().exists()):
+            raise  # a fresh run, a Hub id, or a folder that is there but not a model: the plain error
         raise ResumeError(f"model folder '{exc.model}' does not exist, and run '{run_dir}' was searched on it "
                           "(its config.yaml and run.json name that path): put the model back there (a symlink to "
                           "where it is now will do), then resume") from None

@@ -63,8 +63,9 @@ class FinalistRepair:
         self.texts = calibration_for(self.settings)
         self.groups = calibration_groups(self.settings)
         self.fits: dict[str, Any] = {}  # genome_id -> RepairInfo
+        self.texts_sha256 = texts_digest(self.texts)
         # keys this repair's validation scores in the run's score cache: other settings, other key
-        self.cache_tag = hashlib.sha256(f"{self.settings.model_dump_json()}|{texts_digest(self.texts)}".encode()
+        self.cache_tag = hashlib.sha256(f"{self.settings.model_dump_json()}|{self.texts_sha256}".encode()
                                         ).hexdigest()[:12]
 
     def repaired_model(self, genome: Genome) -> tuple[Any, Any]:
@@ -98,7 +99,7 @@ def write_repaired(run_dir: Path, repairer: FinalistRepair, winner: Any, config:
                    summary: dict | None) -> Path | None:
     """The winner's repaired folder where it kept its repair on validation (None otherwise, with the
     reason in `summary["repair"]`); with held-out rows in `summary`, its held-out row too."""
-    from gptailor_merge.repair.folder import record_choice, save_repaired, texts_digest
+    from gptailor_merge.repair.folder import record_choice, save_repaired
 
     record = winner.repair or {"kept": False, "message": "the winner removes no layer; nothing to repair"}
     block = {"settings": repairer.settings.model_dump(mode="json"), "kept": bool(winner.repaired),
@@ -111,7 +112,7 @@ def write_repaired(run_dir: Path, repairer: FinalistRepair, winner: Any, config:
     family = repairer.evaluator.stitcher.family
     model, info = repairer.repaired_model(winner.genome)
     settings = repairer.settings.model_copy(update={"n_texts": len(repairer.texts),
-                                                    "texts_sha256": texts_digest(repairer.texts)})
+                                                    "texts_sha256": repairer.texts_sha256})
     folder = save_repaired(model, family.base.path, Recipe.load(run_dir / "best.yaml"), info, settings,
                            run_dir / REPAIRED_DIR, overwrite=True)
     record_choice(folder, record)
