@@ -12,7 +12,7 @@ from conftest import yardstick_from_metrics
 MEMBERS = ["member-base", "member-prose", "member-code", "member-math"]
 METHODS = [*MEMBERS, "reverse", "shortgpt", "angular", "greedy-ppl", "laco", "uniform-merge",
            "gptailor-seeds-only", "gptailor-removal-only", "gptailor-no-seeds", "gptailor-random",
-           "gptailor", "shortgpt+repair", "greedy-ppl+repair", "gptailor+repair"]
+           "gptailor", "shortgpt+repair", "greedy-ppl+repair", "gptailor+repair", "gptailor-repair-pick"]
 SEARCHES = ["gptailor-removal-only", "gptailor-no-seeds", "gptailor-random", "gptailor"]
 
 
@@ -95,6 +95,18 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
         assert (choice["repaired_vs_unrepaired"]["ci95"][0] > 0
                 or choice["repaired_vs_unrepaired_objective"]["ci95"][0] > 0)
     assert "vs_unrepaired" in by["gptailor+repair"] and "vs_seeds_only" not in by["gptailor+repair"]
+    # the repair-aware pick: the full search's journal replayed (no trial run again), every
+    # validation contender repaired and timed, the gptailor run folder left as it was
+    pick = by["gptailor-repair-pick"]
+    assert pick["trials"] == by["gptailor"]["trials"] and "vs_unrepaired" in pick
+    assert all("repair" in c for c in pick["contenders"])
+    assert set(pick["fit_seconds_per_contender"]) == {c["name"] for c in pick["contenders"]}
+    assert pick["repair_kept"] is any(c["repaired"] for c in pick["contenders"] if c["trial"] == pick["winner_trial"]
+                                      and c["genome_id"] == Genome.from_dict(pick["genome"]).genome_id)
+    assert (out / "runs" / "remove0.25-gptailor-repair-pick" / "best_model_repaired").is_dir() is pick["repair_kept"]
+    assert not (out / "runs" / "remove0.25-gptailor" / "best_model_repaired").exists()
+    if not pick["repair_kept"] and pick["genome"] == by["gptailor"]["genome"]:
+        assert pick["per_example"] == by["gptailor"]["per_example"]
     # compare.py recomputes an interval from the stored per-example values alone, bitwise
     compare = _load("compare")
     index = [r["method"] for r in rows].index("gptailor")
@@ -126,7 +138,7 @@ def test_quality_benchmark_tiny_demo_writes_every_row_on_the_same_heldout_exampl
     repair_rows = _load("repair_rows")
     again = repair_rows.main(["--from", str(out / "q.json"), "--json", str(out / "r.json"), "--threads", "1"])
     assert again["verified"]["shortgpt"]["max_abs_diff"] == 0.0
-    assert [r["method"] for r in again["rows"]] == METHODS[-3:]
+    assert [r["method"] for r in again["rows"]] == METHODS[-4:-1]
     for row in again["rows"]:
         assert row["per_example"] == by[row["method"]]["per_example"], row["method"]
         assert row["vs_unrepaired"] == by[row["method"]]["vs_unrepaired"]

@@ -11,7 +11,10 @@ ratio) against the dense base, `scoring.objectives`) and paired bootstrap interv
   `gptailor-no-seeds`, `gptailor-random` (random proposals, no seeds, no local moves),
   `gptailor-removal-only`, and `gptailor` (the full search), each with the same trial budget;
 - `+repair` rows: the linear repair of the cuts (`gptailor_merge.repair.fit`) on ShortGPT, greedy-ppl
-  and GPTailor's winner.
+  and GPTailor's winner;
+- `gptailor-repair-pick`: what `optimize --repair linear` hands a user: the full search's journal,
+  every validation contender repaired, the pick made among each one's kept form (repaired only
+  where validation says so), then that deliverable scored.
 Every row is also scored on transfer texts that no family member and no search saw
 (`gptailor_merge/bench/transfer.py`). Prints the tables and writes JSON (git SHA, hardware, settings, rows
 with per-example values, so intervals can be recomputed and a run resumed).
@@ -551,6 +554,54 @@ def repair_rows(bench: Bench, evaluator, config, tokenizer, fraction: float, gen
         logging.getLogger(__name__).info("%s: %s (%.0f s)", name, choice["message"], time.perf_counter() - t0)
 
 
+REPAIR_PICK = "gptailor-repair-pick"
+
+
+def repair_pick_row(bench: Bench, evaluator, transfer_ev, tokenizer, family_part: dict, fraction: float,
+                    runs_dir: Path, args: argparse.Namespace, seeds=None) -> None:
+    """`gptailor-repair-pick`: the full search's run folder, copied and resumed with `repair="linear"`
+    (its trials replay from the journal, its unrepaired validation scores from the cache), so the row
+    is what `optimize --repair linear` returns: the repaired folder where its winner kept the repair,
+    the recipe's model otherwise. Seconds: the search's plus every contender's fit."""
+    from gptailor_merge.core.genome import Genome
+    from gptailor_merge.run.optimize import optimize
+    from gptailor_merge.run.repair_run import REPAIRED_DIR
+    from gptailor_merge.run.run_folder import LOCK_FILE
+    from gptailor_merge.scoring import load_model_folder
+
+    if not bench.wanted(REPAIR_PICK) or bench.reuse(REPAIR_PICK, fraction) is not None:
+        return
+    out, searched = runs_dir / f"remove{fraction:g}-{REPAIR_PICK}", runs_dir / f"remove{fraction:g}-gptailor"
+    if not (out / "config.yaml").is_file() and (searched / "config.yaml").is_file():
+        shutil.copytree(searched, out, ignore=shutil.ignore_patterns(LOCK_FILE, "best_model*", "pareto"),
+                        dirs_exist_ok=True)
+    config = run_config(family_part, args, remove_fraction=fraction, out_dir=str(out))
+    resume = out if (out / "config.yaml").is_file() else None
+    outcome = optimize(config, progress=False, resume=resume, heldout=False, seed_removals=seeds,
+                       repair="linear", repair_options={"n_examples_per_task": args.repair_texts})
+    s, chosen, repair = outcome.summary["search"], outcome.summary["selection"], outcome.summary["repair"]
+    genome = Genome.from_dict(outcome.summary["best_genome"])
+    if repair["kept"]:
+        model, _ = load_model_folder(out / REPAIRED_DIR, device=evaluator.stitcher.device)
+        score, transfer, heldout_seconds = score_loaded(bench, evaluator, model, tokenizer)
+    else:
+        score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
+    fits = {c["name"]: c["repair"].get("fit_seconds") for c in chosen["contenders"] if c.get("repair")}
+    fit_seconds = sum(v for v in fits.values() if v is not None)
+    bench.add(REPAIR_PICK, fraction, genome.kept, score, transfer,
+              seconds=s["trial_seconds"] + s.get("seed_calibration_seconds", 0.0) + fit_seconds,
+              heldout_seconds=heldout_seconds, removed=list(genome.removed), layer_map=genome.describe(),
+              genome=genome.to_dict(), winner_trial=chosen["winner"]["trial"],
+              winner_origin=chosen["winner"]["origin"], winner_from_seed=chosen["winner"]["origin"] == "seed",
+              selection={k: chosen.get(k) for k in ("source", "message", "best_finalist_vs_best_seed",
+                                                    "best_finalist_vs_best_seed_objective")},
+              contenders=chosen["contenders"], fit_seconds_per_contender=fits, repair_kept=bool(repair["kept"]),
+              repair={"kept": bool(repair["kept"]), "message": repair.get("message"),
+                      "settings": repair.get("settings")},
+              trials=s["trials"], optimizer_trials=s["optimizer_trials"], recipe=str(out / "best.yaml"))
+    logging.getLogger(__name__).info("%s: %s; repair: %s", REPAIR_PICK, chosen["message"], repair.get("message"))
+
+
 # ---- comparisons ---------------------------------------------------------------------------------
 def comparisons(bench: Bench) -> None:
     """Paired bootstrap intervals, added to the rows: every pruned row against the best baseline
@@ -580,8 +631,8 @@ def comparisons(bench: Bench) -> None:
         searched = row["method"].startswith("gptailor") and not row["method"].endswith("+repair")
         if searched and seeds is not None and seeds is not row:
             row["vs_seeds_only"], row["transfer_vs_seeds_only"] = diff(row, seeds, i)
-        if row["method"].endswith("+repair"):
-            plain = by_key.get((row["method"].removesuffix("+repair"), fraction))
+        if row["method"].endswith("+repair") or row["method"] == REPAIR_PICK:
+            plain = by_key.get((row["method"].removesuffix("+repair").removesuffix("-repair-pick"), fraction))
             if plain is not None:
                 row["vs_unrepaired"], row["transfer_vs_unrepaired"] = diff(row, plain, i)
 
@@ -667,7 +718,10 @@ def footnote(result: dict) -> str:
         "as first run plus the calibration of their baseline seeds as first measured; seeds-only: "
         "that calibration plus scoring the seeds; +repair rows: the fit). A +repair row says whether the "
         "tool keeps that repair: only where the repaired model beats its unrepaired one on "
-        f"{validation} with a paired interval above zero (the search's pick reads the same).",
+        f"{validation} with a paired interval above zero (the search's pick reads the same). "
+        f"{REPAIR_PICK}: what `optimize --repair linear` returns, the full search's journal with every "
+        "validation contender repaired and the pick made among their kept forms (seconds: the search's "
+        "plus every contender's fit).",
     ])
 
 
@@ -679,7 +733,8 @@ SAME_SETTINGS = ("family", "trials", "max_examples", "heldout_examples", "seed",
 
 # ---- shards -------------------------------------------------------------------------------------
 REPAIR_ROWS = tuple(f"{m}+repair" for m in (*REPAIRED_BASELINES, "gptailor"))
-PRUNED_ROWS = (*BASELINE_METHODS, "uniform-merge", "gptailor-seeds-only", *(m for m, _ in SEARCH_ROWS), *REPAIR_ROWS)
+PRUNED_ROWS = (*BASELINE_METHODS, "uniform-merge", "gptailor-seeds-only", *(m for m, _ in SEARCH_ROWS), *REPAIR_ROWS,
+               REPAIR_PICK)
 """The pruned rows of one fraction, in the order an unsharded run writes them."""
 
 
@@ -915,7 +970,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     n = config.eval.heldout_examples
     per_fraction = len(BASELINE_METHODS) + 1 + (
         0 if args.skip_ablations else 2 if args.skip_search_ablations else len(SEARCH_ROWS) + 1)
-    per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 1
+    per_fraction += 0 if args.skip_repair else len(REPAIRED_BASELINES) + 2
     bench = Bench(family, tasks, transfer, config.search.metric, n, len(names) + len(args.remove) * per_fraction)
     if args.rows:
         bench.only = check_rows(args.rows, names)
@@ -968,6 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 to_repair = {m: g for m, g in genomes.items() if m in REPAIRED_BASELINES}
                 repair_rows(bench, ctx.evaluator, ctx.config, ctx.tokenizer, fraction, {**to_repair, **searched},
                             args, args.runs_dir)
+                repair_pick_row(bench, ctx.evaluator, ctx.transfer_ev, ctx.tokenizer, ctx.family_part, fraction,
+                                runs_dir, args, seeds)
             comparisons(bench)
             save()
     finally:

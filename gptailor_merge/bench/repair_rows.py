@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     old = json.loads(args.source.read_text())
     if not old.get("complete"):
         raise SystemExit(f"--from {args.source}: the quality run is not complete; finish it first")
-    reference = [r for r in old["rows"] if not r["method"].endswith("+repair")
-                 and r["remove_fraction"] in (0.0, args.fraction)]
+    reference = [r for r in old["rows"] if not r["method"].endswith("+repair") and r["method"] != Q.REPAIR_PICK
+                 and r["remove_fraction"] in (0.0, args.fraction)]  # the rows before the repaired ones
     present = {r["method"] for r in reference}
     needed = dict.fromkeys(("member-base", *Q.REPAIRED_BASELINES, "gptailor", *args.verify))
     missing = [m for m in needed if m not in present]
