@@ -56,6 +56,17 @@ def test_missing_local_path_says_check_the_path(tiny_family_paths):
         Family.load(base, ["/nonexistent/model/folder"])
 
 
+def test_a_missing_relative_path_names_the_directory_it_was_read_from(tiny_family_paths, tmp_path, monkeypatch):
+    base, _ = tiny_family_paths["llama"]
+    monkeypatch.chdir(tmp_path)  # a recipe's './base' read from somewhere else than its family's folder
+    with pytest.raises(ModelNotFoundError, match="does not exist") as err:
+        Family.load(base, ["./base"])
+    assert str(tmp_path) in str(err.value) and "relative" in str(err.value)
+    with pytest.raises(ModelNotFoundError) as absolute:
+        Family.load(base, ["/nonexistent/model/folder"])
+    assert "relative" not in str(absolute.value)
+
+
 def test_unknown_hub_id_offline_fails_with_the_fix(tiny_family_paths):
     base, _ = tiny_family_paths["llama"]
     with pytest.raises(ModelNotFoundError, match="could not be fetched.*HF_HUB_OFFLINE"):

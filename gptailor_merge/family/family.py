@@ -64,8 +64,11 @@ def resolve_model_path(model_id: str) -> Path:
             )
         return path.resolve()
     if is_local_path(model_id):
+        relative = "" if path.is_absolute() else (
+            f" (a relative path is read from the current directory, {Path.cwd()}: run from the folder "
+            "it is relative to, as a recipe's own mergekit-yaml run would, or write it absolute)")
         raise ModelNotFoundError(
-            f"model folder '{model_id}' does not exist; check the path", model=model_id
+            f"model folder '{model_id}' does not exist; check the path{relative}", model=model_id
         )
     from huggingface_hub import snapshot_download
 
