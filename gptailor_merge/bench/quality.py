@@ -442,6 +442,24 @@ def anytime(bench: Bench, evaluator, run_dir: Path, baselines: Sequence[dict],
     return data
 
 
+def search_fields(summary: dict, genome, out: Path) -> dict:
+    """A search row's record of what `optimize` returned (`summary`: its summary.json) and why."""
+    s, chosen = summary["search"], summary["selection"]
+    return {"trials": s["trials"], "optimizer_trials": s["optimizer_trials"],
+            "winner_trial": chosen["winner"]["trial"], "winner_origin": chosen["winner"]["origin"],
+            "winner_from_seed": chosen["winner"]["origin"] == "seed",
+            "selection": {k: chosen.get(k) for k in ("source", "message", "best_finalist_vs_best_seed",
+                                                     "best_finalist_vs_best_seed_objective")},
+            "removed": list(genome.removed), "layer_map": genome.describe(), "genome": genome.to_dict(),
+            "recipe": str(out / "best.yaml")}
+
+
+def search_seconds(search: dict) -> float:
+    """A search's own cost: its trials' time (as first run, not a resumed replay) plus the baseline
+    seeds' calibration as first measured (computed once per process and family)."""
+    return search["trial_seconds"] + search.get("seed_calibration_seconds", 0.0)
+
+
 def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fraction: float,
                   runs_dir: Path, args: argparse.Namespace, baselines: Sequence[dict], seeds=None) -> dict:
     """The searches of one fraction; returns the full search's best genome (for repair)."""
@@ -464,27 +482,18 @@ def gptailor_rows(bench: Bench, evaluator, transfer_ev, family_part: dict, fract
         # a run folder (config.yaml) resumes, even one killed before its first trial was journaled
         resume = out if (out / "config.yaml").is_file() else None
         outcome = optimize(config, progress=False, resume=resume, heldout=False, seed_removals=seeds)
-        s, chosen = outcome.summary["search"], outcome.summary["selection"]
+        s = outcome.summary["search"]
         genome = Genome.from_dict(outcome.summary["best_genome"])
         score, transfer, heldout_seconds = score_stitched(bench, evaluator, transfer_ev, genome)
         extra = {
-            "trials": s["trials"], "optimizer_trials": s["optimizer_trials"],
-            "origins": s["origins"], "winner_trial": chosen["winner"]["trial"],
-            "winner_from_seed": chosen["winner"]["origin"] == "seed",
-            "winner_origin": chosen["winner"]["origin"],
-            "selection": {k: chosen.get(k) for k in ("source", "message", "best_finalist_vs_best_seed",
-                                                     "best_finalist_vs_best_seed_objective")},
+            **search_fields(outcome.summary, genome, out), "origins": s["origins"],
             "search_best_trial": s["best_trial"],
             "search_trial_seconds": s["trial_seconds"], "resumed": resume is not None,
-            "removed": list(genome.removed), "layer_map": genome.describe(), "genome": genome.to_dict(),
             "search": {k: s[k] for k in ("optimizer", "rungs", "evaluated", "full_fidelity_evaluations",
                                          "best_search_retention", "search_seconds")},
-            "settings": settings, "recipe": str(out / "best.yaml"),
-            "mergekit_vs_stitch_max_abs_diff": mergekit_check(out, evaluator, score),
+            "settings": settings, "mergekit_vs_stitch_max_abs_diff": mergekit_check(out, evaluator, score),
         }
-        # the search's own cost: its trials' time (as first run, not a resumed replay) plus the
-        # baseline seeds' calibration as first measured (computed once per process and family)
-        seconds = s["trial_seconds"] + s.get("seed_calibration_seconds", 0.0)
+        seconds = search_seconds(s)
         row = bench.add(method, fraction, genome.kept, score, transfer, seconds=seconds,
                         heldout_seconds=heldout_seconds, **extra)
         if method == "gptailor":
@@ -579,7 +588,7 @@ def repair_pick_row(bench: Bench, evaluator, transfer_ev, tokenizer, family_part
     resume = out if (out / "config.yaml").is_file() else None
     outcome = optimize(config, progress=False, resume=resume, heldout=False, seed_removals=seeds,
                        repair="linear", repair_options={"n_examples_per_task": args.repair_texts})
-    s, chosen, repair = outcome.summary["search"], outcome.summary["selection"], outcome.summary["repair"]
+    chosen, repair = outcome.summary["selection"], outcome.summary["repair"]
     genome = Genome.from_dict(outcome.summary["best_genome"])
     if repair["kept"]:
         model, _ = load_model_folder(out / REPAIRED_DIR, device=evaluator.stitcher.device)
@@ -589,16 +598,11 @@ def repair_pick_row(bench: Bench, evaluator, transfer_ev, tokenizer, family_part
     fits = {c["name"]: c["repair"].get("fit_seconds") for c in chosen["contenders"] if c.get("repair")}
     fit_seconds = sum(v for v in fits.values() if v is not None)
     bench.add(REPAIR_PICK, fraction, genome.kept, score, transfer,
-              seconds=s["trial_seconds"] + s.get("seed_calibration_seconds", 0.0) + fit_seconds,
-              heldout_seconds=heldout_seconds, removed=list(genome.removed), layer_map=genome.describe(),
-              genome=genome.to_dict(), winner_trial=chosen["winner"]["trial"],
-              winner_origin=chosen["winner"]["origin"], winner_from_seed=chosen["winner"]["origin"] == "seed",
-              selection={k: chosen.get(k) for k in ("source", "message", "best_finalist_vs_best_seed",
-                                                    "best_finalist_vs_best_seed_objective")},
+              seconds=search_seconds(outcome.summary["search"]) + fit_seconds, heldout_seconds=heldout_seconds,
+              **search_fields(outcome.summary, genome, out),
               contenders=chosen["contenders"], fit_seconds_per_contender=fits, repair_kept=bool(repair["kept"]),
               repair={"kept": bool(repair["kept"]), "message": repair.get("message"),
-                      "settings": repair.get("settings")},
-              trials=s["trials"], optimizer_trials=s["optimizer_trials"], recipe=str(out / "best.yaml"))
+                      "settings": repair.get("settings")})
     logging.getLogger(__name__).info("%s: %s; repair: %s", REPAIR_PICK, chosen["message"], repair.get("message"))
 
 
@@ -632,7 +636,8 @@ def comparisons(bench: Bench) -> None:
         if searched and seeds is not None and seeds is not row:
             row["vs_seeds_only"], row["transfer_vs_seeds_only"] = diff(row, seeds, i)
         if row["method"].endswith("+repair") or row["method"] == REPAIR_PICK:
-            plain = by_key.get((row["method"].removesuffix("+repair").removesuffix("-repair-pick"), fraction))
+            unrepaired = "gptailor" if row["method"] == REPAIR_PICK else row["method"].removesuffix("+repair")
+            plain = by_key.get((unrepaired, fraction))
             if plain is not None:
                 row["vs_unrepaired"], row["transfer_vs_unrepaired"] = diff(row, plain, i)
 
